@@ -1,0 +1,162 @@
+"""Settings: read once from the environment and an optional `.env` file, validated at start-up.
+
+Every problem is collected and reported in one message that names the environment variable,
+so an operator fixes a broken deployment in one pass. Secrets are `SecretStr`: their repr and
+str are redacted, and only the adapters that need them call `get_secret_value()`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message names every bad setting."""
+
+
+def _http_url(value: str, name: str, *, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.netloc:
+        raise ValueError(f"{name} must be an absolute {' or '.join(schemes)} URL, got {value!r}")
+    return value.rstrip("/")
+
+
+class Settings(BaseSettings):
+    """All settings of the bot. Field names map to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        hide_input_in_errors=True,
+        env_ignore_empty=True,
+    )
+
+    # Discord
+    discord_token: SecretStr
+    discord_api_base: str = "https://discord.com/api/v10"
+    discord_gateway_url: str = "wss://gateway.discord.gg/"
+    discord_guild_id: int | None = None
+
+    # Provider
+    sdapi_key: SecretStr
+    sdapi_base_url: str = "https://stablediffusionapi.com"
+    sdapi_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+    sdapi_submit_timeout_seconds: float = Field(default=90.0, gt=0, le=600)
+    #: The provider's word for "woman": its LoRA page says `female`, the ModelsLab schema `women`.
+    sdapi_training_type_woman: Literal["female", "women"] = "female"
+
+    # Webhook server
+    public_url: str
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int = Field(default=8080, ge=0, le=65535)
+    webhook_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=10 * 1024 * 1024)
+    webhook_rate_limit_per_minute: int = Field(default=600, ge=1)
+
+    # Storage and logs
+    database_url: str = "sqlite:///lorabot.db"
+    log_level: LogLevel = "INFO"
+
+    # Images
+    min_images: int = Field(default=5, ge=1, le=10)
+    max_images: int = Field(default=10, ge=1, le=10)
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=64 * 1024, le=100 * 1024 * 1024)
+    max_image_pixels: int = Field(default=40_000_000, ge=512 * 512, le=200_000_000)
+    min_image_side: int = Field(default=512, ge=64, le=4096)
+
+    # Flow and limits
+    preview_timeout_seconds: int = Field(default=600, ge=30, le=840)
+    max_active_jobs_per_user: int = Field(default=1, ge=1)
+    max_trainings_per_user_per_day: int = Field(default=3, ge=0, description="0 means unlimited")
+    max_trainings_per_guild_per_day: int = Field(default=20, ge=0, description="0 means unlimited")
+    limits_exempt_managers: bool = False
+    train_role_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
+
+    # Background work
+    reconcile_interval_seconds: int = Field(default=300, ge=10)
+    stall_deadline_seconds: int = Field(default=3 * 3600, ge=60)
+    card_edit_interval_seconds: float = Field(default=3.0, ge=0)
+
+    @field_validator("train_role_ids", mode="before")
+    @classmethod
+    def _split_roles(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.replace(";", ",").split(",") if part.strip()]
+        return value
+
+    @field_validator("discord_api_base", "sdapi_base_url")
+    @classmethod
+    def _check_http_url(cls, value: str) -> str:
+        return _http_url(value, "the value")
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str) -> str:
+        return _http_url(value, "PUBLIC_URL")
+
+    @field_validator("discord_gateway_url")
+    @classmethod
+    def _check_gateway(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("ws", "wss") or not parts.netloc:
+            raise ValueError(f"must be a ws:// or wss:// URL, got {value!r}")
+        return value
+
+    @field_validator("discord_token", "sdapi_key")
+    @classmethod
+    def _not_blank(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database(cls, value: str) -> str:
+        if not value.startswith("sqlite:///") or value == "sqlite:///":
+            raise ValueError("must look like sqlite:///path/to/file.db (or sqlite:///:memory:)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> Settings:
+        if self.min_images > self.max_images:
+            raise ValueError("MIN_IMAGES must not be greater than MAX_IMAGES")
+        return self
+
+    @property
+    def database_path(self) -> str:
+        """The SQLite file path (or ``:memory:``) named by DATABASE_URL."""
+        return self.database_url.removeprefix("sqlite:///")
+
+    @property
+    def webhook_base(self) -> str:
+        """The externally reachable prefix of training webhooks."""
+        return f"{self.public_url}/webhooks/training"
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        name = ".".join(str(part) for part in item["loc"]).upper() or "SETTINGS"
+        message = item["msg"]
+        if item["type"] == "missing":
+            message = "is required but not set"
+        lines.append(f"  - {name}: {message}")
+    return "\n".join(lines)
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+    """Read and validate the settings, raising ConfigError that lists every problem."""
+    try:
+        return Settings(_env_file=env_file, **overrides)
+    except ValidationError as error:
+        raise ConfigError("Invalid configuration:\n" + _describe(error)) from None

@@ -1,0 +1,19 @@
+"""SQLite persistence: the connection owner (`Database`) and the repository (`Store`)."""
+
+from bot.store.database import Database, MigrationError, load_migrations
+from bot.store.models import Job, JobEvent, OutboxDraft, OutboxItem, TransitionPlan, TransitionResult
+from bot.store.repository import JobNotFound, Store
+
+__all__ = [
+    "Database",
+    "Job",
+    "JobEvent",
+    "JobNotFound",
+    "MigrationError",
+    "OutboxDraft",
+    "OutboxItem",
+    "Store",
+    "TransitionPlan",
+    "TransitionResult",
+    "load_migrations",
+]

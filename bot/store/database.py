@@ -1,0 +1,164 @@
+"""The SQLite connection owner: pragmas, serialized write transactions, numbered migrations.
+
+One aiosqlite connection serves the whole process. Writes go through `transaction()`, which
+holds an asyncio lock for the duration, so two coroutines never interleave statements of
+different transactions on the shared connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bot.config import MIGRATIONS_DIR
+
+log = logging.getLogger(__name__)
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+class MigrationError(Exception):
+    """The database cannot be brought to the schema this code expects."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """The numbered `NNNN_name.sql` files, in order; gaps and duplicates are refused."""
+    migrations = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if not match:
+            raise MigrationError(f"{path.name}: migration files must be named NNNN_description.sql")
+        migrations.append(Migration(int(match[1]), match[2], path.read_text(encoding="utf-8")))
+    for expected, migration in enumerate(migrations, start=1):
+        if migration.version != expected:
+            raise MigrationError(f"migration {expected:04d} is missing (found {migration.version:04d})")
+    return migrations
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a script into statements (executescript would COMMIT our transaction)."""
+    statements, buffer = [], ""
+    for piece in script.split(";"):
+        buffer += piece + ";"
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip(" \t\r\n;"):
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip(" \t\r\n;"):
+        raise MigrationError("migration ends with an incomplete statement")
+    return statements
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Database:
+    """An open SQLite database. Use `Database.open()`; close with `close()`."""
+
+    def __init__(self, connection: aiosqlite.Connection, path: str) -> None:
+        self._conn = connection
+        self._write_lock = asyncio.Lock()
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: str, *, busy_timeout_ms: int = 5000) -> Database:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        conn.row_factory = aiosqlite.Row
+        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        await conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode: a commit survives a process crash (SIGKILL); only an OS crash or
+        # power loss can lose the last transactions, and fsync per webhook costs milliseconds.
+        await conn.execute("PRAGMA synchronous = NORMAL")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        return cls(conn, path)
+
+    async def close(self) -> None:
+        async with self._write_lock:
+            await self._conn.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One serialized write transaction (BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error)."""
+        async with self._write_lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            await self._conn.execute("COMMIT")
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
+        async with self._conn.execute(sql, params) as cursor:
+            return await cursor.fetchone()
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+        async with self._conn.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def ping(self) -> bool:
+        """True when the database answers a trivial query (for /healthz)."""
+        try:
+            await self.fetchone("SELECT 1")
+        except (sqlite3.Error, ValueError):
+            return False
+        return True
+
+    # -- migrations ---------------------------------------------------------------------------
+
+    async def schema_version(self) -> int:
+        await self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        row = await self.fetchone("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        return int(row[0]) if row else 0
+
+    async def migrate(self, migrations: Iterable[Migration] | None = None) -> list[Migration]:
+        """Apply the pending migrations, each in one transaction; return those applied.
+
+        Running it again applies nothing. A database whose schema is newer than the newest
+        migration this code knows is refused, so an old release never writes to a new schema.
+        """
+        known = list(migrations) if migrations is not None else load_migrations()
+        current = await self.schema_version()
+        newest = known[-1].version if known else 0
+        if current > newest:
+            raise MigrationError(
+                f"the database {self.path} is at schema version {current}, newer than this code "
+                f"knows ({newest}); upgrade the bot or point DATABASE_URL at another database"
+            )
+        applied = []
+        for migration in known:
+            if migration.version <= current:
+                continue
+            async with self.transaction() as conn:
+                for statement in split_statements(migration.sql):
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, utcnow().isoformat()),
+                )
+            log.info("applied migration %04d_%s", migration.version, migration.name)
+            applied.append(migration)
+        return applied

@@ -1,0 +1,349 @@
+"""The typed repository: the only place in the project that writes SQL.
+
+Its surface is deliberately narrow (jobs, events, outbox, users, key/value) so that a
+PostgreSQL adapter is one new module with the same methods.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import aiosqlite
+
+from bot.jobs.states import ACTIVE_STATES, TERMINAL_STATES, Event, JobState
+from bot.store.database import Database, utcnow
+from bot.store.models import Job, JobEvent, OutboxDraft, OutboxItem, TransitionPlan, TransitionResult
+
+Planner = Callable[[Job, Event], TransitionPlan]
+
+#: Columns a transition plan may update besides `state` (never ids or owners).
+_PLAN_COLUMNS = frozenset({"training_id", "provider_status", "last_error", "eta_text", "submitted_at", "image_urls"})
+_TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATES))
+_ACTIVE_SQL = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_STATES))
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+def _iso(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return moment.isoformat()
+
+
+class Store:
+    """Repository over an open `Database`. `now` is injectable so tests can move time."""
+
+    def __init__(self, db: Database, *, now: Callable[[], datetime] = utcnow) -> None:
+        self.db = db
+        self.now = now
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        *,
+        owner_id: int,
+        guild_id: int | None,
+        channel_id: int,
+        name: str,
+        params: Mapping[str, Any],
+        image_count: int,
+    ) -> Job:
+        """A new job in `preview`: it exists before anything is sent anywhere."""
+        now = _iso(self.now())
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "INSERT INTO jobs (owner_id, guild_id, channel_id, name, state, params, image_count,"
+                " created_at, updated_at, progressed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    owner_id,
+                    guild_id,
+                    channel_id,
+                    name,
+                    JobState.PREVIEW.value,
+                    json.dumps(dict(params), sort_keys=True),
+                    image_count,
+                    now,
+                    now,
+                    now,
+                ),
+            )
+            job_id = cursor.lastrowid
+        job = await self.get_job(int(job_id or 0))
+        assert job is not None
+        return job
+
+    async def get_job(self, job_id: int) -> Job | None:
+        row = await self.db.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return Job.from_row(row) if row else None
+
+    async def require_job(self, job_id: int) -> Job:
+        job = await self.get_job(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    async def get_job_by_training_id(self, training_id: str) -> Job | None:
+        row = await self.db.fetchone("SELECT * FROM jobs WHERE training_id = ?", (training_id,))
+        return Job.from_row(row) if row else None
+
+    async def jobs_for_owner(self, owner_id: int, *, limit: int, offset: int = 0) -> list[Job]:
+        """This user's jobs, newest first (served by jobs_owner_newest)."""
+        rows = await self.db.fetchall(
+            "SELECT * FROM jobs WHERE owner_id = ? AND state != 'preview' ORDER BY id DESC LIMIT ? OFFSET ?",
+            (owner_id, limit, offset),
+        )
+        return [Job.from_row(row) for row in rows]
+
+    async def count_jobs_for_owner(self, owner_id: int) -> int:
+        row = await self.db.fetchone("SELECT COUNT(*) FROM jobs WHERE owner_id = ? AND state != 'preview'", (owner_id,))
+        return int(row[0]) if row else 0
+
+    async def search_owner_jobs(self, owner_id: int, text: str, *, limit: int = 25) -> list[Job]:
+        """Autocomplete: the owner's newest jobs whose name or id contains `text`."""
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = await self.db.fetchall(
+            "SELECT * FROM jobs WHERE owner_id = ? AND state != 'preview'"
+            " AND (? = '%%' OR name LIKE ? ESCAPE '\\' OR CAST(id AS TEXT) LIKE ? ESCAPE '\\'"
+            "      OR training_id LIKE ? ESCAPE '\\')"
+            " ORDER BY id DESC LIMIT ?",
+            (owner_id, pattern, pattern, pattern, pattern, limit),
+        )
+        return [Job.from_row(row) for row in rows]
+
+    async def count_active_jobs(self, owner_id: int) -> int:
+        row = await self.db.fetchone(
+            f"SELECT COUNT(*) FROM jobs WHERE owner_id = ? AND state IN ({_ACTIVE_SQL})",  # noqa: S608
+            (owner_id,),
+        )
+        return int(row[0]) if row else 0
+
+    async def submissions_since(
+        self, since: datetime, *, owner_id: int | None = None, guild_id: int | None = None
+    ) -> list[datetime]:
+        """Submission times after `since` for one owner or one guild, oldest first (quotas)."""
+        if (owner_id is None) == (guild_id is None):
+            raise ValueError("pass exactly one of owner_id and guild_id")
+        column, value = ("owner_id", owner_id) if owner_id is not None else ("guild_id", guild_id)
+        rows = await self.db.fetchall(
+            f"SELECT submitted_at FROM jobs WHERE {column} = ? AND submitted_at >= ?"  # noqa: S608
+            " ORDER BY submitted_at",
+            (value, _iso(since)),
+        )
+        return [datetime.fromisoformat(row[0]) for row in rows]
+
+    async def overdue_jobs(self, updated_before: datetime, *, limit: int = 100) -> list[Job]:
+        """Active jobs not updated since `updated_before` (the reconciler's scan)."""
+        rows = await self.db.fetchall(
+            f"SELECT * FROM jobs WHERE state NOT IN ({_TERMINAL_SQL}) AND updated_at < ?"  # noqa: S608
+            " ORDER BY updated_at LIMIT ?",
+            (_iso(updated_before), limit),
+        )
+        return [Job.from_row(row) for row in rows]
+
+    async def set_card(self, job_id: int, channel_id: int, message_id: int) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE jobs SET card_channel_id = ?, card_message_id = ? WHERE id = ?",
+                (channel_id, message_id, job_id),
+            )
+
+    async def set_webhook_secret_hash(self, job_id: int, secret_hash: str) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute("UPDATE jobs SET webhook_secret_hash = ? WHERE id = ?", (secret_hash, job_id))
+
+    async def prepare_submission(self, job_id: int, *, image_urls: Sequence[str], secret_hash: str) -> None:
+        """Persist what is about to be sent. Once image_urls is set, the provider may know the job."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE jobs SET image_urls = ?, webhook_secret_hash = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(list(image_urls)), secret_hash, _iso(self.now()), job_id),
+            )
+
+    async def touch(self, job_id: int, *, eta_text: str | None = None) -> None:
+        """Note that the job was looked at (a poll with no news) so it is not polled again soon."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE jobs SET updated_at = ?, eta_text = COALESCE(?, eta_text) WHERE id = ?",
+                (_iso(self.now()), eta_text, job_id),
+            )
+
+    # -- the one state-change path --------------------------------------------------------------
+
+    async def apply_event(
+        self, job_id: int, event: Event, planner: Planner, *, payload: str | None = None
+    ) -> TransitionResult:
+        """Record `event` and apply what `planner` decides, in ONE transaction.
+
+        The state, the event row and the outbox items commit together or not at all, so a
+        crash can neither lose a notification nor send one for a change that did not happen.
+        """
+        now = _iso(self.now())
+        async with self.db.transaction() as conn:
+            row = await (await conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))).fetchone()
+            if row is None:
+                raise JobNotFound(job_id)
+            before = Job.from_row(row)
+            plan = planner(before, event)
+            cursor = await conn.execute(
+                "INSERT OR IGNORE INTO job_events (job_id, status, source, payload, received_at, applied)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    plan.recorded_status,
+                    event.source.value,
+                    payload,
+                    now,
+                    int(plan.new_state is not None),
+                ),
+            )
+            recorded = cursor.rowcount == 1
+            await self._update_job(conn, before, plan, now)
+            for draft in plan.outbox:
+                await self._enqueue(conn, job_id, draft, now)
+            row = await (await conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))).fetchone()
+            assert row is not None
+            return TransitionResult(before, Job.from_row(row), plan, recorded)
+
+    async def _update_job(self, conn: aiosqlite.Connection, before: Job, plan: TransitionPlan, now: str) -> None:
+        unknown = set(plan.updates) - _PLAN_COLUMNS
+        if unknown:
+            raise ValueError(f"a plan may not update {sorted(unknown)}")
+        columns: dict[str, Any] = {"updated_at": now, **plan.updates}
+        if "submitted_at" in columns and columns["submitted_at"] is None:
+            columns["submitted_at"] = now  # the plan asks for "the time of this transaction"
+        if "image_urls" in columns:
+            columns["image_urls"] = json.dumps(list(columns["image_urls"]))
+        if plan.new_state is not None:
+            columns["state"] = plan.new_state.value
+            columns["progressed_at"] = now
+            if plan.new_state.is_terminal:
+                columns["finished_at"] = now
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        await conn.execute(
+            f"UPDATE jobs SET {assignments} WHERE id = ?",  # noqa: S608 (names from _PLAN_COLUMNS)
+            (*columns.values(), before.id),
+        )
+
+    async def _enqueue(self, conn: aiosqlite.Connection, job_id: int, draft: OutboxDraft, now: str) -> None:
+        payload = json.dumps(dict(draft.payload), sort_keys=True)
+        if draft.coalesce:
+            await conn.execute(
+                "INSERT INTO outbox (job_id, kind, dedupe_key, payload, created_at, next_attempt_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO UPDATE SET"
+                " payload = excluded.payload, attempts = 0, last_error = NULL,"
+                " next_attempt_at = CASE WHEN outbox.delivered_at IS NULL"
+                "   THEN outbox.next_attempt_at ELSE excluded.next_attempt_at END,"
+                " delivered_at = NULL",
+                (job_id, draft.kind, draft.dedupe_key, payload, now, now),
+            )
+        else:
+            await conn.execute(
+                "INSERT OR IGNORE INTO outbox (job_id, kind, dedupe_key, payload, created_at, next_attempt_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, draft.kind, draft.dedupe_key, payload, now, now),
+            )
+
+    async def events_for_job(self, job_id: int) -> list[JobEvent]:
+        rows = await self.db.fetchall("SELECT * FROM job_events WHERE job_id = ? ORDER BY id", (job_id,))
+        return [JobEvent.from_row(row) for row in rows]
+
+    # -- outbox -------------------------------------------------------------------------------
+
+    async def enqueue(self, job_id: int | None, draft: OutboxDraft) -> None:
+        """Queue a notification outside a transition (e.g. re-posting a deleted card)."""
+        async with self.db.transaction() as conn:
+            await self._enqueue(conn, job_id or 0, draft, _iso(self.now()))
+
+    async def due_outbox(self, *, limit: int = 50) -> list[OutboxItem]:
+        rows = await self.db.fetchall(
+            "SELECT * FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= ?"
+            " ORDER BY next_attempt_at, id LIMIT ?",
+            (_iso(self.now()), limit),
+        )
+        return [OutboxItem.from_row(row) for row in rows]
+
+    async def next_outbox_due(self) -> datetime | None:
+        row = await self.db.fetchone("SELECT MIN(next_attempt_at) FROM outbox WHERE delivered_at IS NULL")
+        return datetime.fromisoformat(row[0]) if row and row[0] else None
+
+    async def mark_delivered(self, item: OutboxItem) -> None:
+        """Done, unless the item was re-armed (same key, new payload) while it was being sent."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE outbox SET delivered_at = ?, last_error = NULL WHERE id = ? AND payload = ?",
+                (_iso(self.now()), item.id, json.dumps(dict(item.payload), sort_keys=True)),
+            )
+
+    async def mark_failed(self, item: OutboxItem, error: str, retry_in: timedelta | None) -> None:
+        """Count a failed attempt; retry after `retry_in`, or give up (delivered with error) if None."""
+        now = self.now()
+        async with self.db.transaction() as conn:
+            if retry_in is None:
+                await conn.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?, delivered_at = ? WHERE id = ?",
+                    (error[:500], _iso(now), item.id),
+                )
+            else:
+                await conn.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ?",
+                    (error[:500], _iso(now + retry_in), item.id),
+                )
+
+    async def postpone(self, item: OutboxItem, until: datetime) -> None:
+        """Move a due item later without counting an attempt (edit coalescing, Discord outage)."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE outbox SET next_attempt_at = ? WHERE id = ? AND delivered_at IS NULL",
+                (_iso(until), item.id),
+            )
+
+    async def pending_outbox_count(self) -> int:
+        row = await self.db.fetchone("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL")
+        return int(row[0]) if row else 0
+
+    # -- users and key/value --------------------------------------------------------------------
+
+    async def mark_dms_closed(self, user_id: int) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO users (user_id, dms_closed_at) VALUES (?, ?)"
+                " ON CONFLICT (user_id) DO UPDATE SET dms_closed_at = excluded.dms_closed_at",
+                (user_id, _iso(self.now())),
+            )
+
+    async def dms_closed(self, user_id: int) -> bool:
+        row = await self.db.fetchone("SELECT dms_closed_at FROM users WHERE user_id = ?", (user_id,))
+        return bool(row and row[0])
+
+    async def get_value(self, key: str) -> str | None:
+        row = await self.db.fetchone("SELECT value FROM kv WHERE key = ?", (key,))
+        return str(row[0]) if row else None
+
+    async def set_value(self, key: str, value: str) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    async def forget_user(self, user_id: int) -> int:
+        """Delete everything stored about a user (jobs cascade to events and outbox)."""
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute("DELETE FROM jobs WHERE owner_id = ?", (user_id,))
+            deleted = cursor.rowcount
+            await conn.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
+        return deleted
+
+    async def job_ids_in_states(self, states: Sequence[JobState], *, limit: int = 1000) -> list[int]:
+        placeholders = ", ".join("?" for _ in states)
+        rows = await self.db.fetchall(
+            f"SELECT id FROM jobs WHERE state IN ({placeholders}) ORDER BY id LIMIT ?",  # noqa: S608
+            (*[s.value for s in states], limit),
+        )
+        return [int(row[0]) for row in rows]
