@@ -1,0 +1,522 @@
+"""Async client for the Stable Diffusion API (ModelsLab) v3 LoRA training endpoints.
+
+Every call is ``POST {api_root}/<endpoint>`` with a JSON body that carries the API key as
+``"key"``. The reference for every endpoint and quirk is ``/work/shared/reference/provider-api.md``.
+
+Retry policy:
+
+* ``submit_training`` is never retried: a second submission may start (and bill) a second
+  training. Failures that happen before the request could reach the provider (connect errors,
+  pool timeouts, a redirect, a 4xx) and explicit errors from the provider itself (a 500/503 with
+  a JSON error body) raise the matching error; anything else without a usable answer (timeouts
+  or dropped connections after sending, 502/504 from a gateway, an empty or non-JSON body, a
+  success without a training id) raises :class:`SubmissionUncertain`.
+* The other calls are safe to repeat (cancelling twice is harmless) and are retried on 5xx,
+  timeouts, network errors and non-JSON bodies, with exponential backoff and full jitter, up to
+  ``max_attempts`` attempts in all. A 429 waits the provider's ``retry_after`` (from the body, the
+  ``Retry-After`` header or the spam-filter tip) within the same attempt budget, unless that wait
+  is longer than ``max_rate_limit_wait``, in which case :class:`RateLimited` is raised at once.
+
+The key is kept out of ``repr``, logs, exceptions and stored payloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import math
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from bot.provider.errors import (
+    InsufficientCredits,
+    InvalidApiKey,
+    ProviderError,
+    ProviderUnavailable,
+    RateLimited,
+    RequestRejected,
+    SubmissionUncertain,
+    TrainingNotFound,
+)
+from bot.provider.models import (
+    SubmitResult,
+    TrainingRequest,
+    TrainingStatus,
+    extract_training_id,
+    id_text,
+    mask,
+    message_text,
+    redact,
+    tip_text,
+)
+
+logger = logging.getLogger(__name__)
+
+_Operation = Literal["submit", "status", "cancel", "list", "delete", "crop"]
+#: Operations whose path names a training: a 404 or "not found" there means TrainingNotFound.
+_TRAINING_OPERATIONS: Final = frozenset({"status", "cancel", "delete"})
+
+#: The provider's documented spelling first; the corrected spelling is the fallback on HTTP 404.
+_CANCEL_ENDPOINTS: Final = ("cancle_training", "cancel_training")
+
+#: ``base64_crop`` accepts at most 5 MB (SDA miscs page, ModelsLab general API).
+MAX_CROP_IMAGE_BYTES: Final = 5 * 1024 * 1024
+
+#: Gateway answers: the request may have reached the provider behind the gateway.
+_GATEWAY_ERRORS: Final = frozenset({502, 504})
+_FAILED_STATUSES: Final = frozenset({"error", "failed", "failure", "fail"})
+_INVALID_KEY: Final = re.compile(r"\binvalid\s+(?:api[\s_-]*)?key\b")
+_RATE_LIMIT: Final = re.compile(r"rate[\s_-]*limit|too many requests")
+_CREDITS: Final = re.compile(r"credit|\bbalance\b|\bwallet\b|insufficient\s+(?:fund|credit|balance)")
+_NOT_FOUND: Final = re.compile(r"not\s+found|n[o']t\s+exist|no\s+such")
+_SECONDS_IN_TEXT: Final = re.compile(r"(\d+(?:\.\d+)?)\s*(?:s\b|sec)", re.IGNORECASE)
+_TRAINING_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+_IMAGE_MIME: Final = re.compile(r"image/[a-z0-9.+-]+")
+#: Connection errors raised before any byte of the request left this process.
+_NOT_SENT_ERRORS: Final = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.ProxyError,
+    httpx.UnsupportedProtocol,
+)
+
+
+class _NotJson:
+    """Marks a body that is empty or is not JSON."""
+
+    __slots__ = ()
+
+
+_NOT_JSON: Final = _NotJson()
+
+
+class _Secret:
+    """Holds the API key; its repr and str never show it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "_Secret('**********')"
+
+    __str__ = __repr__
+
+
+def normalize_api_root(base_url: str) -> str:
+    """``https://host`` (or ``…/api``, ``…/api/v3``, ``…/api/sandbox/v3``) -> ``https://host/api/v3``."""
+    parts = urlsplit(base_url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("base_url must be an absolute http(s) URL such as https://stablediffusionapi.com")
+    if parts.query or parts.fragment:
+        raise ValueError("base_url must not have a query string or a fragment")
+    path = parts.path.rstrip("/")
+    lowered = path.lower()
+    if lowered.endswith(("/api/v3", "/api/sandbox/v3")):
+        root = path
+    elif lowered.endswith("/api"):
+        root = f"{path}/v3"
+    else:
+        root = f"{path}/api/v3"
+    return urlunsplit((parts.scheme, parts.netloc, root, "", ""))
+
+
+def _make_timeout(seconds: float) -> httpx.Timeout:
+    return httpx.Timeout(connect=min(seconds, 10.0), read=seconds, write=seconds, pool=seconds)
+
+
+def _seconds(value: object) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value) if isinstance(value, int | float | str) else math.nan
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _retry_after_header(value: str | None) -> float | None:
+    if not value:
+        return None
+    seconds = _seconds(value.strip())
+    if seconds is not None:
+        return seconds
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+class ProviderClient:
+    """The provider's v3 training API: submit, status, cancel, list, delete, crop."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 30.0,
+        submit_timeout: float = 60.0,
+        max_attempts: int = 4,
+        backoff_base: float = 0.5,
+        backoff_max: float = 8.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+        max_rate_limit_wait: float = 60.0,
+    ) -> None:
+        if timeout <= 0 or submit_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if backoff_base < 0 or backoff_max < 0 or max_rate_limit_wait < 0:
+            raise ValueError("backoff and wait limits must not be negative")
+        self._api_root = normalize_api_root(base_url)
+        self._root_path = urlsplit(self._api_root).path
+        self._key = _Secret(api_key.strip())
+        self._timeout = _make_timeout(timeout)
+        self._submit_timeout = _make_timeout(submit_timeout)
+        self._max_attempts = max_attempts
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._max_rate_limit_wait = max_rate_limit_wait
+        self._sleep = sleep
+        self._rng = rng if rng is not None else random.Random()
+        self._cancel_endpoints: tuple[str, str] = _CANCEL_ENDPOINTS
+        self._http = httpx.AsyncClient(
+            transport=transport,
+            timeout=self._timeout,
+            follow_redirects=False,  # never resend the key to wherever a redirect points
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        )
+
+    def __repr__(self) -> str:
+        return f"ProviderClient(api_root={self._api_root!r}, max_attempts={self._max_attempts})"
+
+    @property
+    def api_root(self) -> str:
+        """The normalized API root, e.g. ``https://stablediffusionapi.com/api/v3``."""
+        return self._api_root
+
+    async def __aenter__(self) -> ProviderClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ------------------------------------------------------------------ endpoints
+
+    async def submit_training(self, request: TrainingRequest) -> SubmitResult:
+        """``POST /api/v3/lora_fine_tune``. Never retried; see the module docstring."""
+        endpoint = "lora_fine_tune"
+        try:
+            response = await self._post(endpoint, request.to_body(self._key.reveal()), self._submit_timeout)
+        except _NOT_SENT_ERRORS as exc:
+            raise ProviderUnavailable() from exc
+        except httpx.RequestError as exc:
+            logger.warning("Training submission got no answer (%s); it may have started", type(exc).__name__)
+            raise SubmissionUncertain() from exc
+
+        status = response.status_code
+        if 300 <= status < 400:
+            raise self._redirected(endpoint, response)
+        payload = self._decode(response)
+        if status in _GATEWAY_ERRORS:
+            # A proxy gave up waiting on the provider, which may well have started the training.
+            logger.warning("Training submission answered HTTP %d from a gateway; it may have started", status)
+            raise SubmissionUncertain(status_code=status)
+        if isinstance(payload, dict):
+            error = self._classify(status, payload, response.headers, "submit")
+            if error is not None:
+                raise error
+            clean = redact(payload, self._key.reveal())
+            try:
+                result = SubmitResult.from_payload(clean)
+            except ValueError:
+                logger.warning("Training submission answered HTTP %d without a training id", status)
+                raise SubmissionUncertain(provider_message=message_text(clean), status_code=status) from None
+            logger.info("Training %s submitted (%d images)", result.training_id, len(request.images))
+            return result
+        if 400 <= status < 500:
+            # Refused before processing; the status code alone decides the error.
+            error = self._classify(status, {}, response.headers, "submit")
+            if error is not None:
+                raise error
+        logger.warning("Training submission answered HTTP %d without a JSON object", status)
+        raise SubmissionUncertain(status_code=status)
+
+    async def training_status(self, training_id: str) -> TrainingStatus:
+        """``POST /api/v3/fine_tune_status/{id}``."""
+        training_id = self._path_id(training_id)
+        payload = await self._call_object(f"fine_tune_status/{training_id}", {}, "status")
+        return TrainingStatus.from_payload(payload)
+
+    async def cancel_training(self, training_id: str) -> str:
+        """``POST /api/v3/cancle_training/{id}`` (the docs' spelling), then ``cancel_training`` on 404.
+
+        Returns the provider's message text (an empty string if it sent none).
+        """
+        training_id = self._path_id(training_id)
+        first, second = self._cancel_endpoints
+        try:
+            payload = await self._call_object(f"{first}/{training_id}", {}, "cancel")
+        except TrainingNotFound as error:
+            if error.status_code != 404:
+                raise
+            logger.info("POST %s/%s/%s answered 404; trying %s", self._root_path, first, training_id, second)
+            try:
+                payload = await self._call_object(f"{second}/{training_id}", {}, "cancel")
+            except RequestRejected as fallback_error:
+                if fallback_error.status_code in (404, 405):
+                    raise error from None
+                raise
+            self._cancel_endpoints = (second, first)
+        return self._reply_text(payload)
+
+    async def list_trainings(self) -> list[str]:
+        """``POST /api/v3/finetune_list``: the ids of the account's trained models, in order."""
+        payload = await self._call("finetune_list", {}, "list")
+        items: object = payload if isinstance(payload, list) else payload.get("data", _NOT_JSON)
+        if items is None:
+            return []
+        if not isinstance(items, list):
+            raise ProviderUnavailable("The image service sent an answer the bot does not understand.", retryable=False)
+        ids: list[str] = []
+        for item in items:
+            found = extract_training_id(item) if isinstance(item, Mapping) else id_text(item)
+            if found is not None and found not in ids:
+                ids.append(found)
+        return ids
+
+    async def delete_training(self, training_id: str) -> str:
+        """``POST /api/v3/finetune/delete/{id}``. Returns the provider's message text."""
+        training_id = self._path_id(training_id)
+        payload = await self._call_object(f"finetune/delete/{training_id}", {}, "delete")
+        return self._reply_text(payload)
+
+    async def crop_image(self, image: bytes, mime: str = "image/png", *, crop: bool = True) -> str:
+        """``POST /api/v3/base64_crop``: upload an image as a data URI; returns the hosted link."""
+        if not image:
+            raise ValueError("image is empty")
+        mime = mime.strip().lower()
+        if not _IMAGE_MIME.fullmatch(mime):
+            raise ValueError("mime must be an image type such as image/png")
+        if len(image) > MAX_CROP_IMAGE_BYTES:
+            raise RequestRejected("That image is too large for the image service (the limit is 5 MB).")
+        data_uri = f"data:{mime};base64,{base64.b64encode(image).decode('ascii')}"
+        body = {"image": data_uri, "crop": "true" if crop else "false"}
+        payload = await self._call_object("base64_crop", body, "crop")
+        link = payload.get("link")
+        if not isinstance(link, str) or not link.strip():
+            output = payload.get("output")
+            link = output[0] if isinstance(output, list) and output else None
+        if not isinstance(link, str) or not link.strip():
+            raise ProviderUnavailable(
+                "The image service did not return a link for the uploaded image.", retryable=False
+            )
+        return link.strip()
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _call_object(self, endpoint: str, extra: Mapping[str, object], op: _Operation) -> dict[str, Any]:
+        payload = await self._call(endpoint, extra, op)
+        if isinstance(payload, dict):
+            return payload
+        raise ProviderUnavailable("The image service sent an answer the bot does not understand.", retryable=False)
+
+    async def _call(self, endpoint: str, extra: Mapping[str, object], op: _Operation) -> dict[str, Any] | list[Any]:
+        """One read-only (repeatable) call with retries. Returns the redacted JSON body."""
+        path = f"{self._root_path}/{endpoint}"
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._attempt(endpoint, extra, op)
+            except RateLimited as error:
+                wait = error.retry_after if error.retry_after is not None else self._backoff(attempt)
+                if wait > self._max_rate_limit_wait:
+                    logger.warning("POST %s rate limited for %.0f s; not waiting", path, wait)
+                    raise
+                if attempt >= self._max_attempts:
+                    logger.warning("POST %s still rate limited after %d attempts", path, attempt)
+                    raise
+                reason = "rate limited"
+            except ProviderUnavailable as error:
+                if not error.retryable:
+                    raise
+                reason = self._describe(error)
+                if attempt >= self._max_attempts:
+                    logger.warning("POST %s failed (%s); giving up after %d attempts", path, reason, attempt)
+                    raise
+                wait = self._backoff(attempt)
+            logger.warning(
+                "POST %s failed (%s); retry %d of %d in %.2f s",
+                path,
+                reason,
+                attempt,
+                self._max_attempts - 1,
+                wait,
+            )
+            await self._sleep(wait)
+
+    async def _attempt(self, endpoint: str, extra: Mapping[str, object], op: _Operation) -> dict[str, Any] | list[Any]:
+        body = {"key": self._key.reveal(), **extra}
+        try:
+            response = await self._post(endpoint, body, self._timeout)
+        except httpx.RequestError as exc:
+            raise ProviderUnavailable() from exc
+        status = response.status_code
+        if 300 <= status < 400:
+            raise self._redirected(endpoint, response)
+        payload = self._decode(response)
+        error = self._classify(status, payload if isinstance(payload, dict) else {}, response.headers, op)
+        if error is not None:
+            raise error
+        if isinstance(payload, _NotJson):
+            raise ProviderUnavailable(status_code=status)
+        if isinstance(payload, dict) or (op == "list" and isinstance(payload, list)):
+            cleaned: dict[str, Any] | list[Any] = redact(payload, self._key.reveal())
+            return cleaned
+        raise ProviderUnavailable(
+            "The image service sent an answer the bot does not understand.", status_code=status, retryable=False
+        )
+
+    async def _post(self, endpoint: str, body: Mapping[str, object], limits: httpx.Timeout) -> httpx.Response:
+        path = f"{self._root_path}/{endpoint}"
+        started = time.perf_counter()
+        try:
+            response = await self._http.post(f"{self._api_root}/{endpoint}", json=body, timeout=limits)
+        except httpx.RequestError as exc:
+            elapsed = (time.perf_counter() - started) * 1000
+            logger.debug("POST %s failed after %.0f ms: %s", path, elapsed, type(exc).__name__)
+            raise
+        elapsed = (time.perf_counter() - started) * 1000
+        logger.debug("POST %s -> %d in %.0f ms", path, response.status_code, elapsed)
+        return response
+
+    @staticmethod
+    def _decode(response: httpx.Response) -> object:
+        content = response.content
+        if not content.strip():
+            return _NOT_JSON
+        try:
+            decoded: object = json.loads(content)
+        except (ValueError, RecursionError):
+            return _NOT_JSON
+        return decoded
+
+    def _classify(
+        self, status: int, payload: Mapping[str, Any], headers: httpx.Headers, op: _Operation
+    ) -> ProviderError | None:
+        """The error an answer stands for, or ``None`` when it is a success."""
+        body_status = payload.get("status")
+        failed = isinstance(body_status, str) and body_status.strip().lower() in _FAILED_STATUSES
+        if status < 400 and not failed:
+            return None
+        key = self._key.reveal()
+        raw_message = message_text(payload)
+        message = mask(raw_message, key) if raw_message else None
+        lowered = (message or "").lower()
+        if status == 401 or _INVALID_KEY.search(lowered):
+            return InvalidApiKey(provider_message=message, status_code=status)
+        if status == 429 or _RATE_LIMIT.search(lowered):
+            tip = tip_text(payload)
+            retry_after = self._retry_after(payload, headers, message, mask(tip, key) if tip else None)
+            return RateLimited(retry_after, provider_message=message, status_code=status)
+        if status == 402 or _CREDITS.search(lowered):
+            return InsufficientCredits(provider_message=message, status_code=status)
+        if status >= 500:
+            return ProviderUnavailable(provider_message=message, status_code=status)
+        if op in _TRAINING_OPERATIONS and (status == 404 or _NOT_FOUND.search(lowered)):
+            return TrainingNotFound(provider_message=message, status_code=status)
+        return RequestRejected(provider_message=message, status_code=status)
+
+    @staticmethod
+    def _retry_after(
+        payload: Mapping[str, Any], headers: httpx.Headers, message: str | None, tip: str | None
+    ) -> float | None:
+        for name in ("retry_after", "retry-after", "retryAfter"):
+            seconds = _seconds(payload.get(name))
+            if seconds is not None:
+                return seconds
+        seconds = _retry_after_header(headers.get("retry-after"))
+        if seconds is not None:
+            return seconds
+        # SDA's spam filter: "please wait for 30 seconds and try again".
+        for text in (tip, message):
+            match = _SECONDS_IN_TEXT.search(text or "")
+            if match:
+                return float(match.group(1))
+        return None
+
+    def _redirected(self, endpoint: str, response: httpx.Response) -> ProviderUnavailable:
+        location = urlsplit(response.headers.get("location", ""))
+        target = urlunsplit((location.scheme, location.hostname or "", location.path, "", ""))
+        logger.warning(
+            "POST %s/%s was redirected (HTTP %d) to %s; check the provider base URL",
+            self._root_path,
+            endpoint,
+            response.status_code,
+            target or "nowhere",
+        )
+        return ProviderUnavailable(
+            "The image service is not reachable with the bot's current settings. "
+            "Please ask the bot owner to check them.",
+            status_code=response.status_code,
+            retryable=False,
+        )
+
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(backoff_max, backoff_base * 2 ** (attempt - 1))]."""
+        ceiling = min(self._backoff_max, self._backoff_base * 2.0 ** min(attempt - 1, 60))
+        return max(0.0, min(ceiling, self._rng.uniform(0.0, ceiling)))
+
+    @staticmethod
+    def _describe(error: ProviderError) -> str:
+        cause = error.__cause__
+        if cause is not None:
+            return type(cause).__name__
+        if error.status_code is not None:
+            return f"HTTP {error.status_code}"
+        return type(error).__name__
+
+    def _path_id(self, training_id: str) -> str:
+        text = str(training_id).strip()
+        if not _TRAINING_ID.fullmatch(text):
+            raise TrainingNotFound("That doesn't look like a valid training id.")
+        return text
+
+    @staticmethod
+    def _reply_text(payload: Mapping[str, Any]) -> str:
+        text = message_text(payload)
+        if text:
+            return text
+        data = payload.get("data")
+        return data.strip() if isinstance(data, str) else ""
