@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -126,11 +126,15 @@ class Settings(BaseSettings):
             raise ValueError("must look like sqlite:///path/to/file.db (or sqlite:///:memory:)")
         return value
 
-    @model_validator(mode="after")
-    def _check_ranges(self) -> Settings:
-        if self.min_images > self.max_images:
+    @field_validator("max_images")
+    @classmethod
+    def _check_ranges(cls, value: int, info: ValidationInfo) -> int:
+        # A field validator (not a model validator, which only runs when every field is valid)
+        # so this is reported together with any other bad setting.
+        minimum = info.data.get("min_images")
+        if isinstance(minimum, int) and minimum > value:
             raise ValueError("MIN_IMAGES must not be greater than MAX_IMAGES")
-        return self
+        return value
 
     @property
     def database_path(self) -> str:

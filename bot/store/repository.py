@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiosqlite
@@ -21,7 +21,11 @@ Planner = Callable[[Job, Event], TransitionPlan]
 
 #: Columns a transition plan may update besides `state` (never ids or owners).
 _PLAN_COLUMNS = frozenset({"training_id", "provider_status", "last_error", "eta_text", "submitted_at", "image_urls"})
-_TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATES))
+#: Spelled exactly as in the WHERE of the partial index `jobs_active_updated` (same words, same
+#: order): SQLite uses a partial index only when the query repeats its condition verbatim.
+_TERMINAL_ORDER = (JobState.MODEL_READY, JobState.CANCELLED, JobState.FAILED, JobState.EXPIRED)
+assert frozenset(_TERMINAL_ORDER) == TERMINAL_STATES
+_TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in _TERMINAL_ORDER)
 _ACTIVE_SQL = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_STATES))
 
 
@@ -32,7 +36,8 @@ class JobNotFound(LookupError):
 def _iso(moment: datetime) -> str:
     if moment.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware")
-    return moment.isoformat()
+    # Always stored in UTC: timestamps are compared as text, which only works with one offset.
+    return moment.astimezone(UTC).isoformat()
 
 
 class Store:
@@ -230,7 +235,7 @@ class Store:
             (*columns.values(), before.id),
         )
 
-    async def _enqueue(self, conn: aiosqlite.Connection, job_id: int, draft: OutboxDraft, now: str) -> None:
+    async def _enqueue(self, conn: aiosqlite.Connection, job_id: int | None, draft: OutboxDraft, now: str) -> None:
         payload = json.dumps(dict(draft.payload), sort_keys=True)
         if draft.coalesce:
             await conn.execute(
@@ -258,7 +263,7 @@ class Store:
     async def enqueue(self, job_id: int | None, draft: OutboxDraft) -> None:
         """Queue a notification outside a transition (e.g. re-posting a deleted card)."""
         async with self.db.transaction() as conn:
-            await self._enqueue(conn, job_id or 0, draft, _iso(self.now()))
+            await self._enqueue(conn, job_id, draft, _iso(self.now()))
 
     async def due_outbox(self, *, limit: int = 50) -> list[OutboxItem]:
         rows = await self.db.fetchall(

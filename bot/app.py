@@ -1,0 +1,149 @@
+"""`lorabot run`: wires the store, provider client, webhook server, Discord client and workers.
+
+Everything runs in one event loop. The webhook server starts before Discord so that webhooks
+are accepted and persisted even while Discord is unreachable; the outbox catches up later.
+SIGTERM / Ctrl-C stop webhooks first, let in-flight writes finish, close the database, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import aiohttp
+import discord
+
+from bot.config import Settings
+from bot.discord_bot import LoraBot, Services, point_discord_at
+from bot.images import ImageLimits
+from bot.jobs.notifier import Notifier
+from bot.jobs.reconciler import Reconciler
+from bot.jobs.service import JobService
+from bot.logging_setup import redactor
+from bot.messenger import Messenger
+from bot.provider.client import ProviderClient
+from bot.store import Database, Store
+from bot.webhooks import WebhookServer
+
+log = logging.getLogger(__name__)
+
+
+def image_limits(settings: Settings) -> ImageLimits:
+    return ImageLimits(
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+        min_side=settings.min_image_side,
+        min_images=settings.min_images,
+        max_images=settings.max_images,
+    )
+
+
+async def open_database(settings: Settings) -> Database:
+    db = await Database.open(settings.database_path)
+    try:
+        await db.migrate()
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
+class Application:
+    """The running bot process. `run()` returns when a stop signal arrives."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stop_event = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s died", task.get_name(), exc_info=task.exception())
+
+    async def run(self) -> None:
+        settings = self.settings
+        redactor().add(settings.discord_token.get_secret_value(), settings.sdapi_key.get_secret_value())
+        point_discord_at(settings.discord_api_base, settings.discord_gateway_url)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, self.stop_event.set)
+
+        db = await open_database(settings)
+        store = Store(db)
+        provider = ProviderClient(
+            settings.sdapi_base_url,
+            settings.sdapi_key.get_secret_value(),
+            timeout=settings.sdapi_timeout_seconds,
+            submit_timeout=settings.sdapi_submit_timeout_seconds,
+        )
+        bot = LoraBot(settings)
+        messenger = Messenger(bot)
+        notifier = Notifier(store, messenger, edit_interval=settings.card_edit_interval_seconds)
+        service = JobService(store, provider, settings, on_outbox=notifier.wake)
+        executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="images")
+        bot.attach(Services(settings, store, service, provider, notifier, messenger, image_limits(settings), executor))
+        webhooks = WebhookServer(
+            service,
+            store,
+            max_body_bytes=settings.webhook_max_body_bytes,
+            rate_per_minute=settings.webhook_rate_limit_per_minute,
+            discord_status=bot.connection_status,
+        )
+        reconciler = Reconciler(
+            store,
+            service,
+            interval=settings.reconcile_interval_seconds,
+            stall_deadline=settings.stall_deadline_seconds,
+            preview_timeout=settings.preview_timeout_seconds,
+        )
+        try:
+            await webhooks.start(settings.webhook_host, settings.webhook_port)
+            settled = await service.recover_interrupted()
+            expired = await service.expire_stale_previews(all_previews=True)
+            if settled or expired:
+                log.info("start-up recovery: %d interrupted submissions settled, %d previews expired", settled, expired)
+            self._spawn(self._run_discord(bot, notifier, reconciler), "discord")
+            await self.stop_event.wait()
+            log.info("stopping: no more webhooks; finishing in-flight work")
+        finally:
+            await webhooks.stop()
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if not bot.is_closed():
+                await bot.close()
+            await provider.aclose()
+            executor.shutdown(wait=True, cancel_futures=True)
+            await db.close()
+            log.info("stopped cleanly")
+
+    async def _run_discord(self, bot: LoraBot, notifier: Notifier, reconciler: Reconciler) -> None:
+        """Log in (retrying while Discord is unreachable), start the workers, stay connected."""
+        token = self.settings.discord_token.get_secret_value()
+        delay = 1.0
+        while True:
+            try:
+                await bot.login(token)
+                break
+            except discord.LoginFailure:
+                log.critical("Discord rejected DISCORD_TOKEN; stopping")
+                self.stop_event.set()
+                return
+            except (aiohttp.ClientError, discord.HTTPException, OSError, TimeoutError) as error:
+                log.warning("cannot reach Discord (%s); retrying in %.0f s", type(error).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+        self._spawn(notifier.run(), "notifier")
+        self._spawn(reconciler.run(), "reconciler")
+        await bot.connect(reconnect=True)

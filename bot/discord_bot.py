@@ -1,0 +1,105 @@
+"""The discord.py client: no privileged intents, cogs loaded from `cogs/`, commands synced on change."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import discord
+import yarl
+from discord.ext import commands
+
+from bot.config import Settings
+from bot.images import ImageLimits
+from bot.jobs.notifier import Notifier
+from bot.jobs.service import JobService
+from bot.messenger import Messenger
+from bot.provider.client import ProviderClient
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.errors", "cogs.training", "cogs.jobs")
+COMMANDS_HASH_KEY = "commands_hash"
+
+
+@dataclass
+class Services:
+    """Everything the cogs use, built once by the app and handed to the bot."""
+
+    settings: Settings
+    store: Store
+    jobs: JobService
+    provider: ProviderClient
+    notifier: Notifier
+    messenger: Messenger
+    image_limits: ImageLimits
+    executor: Executor | None = None
+
+
+def point_discord_at(api_base: str, gateway_url: str) -> None:
+    """Send discord.py's REST calls and gateway connection where the settings say (proxies, tests)."""
+    discord.http.Route.BASE = api_base.rstrip("/")
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+
+
+class LoraBot(commands.Bot):
+    services: Services
+
+    def __init__(self, settings: Settings) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True  # channels, roles and permissions; nothing privileged
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            help_command=None,
+            allowed_mentions=discord.AllowedMentions.none(),
+            max_ratelimit_timeout=60.0,
+        )
+        self.settings = settings
+
+    def attach(self, services: Services) -> None:
+        self.services = services
+
+    async def setup_hook(self) -> None:
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        try:
+            await self.sync_commands_if_changed()
+        except (discord.HTTPException, discord.app_commands.CommandSyncFailure) as error:
+            log.error("could not sync application commands (%s); the previous definition stays", error)
+
+    def _sync_target(self) -> discord.Object | None:
+        guild_id = self.settings.discord_guild_id
+        return discord.Object(guild_id) if guild_id else None
+
+    async def sync_commands_if_changed(self) -> bool:
+        """Sync application commands only when their definition (or target) changed."""
+        guild = self._sync_target()
+        if guild is not None:
+            self.tree.copy_global_to(guild=guild)
+        definition = [command.to_dict(self.tree) for command in self.tree.get_commands(guild=guild)]
+        digest = hashlib.sha256(
+            json.dumps({"guild": guild.id if guild else None, "commands": definition}, sort_keys=True).encode()
+        ).hexdigest()
+        if await self.services.store.get_value(COMMANDS_HASH_KEY) == digest:
+            log.info("application commands unchanged; not syncing")
+            return False
+        await self.tree.sync(guild=guild)
+        await self.services.store.set_value(COMMANDS_HASH_KEY, digest)
+        log.info("synced %d application commands %s", len(definition), f"to guild {guild.id}" if guild else "globally")
+        return True
+
+    def connection_status(self) -> str:
+        if self.is_closed():
+            return "closed"
+        if self.is_ready() and not self.ws_is_closed():
+            return "connected"
+        return "connecting"
+
+    def ws_is_closed(self) -> bool:
+        ws = self.ws
+        return ws is None or ws.socket.closed

@@ -1,0 +1,142 @@
+"""Delivers the outbox to Discord: card edits (coalesced) and the owner's DMs.
+
+Items were written in the same transaction as the state change that caused them. Delivery is
+at least once: an item is marked done only after Discord accepted it, and repeats are harmless
+because a card edit renders the current state, and a DM carries a nonce derived from its key
+that Discord uses to return the first message instead of posting a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from datetime import datetime, timedelta
+
+import discord
+
+from bot.jobs.states import JobState
+from bot.messenger import CannotPost, DiscordUnavailable, DmsClosed, MessageGone, Messenger
+from bot.render import job_card, outcome_message
+from bot.store import Job, OutboxItem, Store
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 12
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """Backoff with jitter for a failed delivery: 2 s, 4 s, ... capped at 5 minutes."""
+    base = min(300.0, 2.0 * 2**attempts)
+    return timedelta(seconds=base / 2 + random.uniform(0, base / 2))
+
+
+class Notifier:
+    def __init__(self, store: Store, messenger: Messenger, *, edit_interval: float = 3.0) -> None:
+        self.store = store
+        self.messenger = messenger
+        self.edit_interval = timedelta(seconds=edit_interval)
+        self._wake = asyncio.Event()
+        self._last_edit: dict[int, datetime] = {}
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Deliver due items forever; sleeps until the next is due or a new one is written."""
+        while True:
+            try:
+                await self.deliver_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox pass failed; retrying shortly")
+            next_due = await self.store.next_outbox_due()
+            timeout = 30.0
+            if next_due is not None:
+                timeout = max(0.05, min(timeout, (next_due - self.store.now()).total_seconds()))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def deliver_due(self) -> int:
+        """One pass over the due items; returns how many were delivered."""
+        delivered = 0
+        for item in await self.store.due_outbox():
+            try:
+                if await self.deliver(item):
+                    delivered += 1
+            except DiscordUnavailable as error:
+                # Discord is down or throttling hard: back off this item and stop the pass.
+                log.warning("outbox %s: Discord unavailable (%s), retrying later", item.dedupe_key, error)
+                await self.store.mark_failed(item, str(error), retry_delay(item.attempts))
+                break
+        return delivered
+
+    async def deliver(self, item: OutboxItem) -> bool:
+        job = await self.store.get_job(item.job_id) if item.job_id else None
+        if job is None:  # the owner deleted their data in the meantime
+            await self.store.mark_delivered(item)
+            return False
+        if item.kind == "card":
+            return await self._deliver_card(item, job)
+        return await self._deliver_dm(item, job)
+
+    async def _deliver_card(self, item: OutboxItem, job: Job) -> bool:
+        last = self._last_edit.get(job.id)
+        now = self.store.now()
+        if last is not None and now - last < self.edit_interval:
+            await self.store.postpone(item, last + self.edit_interval)  # coalesce bursts into one edit
+            return False
+        embed = job_card(job, await self.store.events_for_job(job.id))
+        try:
+            if job.card_channel_id is None or job.card_message_id is None:
+                raise MessageGone("no card yet")
+            await self.messenger.edit(job.card_channel_id, job.card_message_id, embed=embed)
+        except MessageGone:
+            await self._repost_card(job, embed)
+        except CannotPost as error:
+            log.warning("job %s: cannot edit its card (%s); giving up on this edit", job.id, error)
+            await self.store.mark_failed(item, str(error), None)
+            return False
+        self._last_edit[job.id] = now
+        await self.store.mark_delivered(item)
+        return True
+
+    async def _repost_card(self, job: Job, embed: discord.Embed) -> None:
+        """The card was deleted: post a new one where it was (or in the owner's DMs) and keep going."""
+        channel_id = job.card_channel_id or job.channel_id
+        try:
+            posted = await self.messenger.post(channel_id, embed=embed)
+        except (MessageGone, CannotPost):
+            posted = await self.messenger.dm(job.owner_id, embed=embed)
+        await self.store.set_card(job.id, posted.channel_id, posted.message_id)
+        log.info("job %s: card re-posted as message %s", job.id, posted.message_id)
+
+    async def _deliver_dm(self, item: OutboxItem, job: Job) -> bool:
+        state = JobState(str(item.payload.get("state", job.state.value)))
+        text = outcome_message(job, state)
+        if not await self.store.dms_closed(job.owner_id):
+            try:
+                await self.messenger.dm(job.owner_id, content=text, nonce_key=item.dedupe_key)
+            except DmsClosed:
+                log.info("job %s: owner's DMs are closed; mentioning them in the channel instead", job.id)
+                await self.store.mark_dms_closed(job.owner_id)
+            else:
+                await self.store.mark_delivered(item)
+                return True
+        try:
+            await self.messenger.post(
+                job.channel_id,
+                content=f"<@{job.owner_id}> {text}\n(I could not DM you.)",
+                mention_user=job.owner_id,
+                nonce_key=item.dedupe_key + ":channel",
+            )
+        except (CannotPost, MessageGone) as error:
+            log.warning("job %s: could not reach the owner by DM or in the channel (%s)", job.id, error)
+            give_up = item.attempts + 1 >= MAX_ATTEMPTS
+            await self.store.mark_failed(item, str(error), None if give_up else retry_delay(item.attempts))
+            return False
+        await self.store.mark_delivered(item)
+        return True

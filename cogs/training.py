@@ -1,0 +1,322 @@
+"""/train: photos in, preview out, and the Start / Cancel buttons that submit or drop the job."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.errors import UserError
+from bot.images import PreparedImage, make_preview_grid
+from bot.jobs.limits import Requester, check_can_train
+from bot.jobs.photos import collect_photos
+from bot.jobs.service import TrainingParams
+from bot.jobs.states import JobState
+from bot.messenger import CannotPost, DeliveryError, DmsClosed, MessageGone
+from bot.render import card_link, job_card, preview_embed, problems_text
+from cogs.errors import report_error
+
+if TYPE_CHECKING:
+    from bot.discord_bot import LoraBot
+
+log = logging.getLogger(__name__)
+
+Choice = app_commands.Choice
+BASE_MODELS = [Choice(name="SDXL", value="sdxl"), Choice(name="Stable Diffusion 1.5 (normal)", value="normal")]
+SUBJECTS = [Choice(name=n, value=n) for n in ("man", "woman", "couple", "object")]
+LORA_TYPES = [Choice(name="LoRA", value="lora"), Choice(name="LyCORIS", value="lycoris")]
+
+
+@dataclass
+class PendingPreview:
+    """A preview waiting for Start: its crops live only here, in this process's memory."""
+
+    job_id: int
+    owner_id: int
+    channel_id: int
+    images: tuple[PreparedImage, ...]
+    card_in_dms: bool
+    interaction: discord.Interaction
+    expires_at: datetime
+    timer: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+def requester(interaction: discord.Interaction) -> Requester:
+    member = interaction.user if isinstance(interaction.user, discord.Member) else None
+    return Requester(
+        user_id=interaction.user.id,
+        guild_id=interaction.guild_id,
+        role_ids=[role.id for role in member.roles] if member else [],
+        manages_guild=bool(member and interaction.permissions.manage_guild),
+    )
+
+
+def bot_can_post(interaction: discord.Interaction) -> bool:
+    """Can the bot post the card (with files) where /train was run, with its own token?"""
+    if interaction.guild_id is None:
+        return True  # a DM with the bot
+    perms = interaction.app_permissions
+    in_thread = isinstance(interaction.channel, discord.Thread)
+    can_send = perms.send_messages_in_threads if in_thread else perms.send_messages
+    return bool(perms.view_channel and can_send and perms.attach_files and perms.embed_links)
+
+
+def default_name(instance_prompt: str) -> str:
+    words = re.sub(r"\s+", " ", instance_prompt).strip()
+    return (words[:60] + "...") if len(words) > 63 else words
+
+
+class PreviewButton(
+    discord.ui.DynamicItem[discord.ui.Button["discord.ui.View"]],
+    template=r"lorabot:preview:(?P<action>start|drop):(?P<job>\d+)",
+):
+    """Start / Cancel on a preview. Dynamic, so a click after a restart gets a clear answer."""
+
+    def __init__(self, action: str, job_id: int) -> None:
+        start = action == "start"
+        super().__init__(
+            discord.ui.Button(
+                label="Start training" if start else "Cancel",
+                style=discord.ButtonStyle.success if start else discord.ButtonStyle.secondary,
+                custom_id=f"lorabot:preview:{action}:{job_id}",
+            )
+        )
+        self.action = action
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> PreviewButton:
+        return cls(match["action"], int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        cog = interaction.client.get_cog("Training")  # type: ignore[attr-defined]
+        assert isinstance(cog, Training)
+        try:
+            await cog.on_preview_button(interaction, self.action, self.job_id)
+        except Exception as error:
+            await report_error(interaction, error)
+
+
+def preview_view(job_id: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(PreviewButton("start", job_id))
+    view.add_item(PreviewButton("drop", job_id))
+    return view
+
+
+class Training(commands.Cog):
+    def __init__(self, bot: LoraBot) -> None:
+        self.bot = bot
+        self.previews: dict[int, PendingPreview] = {}
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(PreviewButton)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(PreviewButton)
+        for preview in self.previews.values():
+            if preview.timer:
+                preview.timer.cancel()
+
+    @app_commands.command(name="train", description="Train a LoRA on 5 to 10 photos of a person or an object")
+    @app_commands.describe(
+        instance_prompt="How you will call the subject, e.g. 'photo of sks man'",
+        class_prompt="The subject's class, e.g. 'photo of a man'",
+        image1="A photo of the subject (5 to 10 photos in all)",
+        base_model="The base model to train on (default SDXL)",
+        training_type="What the photos show (default man)",
+        lora_type="LoRA or LyCORIS (default LoRA)",
+        negative_prompt="Things you don't want (default: the provider's usual list)",
+        max_train_steps="Training steps (default 2 x the number of photos, at most 2000)",
+        seed="A seed for a repeatable training",
+        name="A label for /mymodels (default: from the instance prompt)",
+    )
+    @app_commands.choices(base_model=BASE_MODELS, training_type=SUBJECTS, lora_type=LORA_TYPES)
+    async def train(
+        self,
+        interaction: discord.Interaction,
+        instance_prompt: app_commands.Range[str, 3, 300],
+        class_prompt: app_commands.Range[str, 3, 300],
+        image1: discord.Attachment,
+        image2: discord.Attachment | None = None,
+        image3: discord.Attachment | None = None,
+        image4: discord.Attachment | None = None,
+        image5: discord.Attachment | None = None,
+        image6: discord.Attachment | None = None,
+        image7: discord.Attachment | None = None,
+        image8: discord.Attachment | None = None,
+        image9: discord.Attachment | None = None,
+        image10: discord.Attachment | None = None,
+        base_model: str = "sdxl",
+        training_type: str = "man",
+        lora_type: str = "lora",
+        negative_prompt: app_commands.Range[str, 1, 1500] | None = None,
+        max_train_steps: app_commands.Range[int, 1, 2000] | None = None,
+        seed: app_commands.Range[int, 0, 4294967295] | None = None,
+        name: app_commands.Range[str, 1, 80] | None = None,
+    ) -> None:
+        # Acknowledge first: downloads and image work can take longer than Discord's 3 seconds.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        services = self.bot.services
+        await check_can_train(services.store, services.settings, requester(interaction))
+
+        attachments = [
+            a for a in (image1, image2, image3, image4, image5, image6, image7, image8, image9, image10) if a
+        ]
+        batch = await collect_photos(attachments, services.image_limits, services.executor)
+        if not batch.ok:
+            problems = problems_text([r.message for r in batch.rejected], batch.count_problem, batch.warnings)
+            await interaction.edit_original_response(content=problems)
+            return
+
+        params = TrainingParams(
+            instance_prompt=instance_prompt.strip(),
+            class_prompt=class_prompt.strip(),
+            base_model=base_model,
+            training_type=training_type,
+            lora_type=lora_type,
+            negative_prompt=negative_prompt.strip() if negative_prompt else None,
+            max_train_steps=max_train_steps,
+            seed=seed,
+        )
+        label = (name or default_name(instance_prompt)).strip()
+        job = await services.jobs.create_preview(
+            owner_id=interaction.user.id,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id or 0,
+            name=label,
+            params=params,
+            images=len(batch.images),
+        )
+        card_in_dms = not bot_can_post(interaction)
+        loop = asyncio.get_running_loop()
+        grid = await loop.run_in_executor(services.executor, make_preview_grid, batch.images)
+        expires_at = discord.utils.utcnow() + timedelta(seconds=services.settings.preview_timeout_seconds)
+        embed = preview_embed(
+            job_id=job.id,
+            name=label,
+            params=params.as_dict(),
+            image_count=len(batch.images),
+            steps=params.steps_for(len(batch.images)),
+            warnings=batch.warnings,
+            card_in_dms=card_in_dms,
+            expires_at=expires_at,
+        )
+        preview = PendingPreview(
+            job.id, interaction.user.id, job.channel_id, batch.images, card_in_dms, interaction, expires_at
+        )
+        self.previews[job.id] = preview
+        preview.timer = asyncio.create_task(self._expire_later(preview), name=f"preview-{job.id}")
+        await interaction.edit_original_response(
+            embed=embed,
+            attachments=[discord.File(io.BytesIO(grid), filename="preview.jpg")],
+            view=preview_view(job.id),
+        )
+
+    async def _expire_later(self, preview: PendingPreview) -> None:
+        await asyncio.sleep(max(0.0, (preview.expires_at - discord.utils.utcnow()).total_seconds()))
+        if self.previews.pop(preview.job_id, None) is None:
+            return
+        await self.bot.services.jobs.expire_preview(preview.job_id, "The preview timed out.")
+        try:
+            await preview.interaction.edit_original_response(
+                content="This preview expired; nothing was sent. Run /train again when you're ready.",
+                embed=None,
+                attachments=[],
+                view=None,
+            )
+        except discord.HTTPException as error:
+            log.info("job %s: could not mark the preview expired (%s)", preview.job_id, error.status)
+
+    async def on_preview_button(self, interaction: discord.Interaction, action: str, job_id: int) -> None:
+        preview = self.previews.get(job_id)
+        if preview is not None and interaction.user.id != preview.owner_id:
+            await interaction.response.send_message("This preview isn't yours.", ephemeral=True)
+            return
+        if preview is None:
+            job = await self.bot.services.store.get_job(job_id)
+            if job is not None and job.owner_id != interaction.user.id:
+                await interaction.response.send_message("This preview isn't yours.", ephemeral=True)
+                return
+            await interaction.response.edit_message(
+                content="This preview is no longer active (it expired, or the bot restarted). Run /train again.",
+                embed=None,
+                attachments=[],
+                view=None,
+            )
+            return
+        del self.previews[job_id]
+        if preview.timer:
+            preview.timer.cancel()
+        if action == "drop":
+            await self.bot.services.jobs.expire_preview(job_id, "Cancelled from the preview.")
+            await interaction.response.edit_message(
+                content="Cancelled. Nothing was sent.", embed=None, attachments=[], view=None
+            )
+            return
+        await interaction.response.edit_message(content="Submitting your training...", view=None)
+        message = await self.start(interaction, preview)
+        await interaction.edit_original_response(content=message, embed=None, attachments=[], view=None)
+
+    async def start(self, interaction: discord.Interaction, preview: PendingPreview) -> str:
+        """Submit a confirmed preview; returns the message for the owner."""
+        services = self.bot.services
+        jobs = services.jobs
+        try:
+            await check_can_train(services.store, services.settings, requester(interaction))
+        except Exception:
+            await jobs.expire_preview(preview.job_id, "A training limit was reached before Start.")
+            raise
+        result = await jobs.begin_submission(preview.job_id)
+        if not result.changed:
+            raise UserError("This preview can no longer be started. Run /train again.")
+        job = result.after
+        embed = job_card(job, await services.store.events_for_job(job.id))
+        files = [(f"photo{i + 1}.{image.extension}", image.data) for i, image in enumerate(preview.images)]
+        try:
+            if preview.card_in_dms:
+                raise CannotPost("no permission in the channel")
+            posted = await services.messenger.post(
+                preview.channel_id, embed=embed, files=files, nonce_key=f"card:{job.id}"
+            )
+        except (CannotPost, MessageGone):
+            try:
+                posted = await services.messenger.dm(job.owner_id, embed=embed, files=files, nonce_key=f"card:{job.id}")
+            except DeliveryError as error:
+                await jobs.record_failure(job.id, "I could not post the job's card in the channel or in your DMs.")
+                if isinstance(error, DmsClosed):
+                    raise UserError(
+                        "I can't post in this channel and your DMs are closed, so I have nowhere to put the job's "
+                        "card. Nothing was sent or charged."
+                    ) from error
+                raise UserError(
+                    "Discord didn't accept the job's card, so nothing was sent. Please try again."
+                ) from error
+        await services.store.set_card(job.id, posted.channel_id, posted.message_id)
+        if len(posted.attachment_urls) != len(files):
+            await jobs.record_failure(job.id, "Discord did not return the uploaded photos' links.")
+            raise UserError("Discord didn't return the photos' links, so nothing was sent. Please try again.")
+        job = await jobs.submit(await services.store.require_job(job.id), posted.attachment_urls)
+        link = card_link(job) or ""
+        if job.state is JobState.FAILED:
+            return f"The training could not be started: {job.last_error}\n{link}"
+        if job.state is JobState.UNCERTAIN:
+            return (
+                "I sent the training but the provider didn't confirm it in time. It may still start; the card "
+                f"will update if it does, and it won't be sent twice.\n{link}"
+            )
+        return f"Training submitted! Follow it on its card: {link}\nI'll DM you when the model is ready."
+
+
+async def setup(bot: LoraBot) -> None:
+    await bot.add_cog(Training(bot))

@@ -1,0 +1,119 @@
+"""The `lorabot` command as an operator uses it: real subprocesses, real files, loopback only."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+LORABOT = [sys.executable, "-m", "bot"]
+SECRETS = {
+    "DISCORD_TOKEN": "tok-ABCDEFGHIJKLMNOPQRSTUVWXYZ-123456",
+    "SDAPI_KEY": "key-abcdefghijklmnopqrstuvwxyz-98765",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "SDAPI_", "PUBLIC_", "WEBHOOK_"))}
+    env.update(extra)
+    return env
+
+
+def test_help_lists_subcommands() -> None:
+    out = subprocess.run([*LORABOT, "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("run", "migrate", "simulate"):
+        assert command in out
+
+
+def test_run_with_broken_config_names_every_bad_setting(tmp_path: Path) -> None:
+    env = clean_env(tmp_path, WEBHOOK_PORT="not-a-port", SDAPI_BASE_URL="ftp://nope", MIN_IMAGES="9", MAX_IMAGES="6")
+    result = subprocess.run(
+        [*LORABOT, "run", "--env-file", str(tmp_path / "missing.env")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    for name in ("DISCORD_TOKEN", "SDAPI_KEY", "PUBLIC_URL", "WEBHOOK_PORT", "SDAPI_BASE_URL"):
+        assert name in result.stderr, name
+
+
+def test_migrate_is_idempotent(tmp_path: Path) -> None:
+    db = tmp_path / "bot.db"
+    env = clean_env(tmp_path, DATABASE_URL=f"sqlite:///{db}")
+    first = subprocess.run([*LORABOT, "migrate"], capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
+    second = subprocess.run([*LORABOT, "migrate"], capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
+    assert "applied 1 migration" in first.stdout
+    assert "applied 0 migration" in second.stdout
+    tables = {row[0] for row in sqlite3.connect(db).execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"jobs", "job_events", "outbox", "users", "kv", "schema_migrations"} <= tables
+
+
+def test_run_migrates_serves_healthz_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    db = tmp_path / "bot.db"
+    dead = free_port()  # nothing listens here: Discord is "unreachable"
+    env = clean_env(
+        tmp_path,
+        **SECRETS,
+        PUBLIC_URL="https://bot.example.org",
+        WEBHOOK_PORT=str(port),
+        DATABASE_URL=f"sqlite:///{db}",
+        DISCORD_API_BASE=f"http://127.0.0.1:{dead}/api/v10",
+        DISCORD_GATEWAY_URL=f"ws://127.0.0.1:{dead}/",
+        SDAPI_BASE_URL=f"http://127.0.0.1:{dead}",
+    )
+    proc = subprocess.Popen(
+        [*LORABOT, "run", "--env-file", str(tmp_path / "none.env")],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        body = None
+        while time.monotonic() < deadline:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            except httpx.TransportError:
+                time.sleep(0.1)
+                continue
+            body = response.json()
+            break
+        assert body is not None, "the webhook server never answered /healthz"
+        assert body["database"] is True
+        assert body["discord"] in ("connecting", "closed")
+        assert sqlite3.connect(db).execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] == 1
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert "stopped cleanly" in output
+    for secret in SECRETS.values():
+        assert secret not in output
+
+
+@pytest.mark.parametrize("flag", ["--host", "--port", "--step-seconds"])
+def test_simulate_accepts_its_options(flag: str) -> None:
+    out = subprocess.run([*LORABOT, "simulate", "--help"], capture_output=True, text=True, check=True).stdout
+    assert flag in out
