@@ -56,6 +56,16 @@ async def open_database(settings: Settings) -> Database:
 class Application:
     """The running bot process. `run()` returns when a stop signal arrives."""
 
+    db: Database
+    store: Store
+    provider: ProviderClient
+    bot: LoraBot
+    notifier: Notifier
+    service: JobService
+    executor: ThreadPoolExecutor
+    webhooks: WebhookServer
+    reconciler: Reconciler
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stop_event = asyncio.Event()
@@ -71,65 +81,88 @@ class Application:
             log.error("background task %s died", task.get_name(), exc_info=task.exception())
 
     async def run(self) -> None:
-        settings = self.settings
-        redactor().add(settings.discord_token.get_secret_value(), settings.sdapi_key.get_secret_value())
-        point_discord_at(settings.discord_api_base, settings.discord_gateway_url)
+        """Start everything, wait for SIGTERM / Ctrl-C, stop cleanly."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, self.stop_event.set)
+        try:
+            await self.start()
+            await self.stop_event.wait()
+            log.info("stopping: no more webhooks; finishing in-flight work")
+        finally:
+            await self.stop()
 
-        db = await open_database(settings)
-        store = Store(db)
-        provider = ProviderClient(
+    async def start(self) -> None:
+        """Open the store, start the webhook server, recover, and connect to Discord in the background."""
+        settings = self.settings
+        redactor().add(settings.discord_token.get_secret_value(), settings.sdapi_key.get_secret_value())
+        point_discord_at(settings.discord_api_base, settings.discord_gateway_url)
+        self.db = await open_database(settings)
+        self.store = Store(self.db)
+        self.provider = ProviderClient(
             settings.sdapi_base_url,
             settings.sdapi_key.get_secret_value(),
             timeout=settings.sdapi_timeout_seconds,
             submit_timeout=settings.sdapi_submit_timeout_seconds,
         )
-        bot = LoraBot(settings)
-        messenger = Messenger(bot)
-        notifier = Notifier(store, messenger, edit_interval=settings.card_edit_interval_seconds)
-        service = JobService(store, provider, settings, on_outbox=notifier.wake)
-        executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="images")
-        bot.attach(Services(settings, store, service, provider, notifier, messenger, image_limits(settings), executor))
-        webhooks = WebhookServer(
-            service,
-            store,
+        self.bot = LoraBot(settings)
+        messenger = Messenger(self.bot)
+        self.notifier = Notifier(self.store, messenger, edit_interval=settings.card_edit_interval_seconds)
+        self.service = JobService(self.store, self.provider, settings, on_outbox=self.notifier.wake)
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="images")
+        self.bot.attach(
+            Services(
+                settings,
+                self.store,
+                self.service,
+                self.provider,
+                self.notifier,
+                messenger,
+                image_limits(settings),
+                self.executor,
+            )
+        )
+        self.webhooks = WebhookServer(
+            self.service,
+            self.store,
             max_body_bytes=settings.webhook_max_body_bytes,
             rate_per_minute=settings.webhook_rate_limit_per_minute,
-            discord_status=bot.connection_status,
+            discord_status=self.bot.connection_status,
         )
-        reconciler = Reconciler(
-            store,
-            service,
+        self.reconciler = Reconciler(
+            self.store,
+            self.service,
             interval=settings.reconcile_interval_seconds,
             stall_deadline=settings.stall_deadline_seconds,
             preview_timeout=settings.preview_timeout_seconds,
         )
-        try:
-            await webhooks.start(settings.webhook_host, settings.webhook_port)
-            settled = await service.recover_interrupted()
-            expired = await service.expire_stale_previews(all_previews=True)
-            if settled or expired:
-                log.info("start-up recovery: %d interrupted submissions settled, %d previews expired", settled, expired)
-            self._spawn(self._run_discord(bot, notifier, reconciler), "discord")
-            await self.stop_event.wait()
-            log.info("stopping: no more webhooks; finishing in-flight work")
-        finally:
-            await webhooks.stop()
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            if not bot.is_closed():
-                await bot.close()
-            await provider.aclose()
-            executor.shutdown(wait=True, cancel_futures=True)
-            await db.close()
-            log.info("stopped cleanly")
+        await self.webhooks.start(settings.webhook_host, settings.webhook_port)
+        settled = await self.service.recover_interrupted()
+        expired = await self.service.expire_stale_previews(all_previews=True)
+        if settled or expired:
+            log.info("start-up recovery: %d interrupted submissions settled, %d previews expired", settled, expired)
+        self._spawn(self._run_discord(), "discord")
 
-    async def _run_discord(self, bot: LoraBot, notifier: Notifier, reconciler: Reconciler) -> None:
+    async def stop(self) -> None:
+        """Stop taking webhooks, let in-flight writes finish, close Discord and the database."""
+        if not hasattr(self, "db"):
+            return
+        await self.webhooks.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if not self.bot.is_closed():
+            await self.bot.close()
+        await self.provider.aclose()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        await self.db.close()
+        del self.db
+        log.info("stopped cleanly")
+
+    async def _run_discord(self) -> None:
         """Log in (retrying while Discord is unreachable), start the workers, stay connected."""
+        bot = self.bot
         token = self.settings.discord_token.get_secret_value()
         delay = 1.0
         while True:
@@ -144,6 +177,6 @@ class Application:
                 log.warning("cannot reach Discord (%s); retrying in %.0f s", type(error).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
-        self._spawn(notifier.run(), "notifier")
-        self._spawn(reconciler.run(), "reconciler")
+        self._spawn(self.notifier.run(), "notifier")
+        self._spawn(self.reconciler.run(), "reconciler")
         await bot.connect(reconnect=True)

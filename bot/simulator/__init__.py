@@ -1,0 +1,38 @@
+"""A loopback simulator of the Stable Diffusion API (ModelsLab) v3 LoRA training endpoints.
+
+It serves the provider's documented request and answer shapes (the `messege` typo,
+`cancle_training`, numbers as strings, the 8-status webhook walk), downloads and decodes the
+image URLs it is given, and has fault switches for the failure modes a client must survive.
+
+In a test (same process)::
+
+    async with await start_simulator(step_seconds=0.05) as running:
+        running.url                              # give it to the client as its base URL
+        running.simulator.set_faults(fail_submission=1)
+        await running.simulator.wait_for_status(training_id, "model_ready")
+
+As a process: `lorabot simulate` calls `serve(host, port, step_seconds, api_key)`; drive it with
+`POST /_sim/faults` (JSON of switch names, see `faults.Faults`), `POST /_sim/reset`,
+`GET /_sim/state` and `POST /_sim/trainings/{id}/advance`. The control endpoints take no key:
+keep the simulator on loopback. Endpoints are listed in `app.py`.
+"""
+
+from bot.simulator.app import SIMULATOR_KEY, RunningSimulator, create_app, serve, start_simulator
+from bot.simulator.faults import FAILED, STATUSES, FaultError, Faults
+from bot.simulator.state import Simulator, SimulatorConfig, Training, WebhookDelivery
+
+__all__ = [
+    "FAILED",
+    "SIMULATOR_KEY",
+    "STATUSES",
+    "FaultError",
+    "Faults",
+    "RunningSimulator",
+    "Simulator",
+    "SimulatorConfig",
+    "Training",
+    "WebhookDelivery",
+    "create_app",
+    "serve",
+    "start_simulator",
+]

@@ -1,0 +1,563 @@
+"""The HTTP face of the provider simulator (aiohttp).
+
+Provider endpoints, all `POST` with a JSON body carrying `key`, under `/api/v3/` and (as an alias)
+`/api/sandbox/v3/`:
+`lora_fine_tune`, `fine_tune_status/{id}`, `cancle_training/{id}` and `cancel_training/{id}`,
+`finetune_list`, `finetune/delete/{id}`, `base64_crop`; plus `GET /generations/{name}.png` for
+the links `base64_crop` returns.
+
+Control endpoints (no key; for tests and for driving a simulator in another process):
+`GET /_sim/state`, `GET|POST /_sim/faults`, `POST /_sim/reset`,
+`POST /_sim/trainings/{id}/advance`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import secrets
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final
+
+from aiohttp import web
+
+from bot.simulator.faults import FaultError
+from bot.simulator.images import ImageRejected, crop_to_png, fetch_images, parse_data_uri
+from bot.simulator.state import (
+    CREATE_ETA_TEXT,
+    Generation,
+    RequestRecord,
+    Simulator,
+    SimulatorConfig,
+    key_owner,
+)
+from bot.simulator.validation import validate_lora_request
+
+log = logging.getLogger("bot.simulator")
+
+SIMULATOR_KEY: Final = web.AppKey("simulator", Simulator)
+
+API_PREFIXES: Final[tuple[str, ...]] = ("/api/v3", "/api/sandbox/v3")
+
+INVALID_KEY_BODY: Final[dict[str, Any]] = {
+    "status": "error",
+    "message": "Invalid Api Key",
+    "tip": (
+        "1. Make sure you are passing Content-Type: application/json in header. "
+        "2. Make sure you are doing POST request with valid JSON. "
+        "3. Make sure your JSON does not have error, use jsonlint to validate json array. "
+        "4. Make sure you have valid API key."
+    ),
+}
+INSUFFICIENT_CREDITS_BODY: Final[dict[str, Any]] = {
+    "status": "error",
+    "message": "Insufficient credits. Please add more credits to continue.",
+}
+RATE_LIMITED_BODY: Final[dict[str, Any]] = {
+    "status": "error",
+    "message": "Rate limit exceeded. Maximum 5 queued requests allowed.",
+    "retry_after": 30,
+}
+NOT_FOUND_MESSAGE: Final = "Training ID does not exist"
+ALREADY_FINISHED_MESSAGE: Final = "Training has already finished."
+INTERNAL_ERROR_BODY: Final[dict[str, Any]] = {
+    "status": "error",
+    "message": "Internal server error. Please try again.",
+}
+UNAVAILABLE_BODY: Final[dict[str, Any]] = {
+    "status": "error",
+    "message": "Service temporarily unavailable. Please try again later.",
+}
+BAD_GATEWAY_HTML: Final = (
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>cloudflare</center>\r\n</body>\r\n</html>\r\n"
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _sim(request: web.Request) -> Simulator:
+    return request.app[SIMULATOR_KEY]
+
+
+def _error(sim: Simulator, body: dict[str, Any], http_status: int) -> web.Response:
+    """An error answer: HTTP 200 like the provider's examples, or `http_status` when so switched."""
+    return web.json_response(body, status=http_status if sim.faults.error_http_status else 200)
+
+
+def _invalid_key(sim: Simulator) -> web.Response:
+    return _error(sim, dict(INVALID_KEY_BODY), 401)
+
+
+def _not_found(sim: Simulator) -> web.Response:
+    return _error(sim, {"status": "error", "messege": NOT_FOUND_MESSAGE}, 404)
+
+
+async def _read_json(request: web.Request) -> dict[str, Any] | None:
+    """The JSON object body, or None (the provider answers "Invalid Api Key" then, see its tip)."""
+    if request.content_type != "application/json":
+        return None
+    raw = await request.read()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _owner(sim: Simulator, body: dict[str, Any]) -> str | None:
+    key = body.get("key")
+    if not isinstance(key, str) or not key.strip():
+        return None
+    expected = sim.config.api_key
+    if expected is not None and not hmac.compare_digest(key.encode(), expected.encode()):
+        return None
+    return key_owner(key)
+
+
+async def _authenticated(request: web.Request) -> tuple[Simulator, str] | web.Response:
+    sim = _sim(request)
+    body = await _read_json(request)
+    owner = None if body is None else _owner(sim, body)
+    if owner is None:
+        return _invalid_key(sim)
+    return sim, owner
+
+
+# -- middlewares ---------------------------------------------------------------------------------
+
+
+def _outcome(response: web.StreamResponse) -> tuple[str | None, str | None]:
+    if not isinstance(response, web.Response) or response.content_type != "application/json":
+        return None, None
+    body = response.body
+    if not isinstance(body, bytes):
+        return None, None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    message = data.get("messege", data.get("message"))
+    text = str(data.get("status"))
+    if isinstance(message, str) and message:
+        text = f"{text}: {message}"
+    elif isinstance(message, dict):
+        text = f"{text}: {json.dumps(message)}"
+    training_id = data.get("training_id")
+    return text[:300], training_id if isinstance(training_id, str) else None
+
+
+@web.middleware
+async def _record_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    name = _ENDPOINT_NAMES.get(request.match_info.route.handler)
+    if name is None:
+        return await handler(request)
+    sim = _sim(request)
+    record = RequestRecord(
+        endpoint=name,
+        path=request.path,
+        at=time.time(),
+        training_id=request.match_info.get("training_id"),
+    )
+    sim.requests.append(record)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        record.http_status = exc.status
+        raise
+    except Exception:
+        log.exception("simulator: unexpected error in %s", name)
+        response = web.json_response(dict(INTERNAL_ERROR_BODY), status=500)
+    record.http_status = response.status
+    record.outcome, created_id = _outcome(response)
+    record.training_id = record.training_id or created_id
+    return response
+
+
+# -- provider endpoints --------------------------------------------------------------------------
+
+
+def _submission_failure(sim: Simulator) -> web.Response:
+    faults = sim.faults
+    kind = faults.fail_submission_kind
+    if kind == "invalid_key":
+        return _invalid_key(sim)
+    if kind == "insufficient_credits":
+        return _error(sim, dict(INSUFFICIENT_CREDITS_BODY), 402)
+    if kind == "rate_limited":
+        return _error(sim, dict(RATE_LIMITED_BODY), 429)
+    if kind == "error":
+        return _error(sim, {"status": "error", "messege": faults.fail_submission_message}, 400)
+    return _error(sim, {"status": "failed", "id": "", "message": faults.fail_submission_message, "output": ""}, 400)
+
+
+async def lora_fine_tune(request: web.Request) -> web.StreamResponse:
+    sim = _sim(request)
+    body = await _read_json(request)
+    owner = None if body is None else _owner(sim, body)
+    if body is None or owner is None:
+        return _invalid_key(sim)
+    if sim.take("fail_submission"):
+        log.info("lora_fine_tune: failing submission (fault %s)", sim.faults.fail_submission_kind)
+        return _submission_failure(sim)
+    checked = validate_lora_request(body)
+    if isinstance(checked, dict):
+        return _error(sim, {"status": "error", "messege": checked}, 400)
+    try:
+        images = await fetch_images(sim.image_http, checked.images, max_bytes=sim.config.max_image_bytes)
+    except ImageRejected as exc:
+        log.info("lora_fine_tune rejected: %s", exc)
+        return _error(sim, {"status": "error", "messege": str(exc)}, 400)
+    training = sim.create_training(
+        owner=owner,
+        request=checked.echo,
+        warnings=list(checked.warnings),
+        images=images,
+        webhook_url=checked.webhook,
+    )
+    answer = {
+        "status": "success",
+        "messege": "deploying_gpu",
+        "data": CREATE_ETA_TEXT,
+        "training_id": training.training_id,
+    }
+    if sim.take("timeout_submission"):
+        training.submission_held = True
+        sim.start_walk(training)
+        log.info("training %s: holding the answer %.1fs (fault)", training.training_id, sim.faults.hold_seconds)
+        await sim.hold(sim.faults.hold_seconds)
+        return web.json_response(answer)
+    # Answer first, then start the walk, so the first webhook follows the answer. The training
+    # exists now: it walks even if the client went away and the answer cannot be written.
+    response = web.json_response(answer)
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    finally:
+        sim.start_walk(training)
+    return response
+
+
+async def _status_fault(sim: Simulator) -> web.Response | None:
+    if not sim.take("status_errors"):
+        return None
+    mode = sim.faults.status_error_mode
+    log.info("fine_tune_status: injecting %s (fault)", mode)
+    if mode == "500":
+        return web.json_response(dict(INTERNAL_ERROR_BODY), status=500)
+    if mode == "503":
+        return web.json_response(dict(UNAVAILABLE_BODY), status=503, headers={"Retry-After": "1"})
+    if mode == "502":
+        return web.Response(text=BAD_GATEWAY_HTML, status=502, content_type="text/html")
+    await sim.hold(sim.faults.status_hang_seconds)
+    return None
+
+
+async def fine_tune_status(request: web.Request) -> web.StreamResponse:
+    fault = await _status_fault(_sim(request))
+    if fault is not None:
+        return fault
+    auth = await _authenticated(request)
+    if isinstance(auth, web.Response):
+        return auth
+    sim, owner = auth
+    training = sim.find(request.match_info["training_id"], owner)
+    if training is None:
+        return _not_found(sim)
+    return web.json_response({"status": "success", "messege": training.status, "data": training.status_data})
+
+
+async def cancel_training(request: web.Request) -> web.StreamResponse:
+    auth = await _authenticated(request)
+    if isinstance(auth, web.Response):
+        return auth
+    sim, owner = auth
+    training = sim.find(request.match_info["training_id"], owner)
+    if training is None:
+        return _not_found(sim)
+    if training.stopped:
+        return _error(sim, {"status": "error", "messege": ALREADY_FINISHED_MESSAGE}, 400)
+    await sim.cancel(training)
+    return web.json_response({"status": "success", "messege": "Training cancelled successfully", "data": ""})
+
+
+async def finetune_list(request: web.Request) -> web.StreamResponse:
+    auth = await _authenticated(request)
+    if isinstance(auth, web.Response):
+        return auth
+    sim, owner = auth
+    return web.json_response({"status": "success", "messege": "model list", "data": sim.list_ids(owner)})
+
+
+async def finetune_delete(request: web.Request) -> web.StreamResponse:
+    auth = await _authenticated(request)
+    if isinstance(auth, web.Response):
+        return auth
+    sim, owner = auth
+    training = sim.find(request.match_info["training_id"], owner)
+    if training is None:
+        return _not_found(sim)
+    await sim.delete(training)
+    return web.json_response({"status": "success", "messege": "Model deleted successfully", "data": ""})
+
+
+def _crop_flag(value: Any) -> bool | None:
+    if value is None or value == "":
+        return True
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return None
+
+
+async def base64_crop(request: web.Request) -> web.StreamResponse:
+    sim = _sim(request)
+    body = await _read_json(request)
+    if body is None or _owner(sim, body) is None:
+        return _invalid_key(sim)
+    image = body.get("image")
+    if not isinstance(image, str) or not image:
+        return _error(sim, {"status": "error", "messege": {"image": ["The image field is required."]}}, 400)
+    crop = _crop_flag(body.get("crop"))
+    if crop is None:
+        return _error(sim, {"status": "error", "messege": {"crop": ["The selected crop is invalid."]}}, 400)
+    try:
+        data = parse_data_uri(image)
+    except ImageRejected as exc:
+        return _error(sim, {"status": "error", "messege": str(exc)}, 400)
+    if len(data) > sim.config.max_crop_bytes:
+        return _error(sim, {"status": "error", "messege": "The image may not be greater than 5 MB."}, 400)
+    try:
+        result = await asyncio.to_thread(crop_to_png, data, crop=crop, size=sim.config.crop_size)
+    except Exception as exc:
+        log.info("base64_crop: undecodable image (%s)", type(exc).__name__)
+        return _error(sim, {"status": "error", "messege": "The image could not be decoded."}, 400)
+    name = str(10**18 + secrets.randbelow(9 * 10**18))
+    sim.generations[name] = Generation(
+        name=name,
+        data=result.png,
+        width=result.width,
+        height=result.height,
+        source_format=result.source_format,
+        cropped=crop,
+        created_at=time.time(),
+    )
+    base = sim.config.public_url.rstrip("/") if sim.config.public_url else f"{request.scheme}://{request.host}"
+    return web.json_response(
+        {"status": "success", "messege": "image uploaded", "link": f"{base}/generations/{name}.png"}
+    )
+
+
+async def generation(request: web.Request) -> web.StreamResponse:
+    stored = _sim(request).generations.get(request.match_info["name"])
+    if stored is None:
+        raise web.HTTPNotFound()
+    return web.Response(body=stored.data, content_type="image/png")
+
+
+# -- control endpoints ---------------------------------------------------------------------------
+
+
+def _control_state(sim: Simulator) -> dict[str, Any]:
+    return {"step_seconds": sim.step_seconds, "faults": sim.faults.to_json()}
+
+
+async def sim_state(request: web.Request) -> web.StreamResponse:
+    return web.json_response(_sim(request).snapshot())
+
+
+async def sim_get_faults(request: web.Request) -> web.StreamResponse:
+    return web.json_response(_control_state(_sim(request)))
+
+
+async def sim_set_faults(request: web.Request) -> web.StreamResponse:
+    sim = _sim(request)
+    try:
+        updates = json.loads(await request.read() or b"{}")
+    except ValueError:
+        return web.json_response({"error": "the body must be a JSON object"}, status=400)
+    if not isinstance(updates, dict):
+        return web.json_response({"error": "the body must be a JSON object"}, status=400)
+    try:
+        sim.set_faults(**updates)
+    except (FaultError, ValueError) as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    log.info("fault switches set: %s", ", ".join(sorted(updates)) or "(none)")
+    return web.json_response(_control_state(sim))
+
+
+async def sim_reset(request: web.Request) -> web.StreamResponse:
+    sim = _sim(request)
+    await sim.reset()
+    log.info("simulator reset")
+    return web.json_response(_control_state(sim))
+
+
+async def sim_advance(request: web.Request) -> web.StreamResponse:
+    sim = _sim(request)
+    advanced = sim.advance(request.match_info["training_id"])
+    return web.json_response({"advanced": advanced}, status=200 if advanced else 404)
+
+
+_PROVIDER_ROUTES: Final[tuple[tuple[str, Handler], ...]] = (
+    ("/lora_fine_tune", lora_fine_tune),
+    ("/fine_tune_status/{training_id}", fine_tune_status),
+    ("/cancle_training/{training_id}", cancel_training),
+    ("/cancel_training/{training_id}", cancel_training),
+    ("/finetune_list", finetune_list),
+    ("/finetune/delete/{training_id}", finetune_delete),
+    ("/base64_crop", base64_crop),
+)
+#: Provider handlers and the endpoint names recorded in `Simulator.requests`.
+_ENDPOINT_NAMES: Final[dict[Any, str]] = {
+    lora_fine_tune: "lora_fine_tune",
+    fine_tune_status: "fine_tune_status",
+    cancel_training: "cancel_training",
+    finetune_list: "finetune_list",
+    finetune_delete: "finetune_delete",
+    base64_crop: "base64_crop",
+}
+
+
+# -- application ---------------------------------------------------------------------------------
+
+
+def create_app(config: SimulatorConfig) -> web.Application:
+    """The simulator as an aiohttp application; its `Simulator` is `app[SIMULATOR_KEY]`."""
+    app = web.Application(middlewares=[_record_requests], client_max_size=8 * 1024 * 1024)
+    simulator = Simulator(config)
+    app[SIMULATOR_KEY] = simulator
+
+    async def on_startup(_: web.Application) -> None:
+        await simulator.start()
+
+    async def on_shutdown(_: web.Application) -> None:
+        simulator.begin_shutdown()
+
+    async def on_cleanup(_: web.Application) -> None:
+        await simulator.close()
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
+
+    for prefix in API_PREFIXES:
+        for path, handler in _PROVIDER_ROUTES:
+            app.router.add_post(prefix + path, handler)
+    app.router.add_get("/generations/{name}.png", generation)
+    app.router.add_get("/_sim/state", sim_state)
+    app.router.add_get("/_sim/faults", sim_get_faults)
+    app.router.add_post("/_sim/faults", sim_set_faults)
+    app.router.add_post("/_sim/reset", sim_reset)
+    app.router.add_post("/_sim/trainings/{training_id}/advance", sim_advance)
+    return app
+
+
+@dataclass
+class RunningSimulator:
+    """A simulator serving on loopback (from `start_simulator`); an async context manager."""
+
+    url: str
+    simulator: Simulator
+    app: web.Application
+    _runner: web.AppRunner = field(repr=False)
+    _closed: bool = field(default=False, repr=False)
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.simulator.begin_shutdown()
+        await self._runner.cleanup()
+
+    async def __aenter__(self) -> RunningSimulator:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+async def start_simulator(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    step_seconds: float = 2.0,
+    api_key: str | None = None,
+    config: SimulatorConfig | None = None,
+    access_log: bool = False,
+) -> RunningSimulator:
+    """Serve a simulator on `host:port` (0 = a free port) in the running event loop.
+
+    `config`, when given, is used as is (its `step_seconds` and `api_key` win over the keywords).
+    Use as `async with await start_simulator(step_seconds=0.05) as running: ...`.
+    """
+    cfg = config if config is not None else SimulatorConfig(api_key=api_key, step_seconds=step_seconds)
+    app = create_app(cfg)
+    runner = web.AppRunner(app, shutdown_timeout=2.0, access_log=log if access_log else None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound_port = int(runner.addresses[0][1])
+    except BaseException:
+        await runner.cleanup()
+        raise
+    url_host = f"[{host}]" if ":" in host else host
+    return RunningSimulator(
+        url=f"http://{url_host}:{bound_port}", simulator=app[SIMULATOR_KEY], app=app, _runner=runner
+    )
+
+
+def serve(host: str, port: int, step_seconds: float, api_key: str | None) -> None:
+    """Run a simulator until SIGINT/SIGTERM (the `lorabot simulate` command)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(host, port, step_seconds, api_key))
+
+
+async def _serve(host: str, port: int, step_seconds: float, api_key: str | None) -> None:
+    running = await start_simulator(host, port, step_seconds=step_seconds, api_key=api_key, access_log=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "provider simulator listening on %s (point the bot at it with SDAPI_BASE_URL=%s)", running.url, running.url
+    )
+    log.info(
+        "step every %.2fs; %s; control endpoints under %s/_sim/",
+        step_seconds,
+        "only the configured API key is accepted" if api_key else "any non-empty API key is accepted",
+        running.url,
+    )
+    try:
+        await stop.wait()
+    finally:
+        log.info("provider simulator stopping")
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(sig)
+        await running.close()

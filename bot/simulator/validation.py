@@ -1,0 +1,185 @@
+"""Request validation for `lora_fine_tune` and `base64_crop`, with Laravel-style messages.
+
+The provider is a Laravel (PHP) application; its documented validation error is
+`{"status":"error","message":{"prompt":["The prompt field is required."]}}`. The simulator answers
+training validation errors in that shape under the v3 training key `messege`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+TRAINING_TYPES: Final[frozenset[str]] = frozenset({"men", "female", "women", "femal", "couple", "null"})
+BASE_MODEL_TYPES: Final[tuple[str, ...]] = ("normal", "sdxl")
+LORA_TYPES: Final[tuple[str, ...]] = ("lora", "lycoris")
+MAX_TRAIN_STEPS_RANGE: Final = (1, 2000)
+_INTEGER: Final = re.compile(r"[+-]?\d+")
+_NUMBER: Final = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+Errors = dict[str, list[str]]
+
+
+def _label(field: str) -> str:
+    return field.replace("_", " ")
+
+
+def is_http_url(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and not any(c.isspace() for c in value)
+
+
+@dataclass(frozen=True)
+class LoraRequest:
+    """A validated `lora_fine_tune` body."""
+
+    instance_prompt: str
+    class_prompt: str
+    images: tuple[str, ...]
+    training_type: str | None
+    base_model_type: str
+    lora_type: str
+    max_train_steps: int
+    seed: int | None
+    webhook: str | None
+    negative_prompt: str | None
+    #: The body as received, without `key`.
+    echo: dict[str, Any]
+    #: Deviations from the documented shapes that the simulator tolerated.
+    warnings: tuple[str, ...]
+
+
+def _add(errors: Errors, field: str, message: str) -> None:
+    errors.setdefault(field, []).append(message)
+
+
+def _required_string(body: dict[str, Any], field: str, errors: Errors) -> str:
+    value = body.get(field)
+    if value is None or value == "":
+        _add(errors, field, f"The {_label(field)} field is required.")
+        return ""
+    if not isinstance(value, str):
+        _add(errors, field, f"The {_label(field)} must be a string.")
+        return ""
+    if not value.strip():
+        _add(errors, field, f"The {_label(field)} field is required.")
+    return value
+
+
+def _choice(body: dict[str, Any], field: str, choices: tuple[str, ...], default: str, errors: Errors) -> str:
+    value = body.get(field)
+    if value is None or value == "":
+        return default
+    if not isinstance(value, str) or value not in choices:
+        _add(errors, field, f"The selected {_label(field)} is invalid.")
+        return default
+    return value
+
+
+def validate_lora_request(body: dict[str, Any]) -> LoraRequest | Errors:
+    """Check a `lora_fine_tune` body as the reference describes; return the errors or the request."""
+    errors: Errors = {}
+    warnings: list[str] = []
+
+    instance_prompt = _required_string(body, "instance_prompt", errors)
+    class_prompt = _required_string(body, "class_prompt", errors)
+
+    images: list[str] = []
+    raw_images = body.get("images")
+    if raw_images is None or raw_images == [] or raw_images == "":
+        _add(errors, "images", "The images field is required.")
+    elif not isinstance(raw_images, list):
+        _add(errors, "images", "The images must be an array.")
+    else:
+        for i, url in enumerate(raw_images):
+            if not isinstance(url, str) or not is_http_url(url):
+                _add(errors, f"images.{i}", f"The images.{i} must be a valid URL.")
+            else:
+                images.append(url)
+
+    training_type: str | None = None
+    if "training_type" not in body:
+        _add(errors, "training_type", "The training type field is required.")
+    else:
+        raw_type = body["training_type"]
+        if raw_type is None:
+            training_type = None
+        elif isinstance(raw_type, str) and raw_type in TRAINING_TYPES:
+            training_type = None if raw_type == "null" else raw_type
+            if raw_type in ("femal", "women"):
+                warnings.append(f"training_type {raw_type!r} is not in the SDA table (men/female/couple/null)")
+        else:
+            _add(errors, "training_type", "The selected training type is invalid.")
+
+    base_model_type = _choice(body, "base_model_type", BASE_MODEL_TYPES, "sdxl", errors)
+    lora_type = _choice(body, "lora_type", LORA_TYPES, "lora", errors)
+
+    max_train_steps = 0
+    low, high = MAX_TRAIN_STEPS_RANGE
+    raw_steps = body.get("max_train_steps")
+    if raw_steps is None or raw_steps == "":
+        _add(errors, "max_train_steps", "The max train steps field is required.")
+    elif isinstance(raw_steps, bool) or not isinstance(raw_steps, (str, int, float)):
+        _add(errors, "max_train_steps", "The max train steps must be a number.")
+    else:
+        if not isinstance(raw_steps, str):
+            warnings.append(f"max_train_steps was sent as {type(raw_steps).__name__}, the docs send a string")
+        text = str(raw_steps).strip()
+        if isinstance(raw_steps, float) and raw_steps.is_integer():
+            text = str(int(raw_steps))
+        if not _NUMBER.fullmatch(text):
+            _add(errors, "max_train_steps", "The max train steps must be a number.")
+        elif not _INTEGER.fullmatch(text):
+            _add(errors, "max_train_steps", "The max train steps must be an integer.")
+        else:
+            max_train_steps = int(text)
+            if not low <= max_train_steps <= high:
+                _add(errors, "max_train_steps", f"The max train steps must be between {low} and {high}.")
+
+    seed: int | None = None
+    raw_seed = body.get("seed")
+    if raw_seed is not None and raw_seed != "":
+        if isinstance(raw_seed, bool) or not isinstance(raw_seed, (str, int)):
+            _add(errors, "seed", "The seed must be a number.")
+        else:
+            if not isinstance(raw_seed, str):
+                warnings.append(f"seed was sent as {type(raw_seed).__name__}, the docs send a string")
+            if _INTEGER.fullmatch(str(raw_seed).strip()):
+                seed = int(str(raw_seed).strip())
+            else:
+                _add(errors, "seed", "The seed must be an integer.")
+
+    webhook: str | None = None
+    raw_webhook = body.get("webhook")
+    if raw_webhook is not None and raw_webhook != "":
+        if not isinstance(raw_webhook, str) or not is_http_url(raw_webhook):
+            _add(errors, "webhook", "The webhook must be a valid URL.")
+        else:
+            webhook = raw_webhook
+
+    negative_prompt: str | None = None
+    raw_negative = body.get("negative_prompt")
+    if raw_negative is not None:
+        if not isinstance(raw_negative, str):
+            _add(errors, "negative_prompt", "The negative prompt must be a string.")
+        else:
+            negative_prompt = raw_negative
+
+    if errors:
+        return errors
+    return LoraRequest(
+        instance_prompt=instance_prompt,
+        class_prompt=class_prompt,
+        images=tuple(images),
+        training_type=training_type,
+        base_model_type=base_model_type,
+        lora_type=lora_type,
+        max_train_steps=max_train_steps,
+        seed=seed,
+        webhook=webhook,
+        negative_prompt=negative_prompt,
+        echo={k: v for k, v in body.items() if k != "key"},
+        warnings=tuple(warnings),
+    )
