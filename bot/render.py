@@ -64,7 +64,7 @@ def job_card(job: Job, events: Sequence[JobEvent]) -> discord.Embed:
         name="Settings",
         value=(
             f"base `{params.get('base_model')}` · type `{params.get('training_type')}` · "
-            f"`{params.get('lora_type')}` · steps `{params.get('max_train_steps') or 'auto'}`"
+            f"`{params.get('lora_type')}` · steps `{min(params.get('max_train_steps') or 2 * job.image_count, 2000)}`"
         ),
         inline=False,
     )

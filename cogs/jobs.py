@@ -216,7 +216,7 @@ class Jobs(commands.Cog):
         page = min(max(page, 0), pages - 1)
         jobs = await store.jobs_for_owner(user_id, limit=PAGE_SIZE, offset=page * PAGE_SIZE)
         view = discord.ui.View(timeout=None)
-        view.add_item(PageButton(user_id, page - 1, "prev", disabled=page == 0))
+        view.add_item(PageButton(user_id, max(page - 1, 0), "prev", disabled=page == 0))
         view.add_item(PageButton(user_id, page + 1, "next", disabled=page >= pages - 1))
         return job_list_embed(jobs, page=page, pages=pages, total=total), view
 

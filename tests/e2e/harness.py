@@ -1,0 +1,211 @@
+"""The end-to-end world: the real bot process wiring (`Application`) against a fake Discord on
+loopback, the provider simulator over real HTTP, and the real webhook server."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import discord
+
+from bot.app import Application
+from bot.config import Settings, load_settings
+from bot.jobs.states import JobState
+from bot.simulator.app import RunningSimulator, start_simulator
+from bot.store import Job
+from tests.fakes import FakeDiscord, FakeMessage, InteractionRecord
+from tests.images.corpus import photo_jpeg
+
+GUILD = 290926798626357999
+CHANNEL = 645027906669510667
+ALICE = 53908232506183680
+BOB = 53908232506183681
+MANAGER = 53908232506183682
+MANAGE_GUILD = 1 << 5
+API_KEY = "sim-api-key-0123456789abcdef"
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def photos(count: int, *, width: int = 900, height: int = 700, seed: int = 1) -> list[bytes]:
+    """Distinct photo-like JPEGs (noise and gradients, so they are not near-duplicates)."""
+    return [photo_jpeg(width + 37 * i, height + 23 * i, seed + 101 * i) for i in range(count)]
+
+
+def make_settings(tmp_path: Path, fake: FakeDiscord, sim_url: str, **overrides: Any) -> Settings:
+    port = free_port()
+    values: dict[str, Any] = {
+        "discord_token": fake.token,
+        "discord_api_base": fake.api_base,
+        "discord_gateway_url": fake.gateway_url,
+        "discord_guild_id": GUILD,
+        "sdapi_key": API_KEY,
+        "sdapi_base_url": sim_url,
+        "sdapi_timeout_seconds": 5,
+        "sdapi_submit_timeout_seconds": 5,
+        "public_url": f"http://127.0.0.1:{port}",
+        "webhook_port": port,
+        "database_url": f"sqlite:///{tmp_path / 'bot.db'}",
+        "card_edit_interval_seconds": 0.05,
+        "max_trainings_per_user_per_day": 0,
+        "max_trainings_per_guild_per_day": 0,
+        "max_active_jobs_per_user": 5,
+    }
+    values.update(overrides)
+    return load_settings(env_file=None, **values)
+
+
+@dataclass
+class World:
+    fake: FakeDiscord
+    sim: RunningSimulator
+    app: Application
+    settings: Settings
+
+    @property
+    def store(self) -> Any:
+        return self.app.store
+
+    async def command(
+        self,
+        name: str,
+        user_id: int = ALICE,
+        *,
+        options: dict[str, Any] | None = None,
+        channel_id: int = CHANNEL,
+        guild_id: int | None = GUILD,
+        permissions: int | None = None,
+        app_permissions: int | None = None,
+    ) -> InteractionRecord:
+        attachments = [v for v in (options or {}).values() if isinstance(v, dict) and "url" in v]
+        payload = self.fake.slash_command_payload(
+            name,
+            user_id=user_id,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            options=options or {},
+            attachments=attachments,
+            permissions=permissions,
+            app_permissions=app_permissions,
+        )
+        return await self.fake.send_interaction(payload)
+
+    async def train(
+        self, images: Sequence[bytes], user_id: int = ALICE, *, filenames: Sequence[str] = (), **options: Any
+    ) -> InteractionRecord:
+        opts: dict[str, Any] = {"instance_prompt": "photo of sks man", "class_prompt": "photo of a man", **options}
+        for index, data in enumerate(images, start=1):
+            name = filenames[index - 1] if index <= len(filenames) else f"photo{index}.jpg"
+            content_type = "image/png" if name.endswith(".png") else "image/jpeg"
+            opts[f"image{index}"] = self.fake.upload_attachment(data, name, content_type)
+        return await self.command("train", user_id, options=opts)
+
+    async def preview(
+        self, images: Sequence[bytes], user_id: int = ALICE, **options: Any
+    ) -> tuple[InteractionRecord, FakeMessage]:
+        """Run /train and wait for the preview with its buttons."""
+        rec = await self.train(images, user_id, **options)
+        message = await rec.wait_original(lambda m: bool(m.components), timeout=20)
+        return rec, message
+
+    async def click(
+        self, message: FakeMessage, custom_id: str, user_id: int = ALICE, **kwargs: Any
+    ) -> InteractionRecord:
+        payload = self.fake.component_payload(custom_id=custom_id, message=message, user_id=user_id, **kwargs)
+        return await self.fake.send_interaction(payload)
+
+    async def start_training(self, user_id: int = ALICE, images: Sequence[bytes] | None = None, **options: Any) -> Job:
+        """/train, then Start; returns the job once it has a training id."""
+        _rec, message = await self.preview(images if images is not None else photos(5), user_id, **options)
+        job_id = job_id_of(message)
+        click = await self.click(message, f"lorabot:preview:start:{job_id}", user_id)
+        await click.wait_callback()
+        return await self.wait_job(job_id, lambda j: j.training_id is not None or j.state.is_terminal)
+
+    async def wait_job(self, job_id: int, check: Callable[[Job], bool], timeout: float = 20.0) -> Job:  # noqa: ASYNC109
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            job = await self.app.store.get_job(job_id)
+            if job is not None and check(job):
+                return job
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"job {job_id} did not reach the expected state; now {job}")
+            await asyncio.sleep(0.02)
+
+    async def wait_state(self, job_id: int, state: JobState, timeout: float = 20.0) -> Job:  # noqa: ASYNC109
+        return await self.wait_job(job_id, lambda j: j.state is state, timeout)
+
+    async def wait_for(self, probe: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:  # noqa: ASYNC109
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            value = probe()
+            if value:
+                return value
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.02)
+
+    def card(self, job: Job) -> FakeMessage:
+        assert job.card_message_id is not None
+        return self.fake.message(job.card_message_id)
+
+    def posted_in(self, channel_id: int) -> list[FakeMessage]:
+        """Messages the bot posted in a channel with its own token (not interaction responses)."""
+        return [m for m in self.fake.channel_messages(channel_id) if m.webhook_id is None and not m.flags & 64]
+
+    def dm_texts(self, user_id: int) -> list[str]:
+        return [m.content for m in self.fake.dms_to(user_id)]
+
+
+def job_id_of(preview: FakeMessage) -> int:
+    for row in preview.components:
+        for component in row.get("components", []):
+            custom_id = component.get("custom_id", "")
+            if custom_id.startswith("lorabot:preview:start:"):
+                return int(custom_id.rsplit(":", 1)[1])
+    raise AssertionError(f"no Start button on {preview.components}")
+
+
+def embed_text(message: FakeMessage) -> str:
+    """Everything visible in a message's content and embeds, for assertions."""
+    parts = [message.content or ""]
+    for embed in message.embeds:
+        parts += [embed.get("title", ""), embed.get("description", "")]
+        parts += [f"{f.get('name')}: {f.get('value')}" for f in embed.get("fields", [])]
+        parts.append((embed.get("footer") or {}).get("text", ""))
+    return "\n".join(p for p in parts if p)
+
+
+async def open_world(
+    tmp_path: Path, *, step_seconds: float = 0.05, **overrides: Any
+) -> tuple[World, Callable[[], Any]]:
+    fake = FakeDiscord()
+    await fake.start()
+    fake.add_guild(GUILD, channels={CHANNEL: "general"})
+    for user_id, name in ((ALICE, "alice"), (BOB, "bob"), (MANAGER, "manager")):
+        fake.add_user(user_id, username=name)
+        fake.set_member(GUILD, user_id, permissions=MANAGE_GUILD | 0x400 | 0x800 if user_id == MANAGER else None)
+    sim = await start_simulator(step_seconds=step_seconds, api_key=API_KEY)
+    settings = make_settings(tmp_path, fake, sim.url, **overrides)
+    app = Application(settings)
+    await app.start()
+    await asyncio.wait_for(app.bot.wait_until_ready(), 20)
+    await fake.wait_for(lambda: fake.commands(GUILD) or None, 10, "commands synced")
+
+    async def close() -> None:
+        await app.stop()
+        await sim.close()
+        await fake.close()
+        discord.http.Route.BASE = "https://discord.com/api/v10"
+
+    return World(fake, sim, app, settings), close
