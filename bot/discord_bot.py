@@ -93,6 +93,13 @@ class LoraBot(commands.Bot):
         log.info("synced %d application commands %s", len(definition), f"to guild {guild.id}" if guild else "globally")
         return True
 
+    async def on_ready(self) -> None:
+        log.info("connected to Discord as %s", self.user)
+        await self.services.notifier.connection_restored()
+
+    async def on_resumed(self) -> None:
+        await self.services.notifier.connection_restored()
+
     def connection_status(self) -> str:
         if self.is_closed():
             return "closed"

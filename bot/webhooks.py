@@ -170,6 +170,9 @@ class WebhookServer:
         if not model_id or (job.training_id and model_id != job.training_id):
             log.warning("webhook rejected: model_id does not match job %s", job.id)
             return _text(409, "model_id does not match this job")
+        if job.training_id is None and await self.store.get_job_by_training_id(model_id) is not None:
+            log.warning("webhook rejected: job %s would adopt another job's training id", job.id)
+            return _text(409, "model_id belongs to another job")
         if job.state.is_terminal:
             log.info("webhook ignored: job %s is already %s", job.id, job.state.value)
             return _text(409, "job already finished")

@@ -143,8 +143,11 @@ class PageButton(
             return
         cog = interaction.client.get_cog("Jobs")  # type: ignore[attr-defined]
         assert isinstance(cog, Jobs)
-        embed, view = await cog.models_page(self.user_id, self.page)
-        await interaction.response.edit_message(embed=embed, view=view)
+        try:
+            embed, view = await cog.models_page(self.user_id, self.page)
+            await interaction.response.edit_message(embed=embed, view=view)
+        except Exception as error:
+            await report_error(interaction, error)
 
 
 class Jobs(commands.Cog):

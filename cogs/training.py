@@ -266,7 +266,11 @@ class Training(commands.Cog):
             return
         await interaction.response.edit_message(content="Submitting your training...", view=None)
         message = await self.start(interaction, preview)
-        await interaction.edit_original_response(content=message, embed=None, attachments=[], view=None)
+        try:
+            await interaction.edit_original_response(content=message, embed=None, attachments=[], view=None)
+        except discord.HTTPException as error:
+            # The job is submitted and its card is posted; only this ephemeral note is lost.
+            log.info("job %s: could not update the preview message (%s %s)", preview.job_id, error.status, error.code)
 
     async def start(self, interaction: discord.Interaction, preview: PendingPreview) -> str:
         """Submit a confirmed preview; returns the message for the owner."""

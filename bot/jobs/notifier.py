@@ -27,8 +27,8 @@ MAX_ATTEMPTS = 12
 
 
 def retry_delay(attempts: int) -> timedelta:
-    """Backoff with jitter for a failed delivery: 2 s, 4 s, ... capped at 5 minutes."""
-    base = min(300.0, 2.0 * 2**attempts)
+    """Backoff with jitter for a failed delivery: 2 s, 4 s, ... capped at 2 minutes."""
+    base = min(120.0, 2.0 * 2**attempts)
     return timedelta(seconds=base / 2 + random.uniform(0, base / 2))
 
 
@@ -42,6 +42,13 @@ class Notifier:
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def connection_restored(self) -> None:
+        """Discord is reachable again: deliver what piled up now instead of after the backoff."""
+        caught_up = await self.store.retry_outbox_now()
+        if caught_up:
+            log.info("Discord is back; delivering %d pending notification(s)", caught_up)
+        self.wake()
 
     async def run(self) -> None:
         """Deliver due items forever; sleeps until the next is due or a new one is written."""

@@ -53,17 +53,16 @@ class Reconciler:
     async def run_once(self, *, everything: bool = False) -> int:
         """Check overdue jobs (all active jobs when `everything`); returns how many were checked."""
         now = self.store.now()
+        # Checked jobs are touched (updated_at = now), so they drop out of the next page.
         cutoff = now if everything else now - self.interval
-        checked = 0
+        seen: set[int] = set()
         while True:
-            jobs = await self.store.overdue_jobs(cutoff, limit=100)
+            jobs = [job for job in await self.store.overdue_jobs(cutoff, limit=100) if job.id not in seen]
             if not jobs:
-                return checked
+                return len(seen)
             for job in jobs:
+                seen.add(job.id)
                 await self.check(job)
-                checked += 1
-            if len(jobs) < 100:
-                return checked
 
     async def check(self, job: Job) -> None:
         now = self.store.now()

@@ -2,7 +2,8 @@
 
 One aiosqlite connection serves the whole process. Writes go through `transaction()`, which
 holds an asyncio lock for the duration, so two coroutines never interleave statements of
-different transactions on the shared connection.
+different transactions on the shared connection; reads take the same lock, so they see only
+committed data.
 """
 
 from __future__ import annotations
@@ -109,11 +110,13 @@ class Database:
             await self._conn.execute("COMMIT")
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
-        async with self._conn.execute(sql, params) as cursor:
+        # Reads wait for an open write transaction on the shared connection, so they never see
+        # changes that may still be rolled back.
+        async with self._write_lock, self._conn.execute(sql, params) as cursor:
             return await cursor.fetchone()
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
-        async with self._conn.execute(sql, params) as cursor:
+        async with self._write_lock, self._conn.execute(sql, params) as cursor:
             return list(await cursor.fetchall())
 
     async def ping(self) -> bool:

@@ -196,8 +196,9 @@ class Store:
             before = Job.from_row(row)
             plan = planner(before, event)
             cursor = await conn.execute(
-                "INSERT OR IGNORE INTO job_events (job_id, status, source, payload, received_at, applied)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                # Only a repeat of (job_id, status) is skipped; OR IGNORE would also hide CHECK failures.
+                "INSERT INTO job_events (job_id, status, source, payload, received_at, applied)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, status) DO NOTHING",
                 (
                     job_id,
                     plan.recorded_status,
@@ -249,8 +250,9 @@ class Store:
             )
         else:
             await conn.execute(
-                "INSERT OR IGNORE INTO outbox (job_id, kind, dedupe_key, payload, created_at, next_attempt_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                # A repeated key is skipped (at most once); a bad row fails the whole transaction.
+                "INSERT INTO outbox (job_id, kind, dedupe_key, payload, created_at, next_attempt_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING",
                 (job_id, draft.kind, draft.dedupe_key, payload, now, now),
             )
 
@@ -307,6 +309,15 @@ class Store:
                 "UPDATE outbox SET next_attempt_at = ? WHERE id = ? AND delivered_at IS NULL",
                 (_iso(until), item.id),
             )
+
+    async def retry_outbox_now(self) -> int:
+        """Make every pending item due now (Discord came back: no need to sit out the backoff)."""
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE outbox SET next_attempt_at = ? WHERE delivered_at IS NULL AND next_attempt_at > ?",
+                (_iso(self.now()), _iso(self.now())),
+            )
+            return cursor.rowcount
 
     async def pending_outbox_count(self) -> int:
         row = await self.db.fetchone("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL")

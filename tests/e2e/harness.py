@@ -209,3 +209,67 @@ async def open_world(
         discord.http.Route.BASE = "https://discord.com/api/v10"
 
     return World(fake, sim, app, settings), close
+
+
+class BotProcess:
+    """The real `lorabot run` in a subprocess, against the in-test fake Discord and simulator."""
+
+    def __init__(self, tmp_path: Path, fake: FakeDiscord, sim_url: str, **env: str) -> None:
+        self.port = free_port()
+        self.log_path = tmp_path / "bot.log"
+        self.env = {
+            **{k: v for k, v in __import__("os").environ.items() if not k.startswith(("DISCORD_", "SDAPI_"))},
+            "DISCORD_TOKEN": fake.token,
+            "DISCORD_API_BASE": fake.api_base,
+            "DISCORD_GATEWAY_URL": fake.gateway_url,
+            "DISCORD_GUILD_ID": str(GUILD),
+            "SDAPI_KEY": API_KEY,
+            "SDAPI_BASE_URL": sim_url,
+            "SDAPI_TIMEOUT_SECONDS": "5",
+            "SDAPI_SUBMIT_TIMEOUT_SECONDS": "5",
+            "PUBLIC_URL": f"http://127.0.0.1:{self.port}",
+            "WEBHOOK_PORT": str(self.port),
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'bot.db'}",
+            "CARD_EDIT_INTERVAL_SECONDS": "0.05",
+            "MAX_TRAININGS_PER_USER_PER_DAY": "0",
+            "MAX_TRAININGS_PER_GUILD_PER_DAY": "0",
+            "MAX_ACTIVE_JOBS_PER_USER": "5",
+            "LOG_LEVEL": "DEBUG",
+            **env,
+        }
+        self.cwd = tmp_path
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        import sys
+
+        log = self.log_path.open("ab")
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "run", "--env-file", str(self.cwd / "none.env"),
+            env=self.env, cwd=self.cwd, stdout=log, stderr=log,
+        )  # fmt: skip
+        log.close()
+
+    async def stop(self, sig: int = 15, timeout: float = 30) -> int:  # noqa: ASYNC109
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+    async def kill(self) -> None:
+        await self.stop(9)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+async def open_fakes(step_seconds: float = 0.05) -> tuple[FakeDiscord, RunningSimulator]:
+    fake = FakeDiscord()
+    await fake.start()
+    fake.add_guild(GUILD, channels={CHANNEL: "general"})
+    for user_id, name in ((ALICE, "alice"), (BOB, "bob")):
+        fake.add_user(user_id, username=name)
+        fake.set_member(GUILD, user_id)
+    sim = await start_simulator(step_seconds=step_seconds, api_key=API_KEY)
+    return fake, sim

@@ -1,0 +1,141 @@
+"""The real `lorabot run` process: a full training through it, SIGTERM, SIGKILL and restart,
+and a scan of everything it logged for the secrets it holds."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import (
+    ALICE,
+    API_KEY,
+    CHANNEL,
+    GUILD,
+    BotProcess,
+    embed_text,
+    job_id_of,
+    open_fakes,
+    photos,
+)
+from tests.fakes import FakeDiscord
+
+
+def job_row(tmp_path: Path, job_id: int) -> sqlite3.Row | None:
+    conn = sqlite3.connect(f"file:{tmp_path / 'bot.db'}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    finally:
+        conn.close()
+
+
+async def wait_row(tmp_path: Path, job_id: int, check, timeout: float = 30) -> sqlite3.Row:  # noqa: ASYNC109
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            row = job_row(tmp_path, job_id)
+        except sqlite3.OperationalError:
+            row = None
+        if row is not None and check(row):
+            return row
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"job {job_id} never matched; last row {dict(row) if row else None}")
+        await asyncio.sleep(0.05)
+
+
+async def run_train(fake: FakeDiscord, count: int = 5) -> int:
+    """/train through the fake, press Start; returns the job id."""
+    options: dict = {"instance_prompt": "photo of sks man", "class_prompt": "photo of a man"}
+    for index, data in enumerate(photos(count), start=1):
+        options[f"image{index}"] = fake.upload_attachment(data, f"photo{index}.jpg", "image/jpeg")
+    attachments = [v for v in options.values() if isinstance(v, dict)]
+    payload = fake.slash_command_payload(
+        "train", user_id=ALICE, guild_id=GUILD, channel_id=CHANNEL, options=options, attachments=attachments
+    )
+    rec = await fake.send_interaction(payload)
+    assert (await rec.wait_callback())["type"] == 5
+    preview = await rec.wait_original(lambda m: bool(m.components), timeout=30)
+    job_id = job_id_of(preview)
+    click = await fake.send_interaction(
+        fake.component_payload(custom_id=f"lorabot:preview:start:{job_id}", message=preview, user_id=ALICE)
+    )
+    await click.wait_callback()
+    return job_id
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[tuple]:
+    fake, sim = await open_fakes()
+    try:
+        yield fake, sim
+    finally:
+        await sim.close()
+        await fake.close()
+
+
+async def started(bot: BotProcess, fake: FakeDiscord, sessions: int = 1) -> None:
+    await bot.start()
+    try:
+        await fake.wait_until_connected(30, sessions=sessions)
+        await fake.wait_for(lambda: fake.commands(GUILD) or None, 30, "commands synced")
+    except Exception:
+        print(bot.log)
+        raise
+
+
+async def test_a_training_through_the_real_process_then_sigterm(tmp_path: Path, fakes: tuple) -> None:
+    fake, sim = fakes
+    bot = BotProcess(tmp_path, fake, sim.url)
+    await started(bot, fake)
+    try:
+        job_id = await run_train(fake)
+        row = await wait_row(tmp_path, job_id, lambda r: r["state"] == "model_ready")
+        dm = await fake.wait_for(lambda: fake.dms_to(ALICE) or None, 30, "the DM")
+        assert row["training_id"] in dm[0].content
+        card = fake.message(row["card_message_id"])
+        await fake.wait_for(lambda: "Model ready" in embed_text(card) or None, 10, "card edited to ready")
+        training = sim.simulator.trainings[row["training_id"]]
+        assert all((i.width, i.height) == (512, 512) for i in training.images)
+    finally:
+        code = await bot.stop(signal.SIGTERM)
+    assert code == 0, bot.log
+    assert "stopped cleanly" in bot.log
+    # Secrets never appear in the logs of a full run (DEBUG level), nor in anything sent to Discord.
+    webhook_secret = training.webhook_url.rsplit("/", 1)[1]
+    sent = "\n".join(str(r.json) for r in fake.requests)
+    for secret in (fake.token, API_KEY, webhook_secret):
+        assert secret not in bot.log
+        assert secret not in sent
+    assert len(webhook_secret) >= 32
+
+
+async def test_sigkill_mid_training_loses_nothing_and_repeats_nothing(tmp_path: Path, fakes: tuple) -> None:
+    fake, sim = fakes
+    sim.simulator.step_seconds = 0.5
+    bot = BotProcess(tmp_path, fake, sim.url, RECONCILE_INTERVAL_SECONDS="10")
+    await started(bot, fake)
+    job_id = await run_train(fake)
+    row = await wait_row(tmp_path, job_id, lambda r: r["training_id"] is not None)
+    await bot.kill()  # webhooks sent while the bot is down are lost: the provider does not retry
+    training = await sim.simulator.wait_until_settled(row["training_id"], within=30)
+    assert training.status == "model_ready"
+    assert any(d.error or d.http_status is None for d in training.deliveries)
+
+    restarted = BotProcess(tmp_path, fake, sim.url, RECONCILE_INTERVAL_SECONDS="10")
+    restarted.port = bot.port
+    restarted.env.update(WEBHOOK_PORT=str(bot.port), PUBLIC_URL=f"http://127.0.0.1:{bot.port}")
+    await started(restarted, fake, sessions=1)
+    try:
+        # The start-up reconciliation polls the provider and finishes the job.
+        row = await wait_row(tmp_path, job_id, lambda r: r["state"] == "model_ready")
+        await fake.wait_for(lambda: fake.dms_to(ALICE) or None, 30, "the DM")
+        await asyncio.sleep(1.0)
+        assert len(fake.dms_to(ALICE)) == 1
+        assert len(sim.simulator.trainings) == 1, "the training must never be submitted twice"
+    finally:
+        assert await restarted.stop() == 0, restarted.log

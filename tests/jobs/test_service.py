@@ -1,0 +1,468 @@
+"""JobService against the real Store (temp SQLite) and a real ProviderClient on an httpx.MockTransport."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from bot.errors import UserError
+from bot.jobs import service as service_module
+from bot.jobs.service import JobService, TrainingParams, hash_secret, provider_training_type, secret_matches
+from bot.jobs.states import Action, Event, EventSource, JobState
+from bot.jobs.transitions import plan_transition
+from bot.provider import ProviderError
+from bot.store import Job, OutboxDraft, Store, TransitionPlan
+
+TID = "F5jvdzGnYi"
+URLS = [f"https://cdn.discordapp.com/attachments/1/2/crop{i}.png" for i in range(6)]
+ACCEPTED = {
+    "status": "success",
+    "messege": "deploying_gpu",
+    "data": "it will take upto 30 minutes.",
+    "training_id": TID,
+}
+
+
+class Provider:
+    """Scripted provider: `answers[endpoint]` is a Response, an exception or a callable; requests are kept."""
+
+    def __init__(self, **answers: object) -> None:
+        self.answers = answers
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        endpoint = request.url.path.removeprefix("/api/v3/").split("/")[0]
+        answer = self.answers.get(endpoint)
+        if answer is None:
+            raise AssertionError(f"unexpected call {request.url.path}")
+        if isinstance(answer, BaseException):
+            raise answer
+        if callable(answer):
+            return answer(request)
+        assert isinstance(answer, httpx.Response)
+        return answer
+
+    @property
+    def paths(self) -> list[str]:
+        return [request.url.path for request in self.requests]
+
+    def body(self, index: int = -1) -> dict:
+        return json.loads(self.requests[index].content)
+
+
+def ok(body: dict, status: int = 200) -> httpx.Response:
+    return httpx.Response(status, json=body)
+
+
+@pytest.fixture
+def build(store: Store, settings, make_provider) -> Callable[..., tuple[JobService, Provider, list[int]]]:
+    def make(**answers: object) -> tuple[JobService, Provider, list[int]]:
+        provider = Provider(**answers)
+        wakeups: list[int] = []
+        service = JobService(store, make_provider(provider), settings, on_outbox=lambda: wakeups.append(1))
+        return service, provider, wakeups
+
+    return make
+
+
+async def preview(service: JobService, owner: int = 1, **params: object) -> Job:
+    return await service.create_preview(
+        owner_id=owner,
+        guild_id=10,
+        channel_id=20,
+        name="portrait",
+        params=TrainingParams(instance_prompt="photo of sks man", class_prompt="photo of a man", **params),
+        images=len(URLS),
+    )
+
+
+async def submitting(service: JobService, owner: int = 1, **params: object) -> Job:
+    job = await preview(service, owner, **params)
+    return (await service.begin_submission(job.id)).after
+
+
+async def training(service: JobService, training_id: str = TID, owner: int = 1) -> Job:
+    job = await submitting(service, owner)
+    event = Event(Action.ACCEPTED, EventSource.SYSTEM, status="deploying_gpu", training_id=training_id)
+    return (await service.record(job.id, event)).after
+
+
+async def counts(store: Store) -> dict[str, int]:
+    return {
+        table: (await store.db.fetchone(f"SELECT COUNT(*) FROM {table}"))[0]
+        for table in ("jobs", "job_events", "outbox")
+    }
+
+
+async def outbox_keys(store: Store) -> list[str]:
+    return [row[0] for row in await store.db.fetchall("SELECT dedupe_key FROM outbox ORDER BY id")]
+
+
+def webhook(word: str, training_id: str | None = TID) -> Event:
+    return Event(Action.PROVIDER_STATUS, EventSource.WEBHOOK, status=word, training_id=training_id)
+
+
+# -- record: the one state-change function --------------------------------------------------------
+
+
+async def test_record_writes_state_event_and_outbox_and_wakes_the_worker(build, store: Store) -> None:
+    service, _, wakeups = build()
+    job = await training(service)
+    assert job.state is JobState.DEPLOYING_GPU
+    wakeups.clear()
+    result = await service.record(job.id, webhook("training_started"), payload='{"training_status": "x"}')
+    assert result.after.state is JobState.TRAINING_STARTED
+    events = await store.events_for_job(job.id)
+    assert (events[-1].status, events[-1].source, events[-1].applied) == ("training_started", EventSource.WEBHOOK, True)
+    assert await outbox_keys(store) == [f"card:{job.id}"]
+    assert wakeups == [1]
+    await service.record(job.id, webhook("training_started"))  # a duplicate: nothing to send
+    assert wakeups == [1]
+
+
+async def test_a_crash_in_the_planner_or_an_outbox_insert_writes_nothing(build, store: Store, monkeypatch) -> None:
+    service, _, wakeups = build()
+    job = await training(service)
+    before_counts, before_job = await counts(store), await store.require_job(job.id)
+    wakeups.clear()
+
+    def crashing_planner(current: Job, event: Event) -> TransitionPlan:
+        raise RuntimeError("power cut in the planner")
+
+    monkeypatch.setattr(service_module, "plan_transition", crashing_planner)
+    with pytest.raises(RuntimeError):
+        await service.record(job.id, webhook("model_ready"))
+
+    def planner_with_bad_item(current: Job, event: Event) -> TransitionPlan:
+        plan = plan_transition(current, event)
+        bad = OutboxDraft("dm", "dm:bad", {"unserializable": object()})  # fails after the UPDATE and the event
+        return TransitionPlan(plan.new_state, plan.recorded_status, plan.reason, plan.updates, (*plan.outbox, bad))
+
+    monkeypatch.setattr(service_module, "plan_transition", planner_with_bad_item)
+    with pytest.raises(TypeError):
+        await service.record(job.id, webhook("model_ready"))
+    monkeypatch.setattr(service_module, "plan_transition", plan_transition)
+
+    calls = 0
+    original = Store._enqueue
+
+    async def enqueue_then_crash(self, conn, job_id, draft, now):
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the card was inserted; the DM insert dies
+            raise sqlite3.OperationalError("disk I/O error")
+        await original(self, conn, job_id, draft, now)
+
+    monkeypatch.setattr(Store, "_enqueue", enqueue_then_crash)
+    with pytest.raises(sqlite3.OperationalError):
+        await service.record(job.id, webhook("model_ready"))
+    assert calls == 2
+
+    assert await counts(store) == before_counts
+    assert await store.require_job(job.id) == before_job
+    assert wakeups == []
+
+    monkeypatch.setattr(Store, "_enqueue", original)  # after the "restart" the same webhook applies fully
+    result = await service.record(job.id, webhook("model_ready"))
+    assert result.after.state is JobState.MODEL_READY
+    assert await outbox_keys(store) == [f"card:{job.id}", f"dm:{job.id}:model_ready"]
+
+
+async def test_model_ready_three_times_makes_exactly_one_dm(build, store: Store) -> None:
+    service, _, _ = build()
+    job = await training(service)
+    for _ in range(3):
+        await service.record(job.id, webhook("model_ready"))
+    dms = [key for key in await outbox_keys(store) if key.startswith("dm:")]
+    assert dms == [f"dm:{job.id}:model_ready"]
+    statuses = [e.status for e in await store.events_for_job(job.id)]
+    assert statuses.count("model_ready") == 1
+
+
+async def test_out_of_order_webhooks_end_at_the_furthest_state(build, store: Store) -> None:
+    service, _, _ = build()
+    job = await training(service)
+    await service.record(job.id, webhook("training_started"))
+    await service.record(job.id, webhook("deploying_gpu"))
+    await service.record(job.id, webhook("training_success"))
+    job = await store.require_job(job.id)
+    assert job.state is JobState.TRAINING_SUCCESS
+    assert job.provider_status == "training_success"
+    events = {e.status: e.applied for e in await store.events_for_job(job.id)}
+    assert events["training_started"] is True
+    assert events["training_success"] is True
+
+
+async def test_a_late_first_word_is_recorded_as_not_applied(build, store: Store) -> None:
+    service, _, _ = build()
+    job = await submitting(service)
+    await service.record(job.id, webhook("training_started"))  # deploying_gpu never came first
+    await service.record(job.id, webhook("deploying_gpu"))
+    await service.record(job.id, webhook("training_success"))
+    job = await store.require_job(job.id)
+    assert job.state is JobState.TRAINING_SUCCESS
+    assert job.training_id == TID
+    applied = [(e.status, e.applied) for e in await store.events_for_job(job.id)]
+    assert applied == [
+        ("submitting", True),
+        ("training_started", True),
+        ("deploying_gpu", False),
+        ("training_success", True),
+    ]
+
+
+async def test_a_webhook_for_an_uncertain_job_adopts_its_training_id(build, store: Store) -> None:
+    service, _, _ = build()
+    job = await submitting(service)
+    await service.record(job.id, Event(Action.UNCERTAIN, EventSource.SYSTEM, detail="no answer"))
+    result = await service.record(job.id, webhook("training_started", "LATE42abc"))
+    assert result.before.state is JobState.UNCERTAIN
+    assert result.after.state is JobState.TRAINING_STARTED
+    assert result.after.training_id == "LATE42abc"
+    assert (await store.get_job_by_training_id("LATE42abc")).id == job.id
+
+
+# -- submit -----------------------------------------------------------------------------------------
+
+
+async def test_submit_accepted_stores_the_id_and_only_the_secret_hash(build, store: Store, settings) -> None:
+    service, provider, _ = build(lora_fine_tune=ok(ACCEPTED))
+    job = await submitting(service, training_type="woman", seed=42)
+
+    after = await service.submit(job, URLS)
+
+    assert after.state is JobState.DEPLOYING_GPU
+    assert after.training_id == TID
+    assert after.image_urls == tuple(URLS)
+    assert (await store.require_job(job.id)).eta_text == "it will take upto 30 minutes."
+    assert provider.paths == ["/api/v3/lora_fine_tune"]
+    body = provider.body()
+    prefix = f"https://bot.example.org/webhooks/training/{job.id}/"
+    assert body["webhook"].startswith(prefix)
+    secret = body["webhook"].removeprefix(prefix)
+    assert len(secret) >= 32 and "/" not in secret
+    stored = await store.require_job(job.id)
+    assert stored.webhook_secret_hash == hashlib.sha256(secret.encode()).hexdigest()
+    assert body["images"] == URLS
+    assert body["max_train_steps"] == str(2 * len(URLS))
+    assert body["training_type"] == "female"
+    assert body["seed"] == "42"
+    assert body["instance_prompt"] == "photo of sks man"
+    assert body["key"] == settings.sdapi_key.get_secret_value()
+
+    dump = ""
+    for table in ("jobs", "job_events", "outbox", "kv", "users"):
+        dump += repr([tuple(row) for row in await store.db.fetchall(f"SELECT * FROM {table}")])
+    assert secret not in dump
+    assert settings.sdapi_key.get_secret_value() not in dump
+    event = (await store.events_for_job(job.id))[-1]
+    assert (event.status, event.applied) == ("deploying_gpu", True)
+    assert json.loads(event.payload)["training_id"] == TID
+
+
+async def test_each_submission_gets_its_own_secret(build, store: Store) -> None:
+    service, provider, _ = build(lora_fine_tune=lambda r: ok({**ACCEPTED, "training_id": f"T{len(provider.requests)}"}))
+    first = await service.submit(await submitting(service, owner=1), URLS)
+    second = await service.submit(await submitting(service, owner=2), URLS)
+    secrets = [provider.body(i)["webhook"].rsplit("/", 1)[1] for i in (0, 1)]
+    assert secrets[0] != secrets[1]
+    assert first.webhook_secret_hash != second.webhook_secret_hash
+    assert secret_matches(secrets[0], first.webhook_secret_hash)
+    assert not secret_matches(secrets[0], second.webhook_secret_hash)
+
+
+async def test_submit_rejected_fails_with_the_providers_message(build, store: Store) -> None:
+    service, provider, _ = build(lora_fine_tune=ok({"status": "error", "messege": "Images are not accessible"}))
+    job = await submitting(service)
+    after = await service.submit(job, URLS)
+    assert after.state is JobState.FAILED
+    assert "Images are not accessible" in after.last_error
+    assert after.training_id is None
+    assert len(provider.requests) == 1
+    assert f"dm:{job.id}:failed" in await outbox_keys(store)
+
+
+async def test_submit_without_an_answer_is_uncertain_and_sent_once(build, store: Store) -> None:
+    service, provider, _ = build(lora_fine_tune=httpx.ReadTimeout("no answer"))
+    job = await submitting(service)
+    after = await service.submit(job, URLS)
+    assert after.state is JobState.UNCERTAIN
+    assert len(provider.requests) == 1  # never resubmitted
+    assert after.training_id is None
+    assert after.image_urls == tuple(URLS)
+    assert after.last_error and "don't start it again" in after.last_error
+    assert f"dm:{job.id}:uncertain" in await outbox_keys(store)
+
+
+async def test_a_gateway_timeout_on_submit_is_uncertain_too(build) -> None:
+    service, provider, _ = build(lora_fine_tune=httpx.Response(504, text="Gateway Timeout"))
+    after = await service.submit(await submitting(service), URLS)
+    assert after.state is JobState.UNCERTAIN
+    assert len(provider.requests) == 1
+
+
+# -- after a restart ----------------------------------------------------------------------------------
+
+
+async def test_recover_interrupted(build, store: Store) -> None:
+    service, provider, _ = build()
+    never_sent = await submitting(service, owner=1)
+    maybe_sent = await submitting(service, owner=2)
+    await store.prepare_submission(maybe_sent.id, image_urls=URLS, secret_hash="h")
+    running = await training(service, owner=3)
+    untouched_preview = await preview(service, owner=4)
+
+    assert await service.recover_interrupted() == 2
+
+    failed = await store.require_job(never_sent.id)
+    assert failed.state is JobState.FAILED
+    assert "nothing was sent or charged" in failed.last_error
+    uncertain = await store.require_job(maybe_sent.id)
+    assert uncertain.state is JobState.UNCERTAIN
+    assert "may or may not have started" in uncertain.last_error
+    assert (await store.require_job(running.id)).state is JobState.DEPLOYING_GPU
+    assert (await store.require_job(untouched_preview.id)).state is JobState.PREVIEW
+    assert provider.requests == []  # nothing is resubmitted
+    assert await service.recover_interrupted() == 0
+
+
+async def test_expire_stale_previews(build, store: Store, clock, settings) -> None:
+    service, _, _ = build()
+    old = await preview(service, owner=1)
+    clock.advance(settings.preview_timeout_seconds - 60)
+    young = await preview(service, owner=2)
+    clock.advance(60)
+
+    assert await service.expire_stale_previews() == 1
+    expired = await store.require_job(old.id)
+    assert expired.state is JobState.EXPIRED
+    assert expired.finished_at == clock()
+    assert (await store.require_job(young.id)).state is JobState.PREVIEW
+    assert await store.pending_outbox_count() == 0  # a preview's card is not a channel message
+
+    assert await service.expire_stale_previews(all_previews=True) == 1
+    assert (await store.require_job(young.id)).state is JobState.EXPIRED
+
+
+async def test_expire_preview_does_not_touch_a_started_job(build, store: Store) -> None:
+    service, _, _ = build()
+    job = await submitting(service)
+    result = await service.expire_preview(job.id, "timed out")
+    assert not result.changed
+    assert (await store.require_job(job.id)).state is JobState.SUBMITTING
+
+
+# -- cancel and forget -----------------------------------------------------------------------------------
+
+
+async def test_cancel_calls_the_provider_on_the_documented_path(build, store: Store) -> None:
+    service, provider, _ = build(cancle_training=ok({"status": "success", "messege": "Training cancelled"}))
+    job = await training(service)
+    after = await service.cancel(job, by_user_id=job.owner_id)
+    assert provider.paths == [f"/api/v3/cancle_training/{TID}"]
+    assert after.state is JobState.CANCELLED
+    assert after.last_error == "Cancelled by its owner."
+    assert f"dm:{job.id}:cancelled" in await outbox_keys(store)
+
+
+async def test_cancel_by_a_manager_names_them(build) -> None:
+    service, _, _ = build(cancle_training=ok({"status": "success"}))
+    job = await training(service)
+    after = await service.cancel(job, by_user_id=999)
+    assert after.last_error == "Cancelled by <@999>."
+
+
+async def test_cancel_without_a_training_id_does_not_call_the_provider(build) -> None:
+    service, provider, _ = build()
+    after = await service.cancel(await submitting(service), by_user_id=1)
+    assert after.state is JobState.CANCELLED
+    assert provider.requests == []
+
+
+async def test_cancelling_a_finished_job_is_a_user_error(build, store: Store) -> None:
+    service, provider, _ = build()
+    job = await training(service)
+    await service.record(job.id, webhook("model_ready"))
+    done = await store.require_job(job.id)
+    with pytest.raises(UserError, match="already finished"):
+        await service.cancel(done, by_user_id=1)
+    assert provider.requests == []
+    assert (await store.require_job(job.id)).state is JobState.MODEL_READY
+
+
+async def test_cancel_of_a_job_that_finished_meanwhile_is_a_user_error(build, store: Store) -> None:
+    service, _, _ = build(cancle_training=ok({"status": "error", "messege": "Training has already finished."}))
+    stale_copy = await training(service)
+    await service.record(stale_copy.id, webhook("model_ready"))
+    with pytest.raises(UserError, match="already finished"):
+        await service.cancel(stale_copy, by_user_id=1)
+    assert (await store.require_job(stale_copy.id)).state is JobState.MODEL_READY
+
+
+async def test_cancel_when_the_provider_does_not_know_the_training(build) -> None:
+    service, provider, _ = build(
+        cancle_training=ok({"status": "error", "messege": "Training not found"}, 404),
+        cancel_training=ok({"status": "error", "messege": "Training not found"}, 404),
+    )
+    after = await service.cancel(await training(service), by_user_id=1)
+    assert after.state is JobState.CANCELLED
+    assert provider.paths[0] == f"/api/v3/cancle_training/{TID}"
+
+
+async def test_cancel_when_the_provider_is_down_leaves_the_job_alone(build, store: Store) -> None:
+    service, provider, _ = build(cancle_training=httpx.Response(503, text="down"))
+    job = await training(service)
+    with pytest.raises(ProviderError):
+        await service.cancel(job, by_user_id=1)
+    assert (await store.require_job(job.id)).state is JobState.DEPLOYING_GPU
+    assert len(provider.requests) == 2  # retried (max_attempts=2), then given up
+
+
+async def test_forget_user_cancels_running_trainings_then_deletes(build, store: Store) -> None:
+    service, provider, _ = build(cancle_training=ok({"status": "success"}))
+    await training(service, owner=1)
+    await preview(service, owner=1)
+    other = await training(service, "OTHER", owner=2)
+    assert await service.forget_user(1) == 2
+    assert provider.paths == [f"/api/v3/cancle_training/{TID}"]
+    assert [row[0] for row in await store.db.fetchall("SELECT id FROM jobs")] == [other.id]
+
+
+async def test_forget_user_deletes_nothing_when_a_cancel_fails(build, store: Store) -> None:
+    service, _, _ = build(cancle_training=httpx.Response(503, text="down"))
+    job = await training(service, owner=1)
+    with pytest.raises(UserError, match="nothing was deleted"):
+        await service.forget_user(1)
+    assert (await store.require_job(job.id)).state is JobState.DEPLOYING_GPU
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def test_secret_hashing() -> None:
+    secret = "abcDEF123_-xyz"
+    assert hash_secret(secret) == hashlib.sha256(secret.encode()).hexdigest()
+    assert secret_matches(secret, hash_secret(secret))
+    assert not secret_matches(secret + "x", hash_secret(secret))
+    assert not secret_matches(secret, None)
+    assert not secret_matches(secret, "")
+
+
+def test_training_parameters(make_settings) -> None:
+    params = TrainingParams(instance_prompt="a", class_prompt="b", max_train_steps=5000)
+    assert TrainingParams.from_dict(params.as_dict()) == params
+    assert params.steps_for(8) == 2000
+    assert TrainingParams(instance_prompt="a", class_prompt="b").steps_for(7) == 14
+    assert provider_training_type("woman", make_settings()) == "female"
+    assert provider_training_type("woman", make_settings(sdapi_training_type_woman="women")) == "women"
+    assert [provider_training_type(c, make_settings()) for c in ("man", "couple", "object")] == [
+        "men",
+        "couple",
+        "null",
+    ]

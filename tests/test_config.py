@@ -1,0 +1,249 @@
+"""Settings: defaults, every variable from the environment and from `.env`, errors naming every bad setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.config import ConfigError, Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+TOKEN = "discord-token-SECRET-aaaaaaaaaaaaaaaa"
+KEY = "sdapi-key-SECRET-bbbbbbbbbbbbbbbbbbbb"
+
+#: Every setting, as an operator writes it, and the value the code must read from it (none a default).
+ALL_VARIABLES: dict[str, tuple[str, Any]] = {
+    "DISCORD_TOKEN": (TOKEN, TOKEN),
+    "DISCORD_API_BASE": ("http://127.0.0.1:9000/api/v10/", "http://127.0.0.1:9000/api/v10"),
+    "DISCORD_GATEWAY_URL": ("ws://127.0.0.1:9001/", "ws://127.0.0.1:9001/"),
+    "DISCORD_GUILD_ID": ("123456789012345678", 123456789012345678),
+    "SDAPI_KEY": (KEY, KEY),
+    "SDAPI_BASE_URL": ("http://127.0.0.1:7860", "http://127.0.0.1:7860"),
+    "SDAPI_TIMEOUT_SECONDS": ("12.5", 12.5),
+    "SDAPI_SUBMIT_TIMEOUT_SECONDS": ("45", 45.0),
+    "SDAPI_TRAINING_TYPE_WOMAN": ("women", "women"),
+    "PUBLIC_URL": ("https://hooks.example.org/bot/", "https://hooks.example.org/bot"),
+    "WEBHOOK_HOST": ("0.0.0.0", "0.0.0.0"),
+    "WEBHOOK_PORT": ("9443", 9443),
+    "WEBHOOK_MAX_BODY_BYTES": ("4096", 4096),
+    "WEBHOOK_RATE_LIMIT_PER_MINUTE": ("42", 42),
+    "DATABASE_URL": ("sqlite:///data/other.db", "sqlite:///data/other.db"),
+    "LOG_LEVEL": ("DEBUG", "DEBUG"),
+    "MIN_IMAGES": ("3", 3),
+    "MAX_IMAGES": ("8", 8),
+    "MAX_IMAGE_BYTES": ("2097152", 2097152),
+    "MAX_IMAGE_PIXELS": ("1000000", 1000000),
+    "MIN_IMAGE_SIDE": ("256", 256),
+    "PREVIEW_TIMEOUT_SECONDS": ("300", 300),
+    "MAX_ACTIVE_JOBS_PER_USER": ("2", 2),
+    "MAX_TRAININGS_PER_USER_PER_DAY": ("0", 0),
+    "MAX_TRAININGS_PER_GUILD_PER_DAY": ("7", 7),
+    "LIMITS_EXEMPT_MANAGERS": ("true", True),
+    "TRAIN_ROLE_IDS": ("111, 222,333", [111, 222, 333]),
+    "RECONCILE_INTERVAL_SECONDS": ("60", 60),
+    "STALL_DEADLINE_SECONDS": ("7200", 7200),
+    "CARD_EDIT_INTERVAL_SECONDS": ("1.5", 1.5),
+}
+
+DEFAULTS: dict[str, Any] = {
+    "discord_api_base": "https://discord.com/api/v10",
+    "discord_gateway_url": "wss://gateway.discord.gg/",
+    "discord_guild_id": None,
+    "sdapi_base_url": "https://stablediffusionapi.com",
+    "sdapi_timeout_seconds": 30.0,
+    "sdapi_submit_timeout_seconds": 90.0,
+    "sdapi_training_type_woman": "female",
+    "webhook_host": "127.0.0.1",
+    "webhook_port": 8080,
+    "webhook_max_body_bytes": 65536,
+    "webhook_rate_limit_per_minute": 600,
+    "database_url": "sqlite:///lorabot.db",
+    "log_level": "INFO",
+    "min_images": 5,
+    "max_images": 10,
+    "max_image_bytes": 10 * 1024 * 1024,
+    "max_image_pixels": 40_000_000,
+    "min_image_side": 512,
+    "preview_timeout_seconds": 600,
+    "max_active_jobs_per_user": 1,
+    "max_trainings_per_user_per_day": 3,
+    "max_trainings_per_guild_per_day": 20,
+    "limits_exempt_managers": False,
+    "train_role_ids": [],
+    "reconcile_interval_seconds": 300,
+    "stall_deadline_seconds": 10800,
+    "card_edit_interval_seconds": 3.0,
+}
+
+
+def plain(settings: Settings, name: str) -> Any:
+    value = getattr(settings, name)
+    return value.get_secret_value() if hasattr(value, "get_secret_value") else value
+
+
+def assert_all_variables_read(settings: Settings) -> None:
+    for variable, (_raw, expected) in ALL_VARIABLES.items():
+        assert plain(settings, variable.lower()) == expected, variable
+
+
+def required_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", TOKEN)
+    monkeypatch.setenv("SDAPI_KEY", KEY)
+    monkeypatch.setenv("PUBLIC_URL", "https://bot.example.org")
+
+
+def test_the_tables_cover_every_setting() -> None:
+    fields = set(Settings.model_fields)
+    assert {name.lower() for name in ALL_VARIABLES} == fields
+    assert set(DEFAULTS) == fields - {"discord_token", "sdapi_key", "public_url"}
+
+
+def test_defaults(clean_env: pytest.MonkeyPatch) -> None:
+    required_only(clean_env)
+    settings = load_settings(env_file=None)
+    for name, expected in DEFAULTS.items():
+        assert getattr(settings, name) == expected, name
+    assert settings.database_path == "lorabot.db"
+    assert settings.webhook_base == "https://bot.example.org/webhooks/training"
+
+
+def test_every_variable_is_read_from_the_environment(clean_env: pytest.MonkeyPatch) -> None:
+    for variable, (raw, _expected) in ALL_VARIABLES.items():
+        clean_env.setenv(variable, raw)
+    settings = load_settings(env_file=None)
+    assert_all_variables_read(settings)
+    assert settings.database_path == "data/other.db"
+    assert settings.webhook_base == "https://hooks.example.org/bot/webhooks/training"
+
+
+def test_every_variable_is_read_from_a_dotenv_file(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "# a comment\n" + "".join(f"{variable}={raw}\n" for variable, (raw, _) in ALL_VARIABLES.items()),
+        encoding="utf-8",
+    )
+    assert_all_variables_read(load_settings(env_file=env_file))
+
+
+def test_the_environment_wins_over_the_dotenv_file(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"DISCORD_TOKEN={TOKEN}\nSDAPI_KEY={KEY}\nPUBLIC_URL=https://a.example\nWEBHOOK_PORT=1111\n")
+    clean_env.setenv("WEBHOOK_PORT", "2222")
+    settings = load_settings(env_file=env_file)
+    assert settings.webhook_port == 2222
+    assert settings.public_url == "https://a.example"
+
+
+def test_the_documented_env_example_gives_the_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`.env.example` says its values are the defaults; with the three required ones filled it must load."""
+    text = (REPO / ".env.example").read_text(encoding="utf-8")
+    for name, value in (("DISCORD_TOKEN", TOKEN), ("SDAPI_KEY", KEY), ("PUBLIC_URL", "https://bot.example.org")):
+        assert f"\n{name}=\n" in text
+        text = text.replace(f"\n{name}=\n", f"\n{name}={value}\n")
+    documented = {line.split("=", 1)[0].lower() for line in text.splitlines() if line and not line.startswith("#")}
+    assert documented == set(Settings.model_fields)
+    env_file = tmp_path / ".env"
+    env_file.write_text(text, encoding="utf-8")
+    settings = load_settings(env_file=env_file)
+    for name, expected in DEFAULTS.items():
+        assert getattr(settings, name) == expected, name
+
+
+def test_a_broken_configuration_names_every_bad_setting_at_once(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("SDAPI_BASE_URL", "ftp://nope.example")
+    clean_env.setenv("WEBHOOK_PORT", "not-a-port")
+    clean_env.setenv("MIN_IMAGES", "9")
+    clean_env.setenv("MAX_IMAGES", "6")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env_file=None)
+    message = str(caught.value)
+    for name in ("DISCORD_TOKEN", "SDAPI_KEY", "PUBLIC_URL", "SDAPI_BASE_URL", "WEBHOOK_PORT", "MAX_IMAGES"):
+        assert f"- {name}:" in message, name
+    assert "MIN_IMAGES must not be greater than MAX_IMAGES" in message
+    assert message.count("\n  - ") == 6
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("PUBLIC_URL", "bot.example.org"),
+        ("PUBLIC_URL", "ftp://bot.example.org"),
+        ("DISCORD_API_BASE", "discord.com/api"),
+        ("DISCORD_GATEWAY_URL", "https://gateway.discord.gg"),
+        ("WEBHOOK_PORT", "70000"),
+        ("WEBHOOK_PORT", "80.5"),
+        ("DATABASE_URL", "postgres://db/bot"),
+        ("DATABASE_URL", "sqlite:///"),
+        ("LOG_LEVEL", "LOUD"),
+        ("DISCORD_GUILD_ID", "my-guild"),
+        ("TRAIN_ROLE_IDS", "123,admins"),
+        ("MIN_IMAGES", "0"),
+        ("PREVIEW_TIMEOUT_SECONDS", "900"),
+        ("SDAPI_TRAINING_TYPE_WOMAN", "woman"),
+        ("DISCORD_TOKEN", "   "),
+    ],
+)
+def test_each_bad_value_is_reported_by_name(clean_env: pytest.MonkeyPatch, variable: str, raw: str) -> None:
+    required_only(clean_env)
+    clean_env.setenv(variable, raw)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env_file=None)
+    lines = str(caught.value).splitlines()[1:]
+    assert lines
+    assert all(line.startswith(f"  - {variable}") for line in lines), lines
+
+
+def test_min_images_equal_to_max_images_is_fine(make_settings) -> None:
+    settings = make_settings(min_images=7, max_images=7)
+    assert (settings.min_images, settings.max_images) == (7, 7)
+
+
+def test_secrets_never_appear_in_repr_str_dumps_or_errors(clean_env: pytest.MonkeyPatch) -> None:
+    required_only(clean_env)
+    settings = load_settings(env_file=None)
+    for text in (repr(settings), str(settings), settings.model_dump_json(), repr(settings.model_dump())):
+        assert TOKEN not in text
+        assert KEY not in text
+    assert settings.discord_token.get_secret_value() == TOKEN
+
+    clean_env.setenv("PUBLIC_URL", "nope")
+    clean_env.setenv("WEBHOOK_PORT", TOKEN)  # a secret pasted into the wrong variable
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env_file=None)
+    for text in (str(caught.value), repr(caught.value)):
+        assert TOKEN not in text
+        assert KEY not in text
+    assert caught.value.__cause__ is None  # the pydantic error (with its inputs) is not chained
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1", [1]),
+        ("1,2,3", [1, 2, 3]),
+        (" 10 , 20 ,, 30 ", [10, 20, 30]),
+        ("10;20", [10, 20]),
+        ("123456789012345678,", [123456789012345678]),
+        (" ", []),
+        ("", []),
+    ],
+)
+def test_train_role_ids_are_comma_separated(clean_env: pytest.MonkeyPatch, raw: str, expected: list[int]) -> None:
+    required_only(clean_env)
+    clean_env.setenv("TRAIN_ROLE_IDS", raw)
+    assert load_settings(env_file=None).train_role_ids == expected
+
+
+def test_train_role_ids_from_a_dotenv_file(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"DISCORD_TOKEN={TOKEN}\nSDAPI_KEY={KEY}\nPUBLIC_URL=https://x.example\nTRAIN_ROLE_IDS=5,6\n")
+    assert load_settings(env_file=env_file).train_role_ids == [5, 6]
+
+
+def test_keyword_overrides_win_and_the_settings_fixture_is_isolated(make_settings, tmp_path: Path) -> None:
+    settings = make_settings(webhook_port=0, train_role_ids=[9])
+    assert settings.webhook_port == 0
+    assert settings.train_role_ids == [9]
+    assert settings.database_path == str(tmp_path / "bot.db")
