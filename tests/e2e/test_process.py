@@ -139,3 +139,44 @@ async def test_sigkill_mid_training_loses_nothing_and_repeats_nothing(tmp_path: 
         assert len(sim.simulator.trainings) == 1, "the training must never be submitted twice"
     finally:
         assert await restarted.stop() == 0, restarted.log
+
+
+async def test_logs_of_a_run_with_failures_hold_no_secret(tmp_path: Path, fakes: tuple) -> None:
+    """Every log line of a run with rejected submissions, forged webhooks and an invalid key."""
+    import httpx
+
+    fake, sim = fakes
+    bot = BotProcess(tmp_path, fake, sim.url)
+    await started(bot, fake)
+    secrets_seen: list[str] = []
+    try:
+        sim.simulator.set_faults(fail_submission=1, fail_submission_message="Failed, Try Again")
+        failed = await run_train(fake)
+        row = await wait_row(tmp_path, failed, lambda r: r["state"] == "failed")
+        assert "Failed, Try Again" in row["last_error"]
+
+        good = await run_train(fake)
+        row = await wait_row(tmp_path, good, lambda r: r["state"] == "model_ready")
+        secrets_seen.append(sim.simulator.trainings[row["training_id"]].webhook_url.rsplit("/", 1)[1])
+        base = f"http://127.0.0.1:{bot.port}/webhooks/training"
+        async with httpx.AsyncClient() as client:
+            forged = [
+                await client.post(f"{base}/{good}/{secrets_seen[0][:-2]}xx", json={"model_id": "x"}),
+                await client.post(f"{base}/{failed}/{secrets_seen[0]}", json={"model_id": "x"}),
+                await client.post(
+                    f"{base}/{good}/{secrets_seen[0]}",
+                    content=b"{not json",
+                    headers={"content-type": "application/json"},
+                ),
+            ]
+        assert [r.status_code for r in forged] == [404, 404, 400]
+
+        sim.simulator.set_faults(fail_submission=1, fail_submission_kind="invalid_key")
+        refused = await run_train(fake)
+        row = await wait_row(tmp_path, refused, lambda r: r["state"] == "failed")
+    finally:
+        assert await bot.stop() == 0
+    log = bot.log
+    assert "rejected" in log  # the failures were logged...
+    for secret in (fake.token, API_KEY, *secrets_seen):
+        assert secret not in log  # ...without any secret

@@ -295,6 +295,13 @@ class RestHandlers(FakeState):
         self._check_can_write(channel)
         body = rec.json if isinstance(rec.json, dict) else {}
         validate_message_body(body, rec.files, creating=True, current_flags=0, size_limit=self.attachment_size_limit)
+        nonce = body.get("nonce")
+        if nonce is not None and body.get("enforce_nonce"):
+            # Discord: with enforce_nonce, a repeated nonce from the same author within a few
+            # minutes returns the existing message instead of creating a second one.
+            for existing in self.messages.get(channel.id, []):
+                if existing.nonce == nonce and not existing.deleted and existing.webhook_id is None:
+                    return Reply(200, self.message_payload(existing))
         msg = FakeMessage(
             id=self._ids.next(),
             channel_id=channel.id,
