@@ -101,12 +101,10 @@ class LoraBot(commands.Bot):
         await self.services.notifier.connection_restored()
 
     def connection_status(self) -> str:
+        """For /healthz: connected once the gateway session is up (READY received) and open."""
         if self.is_closed():
             return "closed"
-        if self.is_ready() and not self.ws_is_closed():
+        ws = self.ws
+        if self.user is not None and ws is not None and not ws.socket.closed:
             return "connected"
         return "connecting"
-
-    def ws_is_closed(self) -> bool:
-        ws = self.ws
-        return ws is None or ws.socket.closed

@@ -199,7 +199,9 @@ async def open_world(
     settings = make_settings(tmp_path, fake, sim.url, **overrides)
     app = Application(settings)
     await app.start()
-    await asyncio.wait_for(app.bot.wait_until_ready(), 20)
+    # READY and the guilds are in: interactions are handled from here on. (on_ready itself comes
+    # guild_ready_timeout = 2 s later; tests don't wait for it.)
+    await fake.wait_until_connected(20)
     await fake.wait_for(lambda: fake.commands(GUILD) or None, 10, "commands synced")
 
     async def close() -> None:
