@@ -81,6 +81,12 @@ def _text(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _reject(status: int, reason: str, peer: str, job_id: int | None = None) -> web.Response:
+    """Log a rejected webhook (never its path: it holds the secret) and answer with the reason."""
+    log.warning("webhook rejected (%s): %s, job %s, from %s", status, reason, job_id, peer)
+    return _text(status, reason)
+
+
 class WebhookServer:
     """Builds the aiohttp application and runs it on the configured host and port."""
 
@@ -137,16 +143,13 @@ class WebhookServer:
     async def training_webhook(self, request: web.Request) -> web.Response:
         peer = request.remote or "unknown"
         if not self.limiter.allow(peer):
-            log.warning("webhook rejected: rate limit for %s", peer)
-            return _text(429, "slow down")
+            return _reject(429, "slow down", peer)
         if not self.accepting:
             return _text(503, "shutting down")
         if request.content_type != "application/json":
-            log.warning("webhook rejected: content type %r from %s", request.content_type, peer)
-            return _text(415, "expected application/json")
+            return _reject(415, f"content type {request.content_type!r}", peer)
         if request.content_length is not None and request.content_length > self.max_body_bytes:
-            log.warning("webhook rejected: %s-byte body from %s", request.content_length, peer)
-            return _text(413, "body too large")
+            return _reject(413, f"{request.content_length}-byte body", peer)
 
         job_id_text, secret = request.match_info["job_id"], request.match_info["secret"]
         job = None
@@ -154,32 +157,26 @@ class WebhookServer:
             job = await self.store.get_job(int(job_id_text))
         if job is None or not secret_matches(secret, job.webhook_secret_hash):
             log.warning("webhook rejected: unknown job or wrong secret (job %s) from %s", job_id_text[:20], peer)
-            return web.Response(status=404)
+            return web.Response(status=404)  # no detail: don't tell a prober which part was wrong
 
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            log.warning("webhook rejected: body over %s bytes for job %s", self.max_body_bytes, job.id)
-            return _text(413, "body too large")
+            return _reject(413, f"body over {self.max_body_bytes} bytes", peer, job.id)
         body = parse_body(raw)
         if body is None:
-            log.warning("webhook rejected: not a JSON object (job %s)", job.id)
-            return _text(400, "invalid JSON")
+            return _reject(400, "invalid JSON", peer, job.id)
         model_id = body.get("model_id") or body.get("training_id") or body.get("id")
         model_id = str(model_id).strip() if model_id is not None else ""
         if not model_id or (job.training_id and model_id != job.training_id):
-            log.warning("webhook rejected: model_id does not match job %s", job.id)
-            return _text(409, "model_id does not match this job")
+            return _reject(409, "model_id does not match this job", peer, job.id)
         if job.training_id is None and await self.store.get_job_by_training_id(model_id) is not None:
-            log.warning("webhook rejected: job %s would adopt another job's training id", job.id)
-            return _text(409, "model_id belongs to another job")
+            return _reject(409, "model_id belongs to another job", peer, job.id)
         if job.state.is_terminal:
-            log.info("webhook ignored: job %s is already %s", job.id, job.state.value)
-            return _text(409, "job already finished")
+            return _reject(409, "job already finished", peer, job.id)
         word = status_word(body)
         if word is None:
-            log.warning("webhook rejected: no training status (job %s)", job.id)
-            return _text(400, "missing training_status")
+            return _reject(400, "missing training_status", peer, job.id)
 
         detail = body.get("logs") or body.get("message") or body.get("messege")
         event = Event(

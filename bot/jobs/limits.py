@@ -47,22 +47,27 @@ async def check_can_train(store: Store, settings: Settings, who: Requester) -> N
             f"You already have {active} training(s) running (the limit is {settings.max_active_jobs_per_user}). "
             "Wait for it to finish or /cancel it."
         )
-    now = store.now()
-    if settings.max_trainings_per_user_per_day:
-        times = await store.submissions_since(now - DAY, owner_id=who.user_id)
-        if len(times) >= settings.max_trainings_per_user_per_day:
-            retry_at = times[-settings.max_trainings_per_user_per_day] + DAY
+    since = store.now() - DAY
+    user_limit = settings.max_trainings_per_user_per_day
+    if user_limit:
+        retry_at = _quota_reopens(await store.submissions_since(since, owner_id=who.user_id), user_limit)
+        if retry_at is not None:
             raise LimitReached(
-                f"You have used your {settings.max_trainings_per_user_per_day} trainings for today. "
-                f"You can train again {_when(retry_at)}.",
+                f"You have used your {user_limit} trainings for today. You can train again {_when(retry_at)}.",
                 retry_at,
             )
-    if settings.max_trainings_per_guild_per_day and who.guild_id is not None:
-        times = await store.submissions_since(now - DAY, guild_id=who.guild_id)
-        if len(times) >= settings.max_trainings_per_guild_per_day:
-            retry_at = times[-settings.max_trainings_per_guild_per_day] + DAY
+    guild_limit = settings.max_trainings_per_guild_per_day
+    if guild_limit and who.guild_id is not None:
+        retry_at = _quota_reopens(await store.submissions_since(since, guild_id=who.guild_id), guild_limit)
+        if retry_at is not None:
             raise LimitReached(
-                f"This server has used its {settings.max_trainings_per_guild_per_day} trainings for today. "
-                f"Trainings open again {_when(retry_at)}.",
+                f"This server has used its {guild_limit} trainings for today. Trainings open again {_when(retry_at)}.",
                 retry_at,
             )
+
+
+def _quota_reopens(submissions: list[datetime], limit: int) -> datetime | None:
+    """When a rolling 24-hour quota frees a slot again, or None if a slot is free now."""
+    if len(submissions) < limit:
+        return None
+    return submissions[-limit] + DAY
