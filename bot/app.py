@@ -24,6 +24,7 @@ from bot.images import ImageLimits
 from bot.jobs.notifier import Notifier
 from bot.jobs.reconciler import Reconciler
 from bot.jobs.service import JobService
+from bot.jobs.submission import TrainingStarter
 from bot.logging_setup import redactor
 from bot.messenger import Messenger
 from bot.provider.client import ProviderClient
@@ -120,6 +121,7 @@ class Application:
                 self.notifier,
                 messenger,
                 image_limits(settings),
+                TrainingStarter(self.store, self.service, messenger, settings),
                 self.executor,
             )
         )

@@ -16,6 +16,7 @@ from bot.config import Settings
 from bot.images import ImageLimits
 from bot.jobs.notifier import Notifier
 from bot.jobs.service import JobService
+from bot.jobs.submission import TrainingStarter
 from bot.messenger import Messenger
 from bot.provider.client import ProviderClient
 from bot.store import Store
@@ -37,6 +38,7 @@ class Services:
     notifier: Notifier
     messenger: Messenger
     image_limits: ImageLimits
+    starter: TrainingStarter
     executor: Executor | None = None
 
 

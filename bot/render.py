@@ -181,3 +181,16 @@ def job_list_embed(jobs: Sequence[Job], *, page: int, pages: int, total: int) ->
         )
     embed.set_footer(text=f"Page {page + 1} of {max(pages, 1)} · {total} trainings")
     return embed
+
+
+def start_outcome(job: Job) -> str:
+    """What the owner reads in the preview once Start has done its work."""
+    link = card_link(job) or ""
+    if job.state is JobState.FAILED:
+        return f"The training could not be started: {job.last_error}\n{link}"
+    if job.state is JobState.UNCERTAIN:
+        return (
+            "I sent the training but the provider didn't confirm it in time. It may still start; the card "
+            f"will update if it does, and it won't be sent twice.\n{link}"
+        )
+    return f"Training submitted! Follow it on its card: {link}\nI'll DM you when the model is ready."

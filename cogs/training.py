@@ -14,14 +14,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.errors import UserError
-from bot.images import PreparedImage, make_preview_grid
+from bot.images import PreparedImage
 from bot.jobs.limits import Requester, check_can_train
-from bot.jobs.photos import collect_photos
+from bot.jobs.photos import collect_photos, preview_grid
 from bot.jobs.service import TrainingParams
-from bot.jobs.states import JobState
-from bot.messenger import CannotPost, DeliveryError, DmsClosed, MessageGone
-from bot.render import card_link, job_card, preview_embed, problems_text
+from bot.render import preview_embed, problems_text, start_outcome
 from cogs.errors import report_error
 
 if TYPE_CHECKING:
@@ -199,8 +196,7 @@ class Training(commands.Cog):
             images=len(batch.images),
         )
         card_in_dms = not bot_can_post(interaction)
-        loop = asyncio.get_running_loop()
-        grid = await loop.run_in_executor(services.executor, make_preview_grid, batch.images)
+        grid = await preview_grid(batch.images, services.executor)
         expires_at = discord.utils.utcnow() + timedelta(seconds=services.settings.preview_timeout_seconds)
         embed = preview_embed(
             job_id=job.id,
@@ -274,52 +270,14 @@ class Training(commands.Cog):
 
     async def start(self, interaction: discord.Interaction, preview: PendingPreview) -> str:
         """Submit a confirmed preview; returns the message for the owner."""
-        services = self.bot.services
-        jobs = services.jobs
-        try:
-            await check_can_train(services.store, services.settings, requester(interaction))
-        except Exception:
-            await jobs.expire_preview(preview.job_id, "A training limit was reached before Start.")
-            raise
-        result = await jobs.begin_submission(preview.job_id)
-        if not result.changed:
-            raise UserError("This preview can no longer be started. Run /train again.")
-        job = result.after
-        embed = job_card(job, await services.store.events_for_job(job.id))
-        files = [(f"photo{i + 1}.{image.extension}", image.data) for i, image in enumerate(preview.images)]
-        try:
-            if preview.card_in_dms:
-                raise CannotPost("no permission in the channel")
-            posted = await services.messenger.post(
-                preview.channel_id, embed=embed, files=files, nonce_key=f"card:{job.id}"
-            )
-        except (CannotPost, MessageGone):
-            try:
-                posted = await services.messenger.dm(job.owner_id, embed=embed, files=files, nonce_key=f"card:{job.id}")
-            except DeliveryError as error:
-                await jobs.record_failure(job.id, "I could not post the job's card in the channel or in your DMs.")
-                if isinstance(error, DmsClosed):
-                    raise UserError(
-                        "I can't post in this channel and your DMs are closed, so I have nowhere to put the job's "
-                        "card. Nothing was sent or charged."
-                    ) from error
-                raise UserError(
-                    "Discord didn't accept the job's card, so nothing was sent. Please try again."
-                ) from error
-        await services.store.set_card(job.id, posted.channel_id, posted.message_id)
-        if len(posted.attachment_urls) != len(files):
-            await jobs.record_failure(job.id, "Discord did not return the uploaded photos' links.")
-            raise UserError("Discord didn't return the photos' links, so nothing was sent. Please try again.")
-        job = await jobs.submit(await services.store.require_job(job.id), posted.attachment_urls)
-        link = card_link(job) or ""
-        if job.state is JobState.FAILED:
-            return f"The training could not be started: {job.last_error}\n{link}"
-        if job.state is JobState.UNCERTAIN:
-            return (
-                "I sent the training but the provider didn't confirm it in time. It may still start; the card "
-                f"will update if it does, and it won't be sent twice.\n{link}"
-            )
-        return f"Training submitted! Follow it on its card: {link}\nI'll DM you when the model is ready."
+        job = await self.bot.services.starter.start(
+            preview.job_id,
+            requester(interaction),
+            channel_id=preview.channel_id,
+            images=preview.images,
+            card_in_dms=preview.card_in_dms,
+        )
+        return start_outcome(job)
 
 
 async def setup(bot: LoraBot) -> None:

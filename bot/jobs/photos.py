@@ -13,8 +13,10 @@ from bot.images import (
     ImageLimits,
     ImageProblem,
     PreparedBatch,
+    PreparedImage,
     RejectedImage,
     SourceImage,
+    make_preview_grid,
     precheck,
     prepare_batch_async,
 )
@@ -73,3 +75,8 @@ async def collect_photos(
     if not early:
         return batch
     return dataclasses.replace(batch, rejected=(*early, *batch.rejected))
+
+
+async def preview_grid(images: Sequence[PreparedImage], executor: Executor | None = None) -> bytes:
+    """The contact sheet of the crops for the preview, made off the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(executor, make_preview_grid, images)

@@ -1,0 +1,74 @@
+"""Start pressed: from a confirmed preview to a submitted training.
+
+The order matters for crash safety: the job moves to `submitting` first, then the card with
+the crops is posted (its attachment URLs are what the provider downloads), then the URLs are
+stored, and only then is the provider called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bot.config import Settings
+from bot.errors import UserError
+from bot.images import PreparedImage
+from bot.jobs.limits import LimitReached, Requester, check_can_train
+from bot.jobs.service import JobService
+from bot.messenger import CannotPost, DeliveryError, DmsClosed, MessageGone, Messenger, Posted
+from bot.render import job_card
+from bot.store import Job, Store
+
+
+class TrainingStarter:
+    def __init__(self, store: Store, jobs: JobService, messenger: Messenger, settings: Settings) -> None:
+        self.store = store
+        self.jobs = jobs
+        self.messenger = messenger
+        self.settings = settings
+
+    async def start(
+        self,
+        job_id: int,
+        who: Requester,
+        *,
+        channel_id: int,
+        images: Sequence[PreparedImage],
+        card_in_dms: bool,
+    ) -> Job:
+        """Submit a confirmed preview; returns the job as the provider left it (or raises UserError)."""
+        try:
+            await check_can_train(self.store, self.settings, who)
+        except LimitReached:
+            await self.jobs.expire_preview(job_id, "A training limit was reached before Start.")
+            raise
+        result = await self.jobs.begin_submission(job_id)
+        if not result.changed:
+            raise UserError("This preview can no longer be started. Run /train again.")
+        job = result.after
+        files = [(f"photo{i + 1}.{image.extension}", image.data) for i, image in enumerate(images)]
+        posted = await self._post_card(job, files, channel_id=channel_id, in_dms=card_in_dms)
+        await self.store.set_card(job.id, posted.channel_id, posted.message_id)
+        if len(posted.attachment_urls) != len(files):
+            await self.jobs.record_failure(job.id, "Discord did not return the uploaded photos' links.")
+            raise UserError("Discord didn't return the photos' links, so nothing was sent. Please try again.")
+        return await self.jobs.submit(await self.store.require_job(job.id), posted.attachment_urls)
+
+    async def _post_card(self, job: Job, files: list[tuple[str, bytes]], *, channel_id: int, in_dms: bool) -> Posted:
+        """Post the job's card with the crops in the channel, or in the owner's DMs if it can't be."""
+        embed = job_card(job, await self.store.events_for_job(job.id))
+        nonce = f"card:{job.id}"
+        if not in_dms:
+            try:
+                return await self.messenger.post(channel_id, embed=embed, files=files, nonce_key=nonce)
+            except (CannotPost, MessageGone):
+                pass
+        try:
+            return await self.messenger.dm(job.owner_id, embed=embed, files=files, nonce_key=nonce)
+        except DeliveryError as error:
+            await self.jobs.record_failure(job.id, "I could not post the job's card in the channel or in your DMs.")
+            if isinstance(error, DmsClosed):
+                raise UserError(
+                    "I can't post in this channel and your DMs are closed, so I have nowhere to put the job's "
+                    "card. Nothing was sent or charged."
+                ) from error
+            raise UserError("Discord didn't accept the job's card, so nothing was sent. Please try again.") from error
