@@ -204,13 +204,15 @@ async def open_world(
     await fake.wait_until_connected(20)
     await fake.wait_for(lambda: fake.commands(GUILD) or None, 10, "commands synced")
 
+    world = World(fake, sim, app, settings)
+
     async def close() -> None:
-        await app.stop()
+        await world.app.stop()  # the app a test may have replaced
         await sim.close()
         await fake.close()
         discord.http.Route.BASE = "https://discord.com/api/v10"
 
-    return World(fake, sim, app, settings), close
+    return world, close
 
 
 class BotProcess:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from bot.jobs.states import JobState
-from tests.e2e.harness import ALICE, CHANNEL, World, embed_text, job_id_of, photos
+from tests.e2e.harness import ALICE, CHANNEL, GUILD, World, embed_text, job_id_of, photos
 
 
 async def test_train_from_command_to_dm(world: World) -> None:
@@ -41,3 +43,30 @@ async def test_train_from_command_to_dm(world: World) -> None:
     assert len(dms) == 1, dms
     assert job.training_id in dms[0] and "photo of sks man" in dms[0]
     assert f"/{CHANNEL}/{card.id}" in dms[0]
+
+
+async def test_card_edits_are_coalesced_in_bursts(world: World) -> None:
+    """Eight statuses arriving within a second make far fewer than eight edits of the card."""
+    world.app.notifier.edit_interval = timedelta(seconds=1.0)
+    world.sim.simulator.step_seconds = 0.02
+    job = await world.start_training()
+    job = await world.wait_state(job.id, JobState.MODEL_READY)
+    await world.wait_for(lambda: "Model ready" in embed_text(world.card(job)), timeout=10, what="final edit")
+    edits = world.card(job).edit_count
+    assert 1 <= edits <= 4, edits
+
+
+async def test_commands_are_synced_only_when_their_definition_changed(tmp_path) -> None:
+    from tests.e2e.harness import open_world
+
+    world, close = await open_world(tmp_path)
+    try:
+        assert world.fake.sync_count(GUILD) == 1
+        await world.app.stop()
+        world.app = type(world.app)(world.settings)
+        await world.app.start()
+        # The gateway connects only after login, and login runs setup_hook (where syncing happens).
+        await world.wait_for(lambda: world.app.bot.ws is not None or None, what="the second connection")
+        assert world.fake.sync_count(GUILD) == 1  # unchanged definition: no second sync
+    finally:
+        await close()
