@@ -87,6 +87,7 @@ async def make_job(store: Store, *, secret: str = SECRET, training_id: str | Non
 
     job = await store.create_job(owner_id=owner, guild_id=1, channel_id=2, name="n", params={}, image_count=5)
     await store.apply_event(job.id, Event(Action.SUBMIT, EventSource.USER), plan_transition)
+    await store.set_card(job.id, 2, 9000 + job.id)  # the Start flow posts the card next
     await store.prepare_submission(job.id, image_urls=["https://cdn/x.png"], secret_hash=hash_secret(secret))
     if training_id is not None:
         event = Event(Action.ACCEPTED, EventSource.SYSTEM, status="deploying_gpu", training_id=training_id)

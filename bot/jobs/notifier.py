@@ -79,6 +79,11 @@ class Notifier:
                 log.warning("outbox %s: Discord unavailable (%s), retrying later", item.dedupe_key, error)
                 await self.store.mark_failed(item, str(error), retry_delay(item.attempts))
                 break
+            except Exception as error:  # one bad item must never block the others
+                give_up = item.attempts + 1 >= MAX_ATTEMPTS
+                log.exception("outbox %s: delivery failed%s", item.dedupe_key, "; giving up" if give_up else "")
+                retry = None if give_up else retry_delay(item.attempts)
+                await self.store.mark_failed(item, type(error).__name__, retry)
         return delivered
 
     async def deliver(self, item: OutboxItem) -> bool:

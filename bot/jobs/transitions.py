@@ -43,7 +43,8 @@ def plan_transition(job: Job, event: Event) -> TransitionPlan:
 
     outbox: list[OutboxDraft] = []
     visible = job.state is not JobState.PREVIEW and not job.state.is_terminal
-    if visible and (decision.changes_state or "provider_status" in updates):
+    has_card = job.card_message_id is not None  # no card yet (e.g. failed before posting): nothing to edit
+    if visible and has_card and (decision.changes_state or "provider_status" in updates):
         outbox.append(card_draft(job.id, decision.recorded_status))
     if visible and decision.new_state in DM_STATES:
         outbox.append(dm_draft(job.id, decision.new_state))

@@ -52,6 +52,7 @@ def build(store: Store, settings, make_provider):
 async def running_job(store: Store, training_id: str | None = TID, owner: int = 1) -> Job:
     job = await store.create_job(owner_id=owner, guild_id=1, channel_id=2, name="n", params={}, image_count=5)
     await store.apply_event(job.id, Event(Action.SUBMIT, EventSource.USER), plan_transition)
+    await store.set_card(job.id, 2, 9000 + job.id)  # the Start flow posts the card next
     if training_id is None:
         return (await store.apply_event(job.id, Event(Action.UNCERTAIN, EventSource.SYSTEM), plan_transition)).after
     event = Event(Action.ACCEPTED, EventSource.SYSTEM, status="deploying_gpu", training_id=training_id)

@@ -83,8 +83,11 @@ async def preview(service: JobService, owner: int = 1, **params: object) -> Job:
 
 
 async def submitting(service: JobService, owner: int = 1, **params: object) -> Job:
+    """Start pressed and the job's card posted, as the Start flow does before calling the provider."""
     job = await preview(service, owner, **params)
-    return (await service.begin_submission(job.id)).after
+    await service.begin_submission(job.id)
+    await service.store.set_card(job.id, job.channel_id, 9000 + job.id)
+    return await service.store.require_job(job.id)
 
 
 async def training(service: JobService, training_id: str = TID, owner: int = 1) -> Job:

@@ -31,7 +31,9 @@ async def new_job(store: Store, owner: int = 1, *, guild: int | None = 10, name:
 
 async def submitted_job(store: Store, owner: int = 1, *, guild: int | None = 10, name: str = "portrait") -> Job:
     job = await new_job(store, owner, guild=guild, name=name)
-    return (await store.apply_event(job.id, SUBMIT, plan_transition)).after
+    await store.apply_event(job.id, SUBMIT, plan_transition)
+    await store.set_card(job.id, job.channel_id, 9000 + job.id)  # the Start flow posts the card next
+    return await store.require_job(job.id)
 
 
 async def count(db: Database, table: str) -> int:

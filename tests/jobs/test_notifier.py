@@ -1,0 +1,143 @@
+"""The outbox worker with a scripted messenger: coalescing, fallbacks, backoff, poison items."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import discord
+
+from bot.jobs.notifier import Notifier
+from bot.jobs.states import Action, Event, EventSource, JobState
+from bot.jobs.transitions import plan_transition
+from bot.messenger import CannotPost, DiscordUnavailable, DmsClosed, MessageGone, Posted
+from bot.store import Job, OutboxDraft, Store
+
+
+@dataclass
+class ScriptedMessenger:
+    """Records every call; raises the next scripted error for an operation, if any."""
+
+    errors: dict[str, list[Exception]] = field(default_factory=dict)
+    calls: list[tuple[str, int, str]] = field(default_factory=list)
+    next_id: int = 5000
+
+    def _maybe_fail(self, op: str) -> None:
+        queue = self.errors.get(op)
+        if queue:
+            raise queue.pop(0)
+
+    async def post(self, channel_id: int, *, content=None, embed=None, files=(), mention_user=None, nonce_key=None):
+        self.calls.append(("post", channel_id, content or (embed.title if embed else "")))
+        self._maybe_fail("post")
+        self.next_id += 1
+        return Posted(channel_id, self.next_id)
+
+    async def edit(self, channel_id: int, message_id: int, *, embed: discord.Embed) -> None:
+        self.calls.append(("edit", message_id, embed.description or ""))
+        self._maybe_fail("edit")
+
+    async def dm(self, user_id: int, *, content=None, embed=None, files=(), nonce_key=None):
+        self.calls.append(("dm", user_id, content or ""))
+        self._maybe_fail("dm")
+        self.next_id += 1
+        return Posted(777, self.next_id)
+
+    def ops(self, name: str) -> list[tuple[str, int, str]]:
+        return [call for call in self.calls if call[0] == name]
+
+
+async def running_job(store: Store, owner: int = 1) -> Job:
+    job = await store.create_job(owner_id=owner, guild_id=1, channel_id=2, name="n", params={}, image_count=5)
+    await store.apply_event(job.id, Event(Action.SUBMIT, EventSource.USER), plan_transition)
+    await store.set_card(job.id, 2, 900 + job.id)
+    accepted = Event(Action.ACCEPTED, EventSource.SYSTEM, status="deploying_gpu", training_id=f"T{job.id}")
+    return (await store.apply_event(job.id, accepted, plan_transition)).after
+
+
+def webhook(word: str) -> Event:
+    return Event(Action.PROVIDER_STATUS, EventSource.WEBHOOK, status=word)
+
+
+async def test_a_burst_of_changes_makes_one_edit_per_interval(store: Store, clock) -> None:
+    messenger = ScriptedMessenger()
+    notifier = Notifier(store, messenger, edit_interval=5)  # type: ignore[arg-type]
+    job = await running_job(store)
+    assert await notifier.deliver_due() == 1
+    for word in ("training_started", "training_success", "trained_model_compressing"):
+        await store.apply_event(job.id, webhook(word), plan_transition)
+    assert await notifier.deliver_due() == 0  # too soon after the last edit: postponed, not sent
+    clock.advance(5)
+    assert await notifier.deliver_due() == 1
+    edits = messenger.ops("edit")
+    assert len(edits) == 2 and "Compressing" in edits[-1][2]
+
+
+async def test_a_deleted_card_is_posted_again(store: Store) -> None:
+    messenger = ScriptedMessenger(errors={"edit": [MessageGone("404 10008")]})
+    notifier = Notifier(store, messenger, edit_interval=0)  # type: ignore[arg-type]
+    job = await running_job(store)
+    await notifier.deliver_due()
+    assert messenger.ops("post") and (await store.require_job(job.id)).card_message_id == messenger.next_id
+    assert await store.pending_outbox_count() == 0
+
+
+async def test_closed_dms_fall_back_to_a_channel_mention_and_are_remembered(store: Store) -> None:
+    messenger = ScriptedMessenger(errors={"dm": [DmsClosed("403 50007")]})
+    notifier = Notifier(store, messenger, edit_interval=0)  # type: ignore[arg-type]
+    job = await running_job(store)
+    await store.apply_event(job.id, webhook("model_ready"), plan_transition)
+    await notifier.deliver_due()
+    mentions = [call for call in messenger.ops("post") if "<@1>" in call[2]]
+    assert len(mentions) == 1 and mentions[0][1] == job.channel_id
+    assert await store.dms_closed(1)
+    second = await running_job(store)
+    await store.apply_event(second.id, webhook("model_ready"), plan_transition)
+    await notifier.deliver_due()
+    assert len(messenger.ops("dm")) == 1  # no second attempt at a closed DM
+
+
+async def test_an_outage_backs_off_and_stops_the_pass(store: Store, clock) -> None:
+    messenger = ScriptedMessenger(errors={"edit": [DiscordUnavailable("503")]})
+    notifier = Notifier(store, messenger, edit_interval=0)  # type: ignore[arg-type]
+    await running_job(store)
+    await running_job(store, owner=2)
+    assert await notifier.deliver_due() == 0
+    assert len(messenger.ops("edit")) == 1  # the second item waits for the next pass
+    assert await store.pending_outbox_count() == 2
+    assert await store.retry_outbox_now() >= 1  # Discord back: everything due now
+    assert await notifier.deliver_due() == 2
+
+
+async def test_one_poison_item_does_not_block_the_others(store: Store) -> None:
+    messenger = ScriptedMessenger(errors={"edit": [RuntimeError("bug")]})
+    notifier = Notifier(store, messenger, edit_interval=0)  # type: ignore[arg-type]
+    await running_job(store)
+    await running_job(store, owner=2)
+    assert await notifier.deliver_due() == 1
+    row = await store.db.fetchone("SELECT attempts, last_error FROM outbox WHERE delivered_at IS NULL")
+    assert tuple(row) == (1, "RuntimeError")
+
+
+async def test_a_job_without_a_card_gets_no_card_item(store: Store) -> None:
+    job = await store.create_job(owner_id=1, guild_id=1, channel_id=2, name="n", params={}, image_count=5)
+    await store.apply_event(job.id, Event(Action.SUBMIT, EventSource.USER), plan_transition)
+    result = await store.apply_event(job.id, Event(Action.FAIL, EventSource.SYSTEM, detail="x"), plan_transition)
+    assert result.after.state is JobState.FAILED
+    keys = [draft.dedupe_key for draft in result.plan.outbox]
+    assert keys == [f"dm:{job.id}:failed"]
+
+
+async def test_items_of_a_deleted_job_are_dropped(store: Store) -> None:
+    messenger = ScriptedMessenger()
+    notifier = Notifier(store, messenger, edit_interval=0)  # type: ignore[arg-type]
+    await store.enqueue(None, OutboxDraft("dm", "dm:orphan", {"state": "model_ready"}))
+    await notifier.deliver_due()
+    assert messenger.calls == [] and await store.pending_outbox_count() == 0
+
+
+async def test_cannot_post_on_a_card_edit_gives_up_on_that_edit(store: Store) -> None:
+    messenger = ScriptedMessenger(errors={"edit": [CannotPost("403 50013")]})
+    notifier = Notifier(store, messenger, edit_interval=0)  # type: ignore[arg-type]
+    await running_job(store)
+    await notifier.deliver_due()
+    assert await store.pending_outbox_count() == 0
