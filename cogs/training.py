@@ -19,7 +19,7 @@ from bot.jobs.limits import Requester, check_can_train
 from bot.jobs.photos import collect_photos, preview_grid
 from bot.jobs.service import TrainingParams
 from bot.render import preview_embed, problems_text, start_outcome
-from cogs.errors import report_error
+from cogs.errors import report_error, user_message
 
 if TYPE_CHECKING:
     from bot.discord_bot import LoraBot
@@ -261,7 +261,12 @@ class Training(commands.Cog):
             )
             return
         await interaction.response.edit_message(content="Submitting your training...", view=None)
-        message = await self.start(interaction, preview)
+        try:
+            message = await self.start(interaction, preview)
+        except Exception as error:
+            message = user_message(error)  # a refusal replaces "Submitting..." rather than hiding below it
+            if message is None:
+                raise
         try:
             await interaction.edit_original_response(content=message, embed=None, attachments=[], view=None)
         except discord.HTTPException as error:

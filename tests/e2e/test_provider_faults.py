@@ -75,8 +75,15 @@ async def test_an_unknown_status_word_is_shown_as_is(world: World) -> None:
 async def test_a_second_training_while_one_runs_is_refused_with_a_clear_message(world: World) -> None:
     world.app.settings.max_active_jobs_per_user = 1  # type: ignore[misc]
     world.sim.simulator.step_seconds = 5
+    _, waiting = await world.preview(photos(5))  # a second preview, opened while nothing runs yet
     await world.start_training()
     rec = await world.train(photos(5))
     message = await rec.wait_original(lambda m: bool(m.content), timeout=20)
     assert "already have 1 training" in message.content
     assert message.flags & 64 or rec.ephemeral
+    # Pressing Start on the earlier preview is refused in place, and the preview is dropped.
+    job_id = job_id_of(waiting)
+    click = await world.click(waiting, f"lorabot:preview:start:{job_id}")
+    refused = await click.wait_original(lambda m: "already have 1 training" in m.content, timeout=20)
+    assert not refused.components
+    assert (await world.app.store.get_job(job_id)).state is JobState.EXPIRED
