@@ -264,9 +264,10 @@ class Training(commands.Cog):
         try:
             message = await self.start(interaction, preview)
         except Exception as error:
-            message = user_message(error)  # a refusal replaces "Submitting..." rather than hiding below it
-            if message is None:
+            refusal = user_message(error)  # a refusal replaces "Submitting..." rather than hiding below it
+            if refusal is None:
                 raise
+            message = refusal
         try:
             await interaction.edit_original_response(content=message, embed=None, attachments=[], view=None)
         except discord.HTTPException as error:
