@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Coroutine
@@ -145,6 +146,10 @@ class Application:
         if settled or expired:
             log.info("start-up recovery: %d interrupted submissions settled, %d previews expired", settled, expired)
         self._spawn(self._run_discord(), "discord")
+        # Everything imported and built so far lives as long as the process: move it out of the
+        # collector's sight, so a full collection during a burst takes ~1 ms instead of ~100 ms.
+        gc.collect()
+        gc.freeze()
 
     async def stop(self) -> None:
         """Stop taking webhooks, let in-flight writes finish, close Discord and the database."""

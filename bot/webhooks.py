@@ -187,4 +187,6 @@ class WebhookServer:
             training_id=model_id,
         )
         result = await self.service.record(job.id, event, payload=raw.decode("utf-8", "replace")[:4000])
+        if not result.plan.write:  # the job finished while this webhook was on its way
+            return _reject(409, "job already finished", peer, job.id)
         return web.json_response({"ok": True, "state": result.after.state.value})

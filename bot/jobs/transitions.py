@@ -27,6 +27,9 @@ def dm_draft(job_id: int, state: JobState) -> OutboxDraft:
 def plan_transition(job: Job, event: Event) -> TransitionPlan:
     """The plan for `event` on `job`: new state, column updates and outbox items."""
     decision = decide(job.state, event)
+    if job.state.is_terminal and event.action is Action.PROVIDER_STATUS:
+        # Decided here, inside the transaction: a report for a finished job is refused unwritten.
+        return TransitionPlan(None, decision.recorded_status, "terminal", write=False)
     updates: dict[str, Any] = {}
     provider_word = event.action in (Action.PROVIDER_STATUS, Action.ACCEPTED)
 

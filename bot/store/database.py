@@ -121,8 +121,9 @@ class Database:
 
     async def ping(self) -> bool:
         """True when the database answers a trivial query (for /healthz)."""
-        try:
-            await self.fetchone("SELECT 1")
+        try:  # no lock: liveness must not queue behind a burst of write transactions
+            async with self._conn.execute("SELECT 1") as cursor:
+                await cursor.fetchone()
         except (sqlite3.Error, ValueError):
             return False
         return True

@@ -135,6 +135,9 @@ class TransitionPlan:
     #: Column updates besides the state (e.g. training_id, last_error, provider_status).
     updates: Mapping[str, Any] = field(default_factory=dict)
     outbox: tuple[OutboxDraft, ...] = ()
+    #: False: the event is refused outright and nothing at all is written (e.g. a webhook for a
+    #: job that finished while the webhook was on its way).
+    write: bool = True
 
 
 @dataclass(frozen=True, slots=True)

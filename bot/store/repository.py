@@ -195,6 +195,8 @@ class Store:
                 raise JobNotFound(job_id)
             before = Job.from_row(row)
             plan = planner(before, event)
+            if not plan.write:
+                return TransitionResult(before, before, plan, False)
             cursor = await conn.execute(
                 # Only a repeat of (job_id, status) is skipped; OR IGNORE would also hide CHECK failures.
                 "INSERT INTO job_events (job_id, status, source, payload, received_at, applied)"

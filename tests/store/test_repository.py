@@ -510,3 +510,20 @@ async def test_retry_outbox_now_makes_every_pending_item_due(store: Store, clock
     assert item.dedupe_key == "waiting"
     assert item.attempts == 1  # the count of failed attempts is kept
     assert await store.retry_outbox_now() == 0
+
+
+async def test_a_provider_report_for_a_finished_job_writes_nothing(store: Store) -> None:
+    """The terminal check is made inside the transaction, so a webhook racing model_ready
+    cannot slip an event row in after the job finished."""
+    job = await submitted_job(store)
+    await store.apply_event(job.id, accepted("RACE"), plan_transition)
+    await store.apply_event(
+        job.id, Event(Action.PROVIDER_STATUS, EventSource.WEBHOOK, status="model_ready"), plan_transition
+    )
+    before = await row_counts(store.db)
+    finished = await store.require_job(job.id)
+    late = Event(Action.PROVIDER_STATUS, EventSource.WEBHOOK, status="training_started")
+    result = await store.apply_event(job.id, late, plan_transition)
+    assert not result.plan.write and not result.event_recorded
+    assert await row_counts(store.db) == before
+    assert (await store.require_job(job.id)).updated_at == finished.updated_at
