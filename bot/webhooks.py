@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,10 +21,13 @@ from aiohttp import web
 
 from bot.jobs.service import JobService, secret_matches
 from bot.jobs.states import FAILURE_WORDS, Action, Event, EventSource
-from bot.store import Store
+from bot.store import JobNotFound, Store
 
 log = logging.getLogger(__name__)
 
+_SECRET_CACHE_SIZE = 50_000
+#: What the provider is told when the state machine refuses a webhook outright.
+_REFUSALS = {"terminal": "job already finished", "model_id mismatch": "model_id does not match this job"}
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 _SECRET_SHAPE = re.compile(r"^[A-Za-z0-9_\-]{16,128}$")
 
@@ -105,6 +109,7 @@ class WebhookServer:
         self.limiter = RateLimiter(rate_per_minute)
         self.discord_status = discord_status
         self.accepting = True
+        self._secret_hashes: dict[int, str] = {}
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -152,31 +157,28 @@ class WebhookServer:
             return _reject(413, f"{request.content_length}-byte body", peer)
 
         job_id_text, secret = request.match_info["job_id"], request.match_info["secret"]
-        job = None
-        if job_id_text.isdigit() and len(job_id_text) < 19 and _SECRET_SHAPE.match(secret):
-            job = await self.store.get_job(int(job_id_text))
-        if job is None or not secret_matches(secret, job.webhook_secret_hash):
+        job_id = int(job_id_text) if job_id_text.isdigit() and len(job_id_text) < 19 else None
+        secret_hash = None
+        if job_id is not None and _SECRET_SHAPE.match(secret):
+            secret_hash = await self._secret_hash(job_id)
+        if job_id is None or not secret_matches(secret, secret_hash):
             log.warning("webhook rejected: unknown job or wrong secret (job %s) from %s", job_id_text[:20], peer)
             return web.Response(status=404)  # no detail: don't tell a prober which part was wrong
 
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return _reject(413, f"body over {self.max_body_bytes} bytes", peer, job.id)
+            return _reject(413, f"body over {self.max_body_bytes} bytes", peer, job_id)
         body = parse_body(raw)
         if body is None:
-            return _reject(400, "invalid JSON", peer, job.id)
+            return _reject(400, "invalid JSON", peer, job_id)
         model_id = body.get("model_id") or body.get("training_id") or body.get("id")
         model_id = str(model_id).strip() if model_id is not None else ""
-        if not model_id or (job.training_id and model_id != job.training_id):
-            return _reject(409, "model_id does not match this job", peer, job.id)
-        if job.training_id is None and await self.store.get_job_by_training_id(model_id) is not None:
-            return _reject(409, "model_id belongs to another job", peer, job.id)
-        if job.state.is_terminal:
-            return _reject(409, "job already finished", peer, job.id)
+        if not model_id:
+            return _reject(409, "model_id does not match this job", peer, job_id)
         word = status_word(body)
         if word is None:
-            return _reject(400, "missing training_status", peer, job.id)
+            return _reject(400, "missing training_status", peer, job_id)
 
         detail = body.get("logs") or body.get("message") or body.get("messege")
         event = Event(
@@ -186,7 +188,28 @@ class WebhookServer:
             detail=str(detail)[:500] if detail else None,
             training_id=model_id,
         )
-        result = await self.service.record(job.id, event, payload=raw.decode("utf-8", "replace")[:4000])
-        if not result.plan.write:  # the job finished while this webhook was on its way
-            return _reject(409, "job already finished", peer, job.id)
+        # The job's own checks (training id, finished or not) are made by the state machine
+        # inside the write transaction, so they cannot race another webhook for the same job.
+        try:
+            result = await self.service.record(job_id, event, payload=raw.decode("utf-8", "replace")[:4000])
+        except JobNotFound:  # deleted (/forgetme) since its secret was cached
+            self._secret_hashes.pop(job_id, None)
+            return web.Response(status=404)
+        except sqlite3.IntegrityError:  # adopting a training id that another job already has
+            return _reject(409, "model_id belongs to another job", peer, job_id)
+        if not result.plan.write:
+            return _reject(409, _REFUSALS.get(result.plan.reason, result.plan.reason), peer, job_id)
         return web.json_response({"ok": True, "state": result.after.state.value})
+
+    async def _secret_hash(self, job_id: int) -> str | None:
+        """The job's stored secret hash; cached, since it never changes once the job is submitted."""
+        cached = self._secret_hashes.get(job_id)
+        if cached is not None:
+            return cached
+        job = await self.store.get_job(job_id)
+        if job is None or job.webhook_secret_hash is None:
+            return None
+        if len(self._secret_hashes) >= _SECRET_CACHE_SIZE:
+            self._secret_hashes.pop(next(iter(self._secret_hashes)))
+        self._secret_hashes[job_id] = job.webhook_secret_hash
+        return job.webhook_secret_hash

@@ -27,9 +27,13 @@ def dm_draft(job_id: int, state: JobState) -> OutboxDraft:
 def plan_transition(job: Job, event: Event) -> TransitionPlan:
     """The plan for `event` on `job`: new state, column updates and outbox items."""
     decision = decide(job.state, event)
-    if job.state.is_terminal and event.action is Action.PROVIDER_STATUS:
-        # Decided here, inside the transaction: a report for a finished job is refused unwritten.
-        return TransitionPlan(None, decision.recorded_status, "terminal", write=False)
+    if event.action is Action.PROVIDER_STATUS:
+        # Decided here, inside the write transaction, so no concurrent webhook can slip past:
+        # a report about another training, or about a finished job, is refused unwritten.
+        if event.training_id and job.training_id and event.training_id != job.training_id:
+            return TransitionPlan(None, decision.recorded_status, "model_id mismatch", write=False)
+        if job.state.is_terminal:
+            return TransitionPlan(None, decision.recorded_status, "terminal", write=False)
     updates: dict[str, Any] = {}
     provider_word = event.action in (Action.PROVIDER_STATUS, Action.ACCEPTED)
 

@@ -7,11 +7,10 @@ PostgreSQL adapter is one new module with the same methods.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-import aiosqlite
 
 from bot.jobs.states import ACTIVE_STATES, TERMINAL_STATES, Event, JobState
 from bot.store.database import Database, utcnow
@@ -189,36 +188,34 @@ class Store:
         crash can neither lose a notification nor send one for a change that did not happen.
         """
         now = _iso(self.now())
-        async with self.db.transaction() as conn:
-            row = await (await conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))).fetchone()
+
+        def apply(conn: sqlite3.Connection) -> TransitionResult:
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise JobNotFound(job_id)
             before = Job.from_row(row)
             plan = planner(before, event)
             if not plan.write:
                 return TransitionResult(before, before, plan, False)
-            cursor = await conn.execute(
+            cursor = conn.execute(
                 # Only a repeat of (job_id, status) is skipped; OR IGNORE would also hide CHECK failures.
                 "INSERT INTO job_events (job_id, status, source, payload, received_at, applied)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, status) DO NOTHING",
-                (
-                    job_id,
-                    plan.recorded_status,
-                    event.source.value,
-                    payload,
-                    now,
-                    int(plan.new_state is not None),
-                ),
+                (job_id, plan.recorded_status, event.source.value, payload, now, int(plan.new_state is not None)),
             )
             recorded = cursor.rowcount == 1
-            await self._update_job(conn, before, plan, now)
+            self._update_job(conn, before, plan, now)
             for draft in plan.outbox:
-                await self._enqueue(conn, job_id, draft, now)
-            row = await (await conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))).fetchone()
-            assert row is not None
+                self._enqueue(conn, job_id, draft, now)
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             return TransitionResult(before, Job.from_row(row), plan, recorded)
 
-    async def _update_job(self, conn: aiosqlite.Connection, before: Job, plan: TransitionPlan, now: str) -> None:
+        # Runs in the database thread in one step, group-committed with concurrent events: a
+        # burst of webhooks costs a hand-off and a commit per batch, not a dozen per webhook.
+        return await self.db.write(apply)
+
+    @staticmethod
+    def _update_job(conn: sqlite3.Connection, before: Job, plan: TransitionPlan, now: str) -> None:
         unknown = set(plan.updates) - _PLAN_COLUMNS
         if unknown:
             raise ValueError(f"a plan may not update {sorted(unknown)}")
@@ -233,15 +230,16 @@ class Store:
             if plan.new_state.is_terminal:
                 columns["finished_at"] = now
         assignments = ", ".join(f"{name} = ?" for name in columns)
-        await conn.execute(
+        conn.execute(
             f"UPDATE jobs SET {assignments} WHERE id = ?",  # noqa: S608 (names from _PLAN_COLUMNS)
             (*columns.values(), before.id),
         )
 
-    async def _enqueue(self, conn: aiosqlite.Connection, job_id: int | None, draft: OutboxDraft, now: str) -> None:
+    @staticmethod
+    def _enqueue(conn: sqlite3.Connection, job_id: int | None, draft: OutboxDraft, now: str) -> None:
         payload = json.dumps(dict(draft.payload), sort_keys=True)
         if draft.coalesce:
-            await conn.execute(
+            conn.execute(
                 "INSERT INTO outbox (job_id, kind, dedupe_key, payload, created_at, next_attempt_at)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO UPDATE SET"
                 " payload = excluded.payload, attempts = 0, last_error = NULL,"
@@ -251,7 +249,7 @@ class Store:
                 (job_id, draft.kind, draft.dedupe_key, payload, now, now),
             )
         else:
-            await conn.execute(
+            conn.execute(
                 # A repeated key is skipped (at most once); a bad row fails the whole transaction.
                 "INSERT INTO outbox (job_id, kind, dedupe_key, payload, created_at, next_attempt_at)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING",
@@ -266,8 +264,8 @@ class Store:
 
     async def enqueue(self, job_id: int | None, draft: OutboxDraft) -> None:
         """Queue a notification outside a transition (e.g. re-posting a deleted card)."""
-        async with self.db.transaction() as conn:
-            await self._enqueue(conn, job_id, draft, _iso(self.now()))
+        now = _iso(self.now())
+        await self.db.write(lambda conn: self._enqueue(conn, job_id, draft, now))
 
     async def due_outbox(self, *, limit: int = 50) -> list[OutboxItem]:
         rows = await self.db.fetchall(

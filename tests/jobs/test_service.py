@@ -155,14 +155,14 @@ async def test_a_crash_in_the_planner_or_an_outbox_insert_writes_nothing(build, 
     calls = 0
     original = Store._enqueue
 
-    async def enqueue_then_crash(self, conn, job_id, draft, now):
+    def enqueue_then_crash(conn, job_id, draft, now):
         nonlocal calls
         calls += 1
         if calls == 2:  # the card was inserted; the DM insert dies
             raise sqlite3.OperationalError("disk I/O error")
-        await original(self, conn, job_id, draft, now)
+        original(conn, job_id, draft, now)
 
-    monkeypatch.setattr(Store, "_enqueue", enqueue_then_crash)
+    monkeypatch.setattr(Store, "_enqueue", staticmethod(enqueue_then_crash))
     with pytest.raises(sqlite3.OperationalError):
         await service.record(job.id, webhook("model_ready"))
     assert calls == 2
@@ -171,7 +171,7 @@ async def test_a_crash_in_the_planner_or_an_outbox_insert_writes_nothing(build, 
     assert await store.require_job(job.id) == before_job
     assert wakeups == []
 
-    monkeypatch.setattr(Store, "_enqueue", original)  # after the "restart" the same webhook applies fully
+    monkeypatch.setattr(Store, "_enqueue", staticmethod(original))  # after the "restart" the same webhook applies fully
     result = await service.record(job.id, webhook("model_ready"))
     assert result.after.state is JobState.MODEL_READY
     assert await outbox_keys(store) == [f"card:{job.id}", f"dm:{job.id}:model_ready"]

@@ -231,3 +231,30 @@ def test_load_migrations_orders_and_validates(tmp_path: Path) -> None:
     (bad / "1_no_padding.sql").write_text("SELECT 1;")
     with pytest.raises(MigrationError, match="NNNN_description"):
         load_migrations(bad)
+
+
+async def test_group_commit_isolates_each_write_and_commits_before_returning(db: Database) -> None:
+    """Concurrent writes share a transaction, but each is atomic on its own: a failing one
+    rolls back only itself, and every caller returns only after its write is committed."""
+    import asyncio
+    import sqlite3
+
+    def insert(key: str, fail: bool = False):
+        def work(conn: sqlite3.Connection) -> str:
+            conn.execute("INSERT INTO kv (key, value) VALUES (?, 'v')", (key,))
+            if fail:
+                raise ValueError(key)
+            return key
+
+        return work
+
+    results = await asyncio.gather(
+        *(db.write(insert(f"k{i}", fail=i == 3)) for i in range(8)), return_exceptions=True
+    )
+    assert [r if isinstance(r, str) else type(r).__name__ for r in results] == [
+        "k0", "k1", "k2", "ValueError", "k4", "k5", "k6", "k7"
+    ]  # fmt: skip
+    other = sqlite3.connect(db.path)  # another connection sees only committed data
+    keys = {row[0] for row in other.execute("SELECT key FROM kv")}
+    other.close()
+    assert keys == {f"k{i}" for i in range(8)} - {"k3"}
