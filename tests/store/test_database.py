@@ -248,9 +248,7 @@ async def test_group_commit_isolates_each_write_and_commits_before_returning(db:
 
         return work
 
-    results = await asyncio.gather(
-        *(db.write(insert(f"k{i}", fail=i == 3)) for i in range(8)), return_exceptions=True
-    )
+    results = await asyncio.gather(*(db.write(insert(f"k{i}", fail=i == 3)) for i in range(8)), return_exceptions=True)
     assert [r if isinstance(r, str) else type(r).__name__ for r in results] == [
         "k0", "k1", "k2", "ValueError", "k4", "k5", "k6", "k7"
     ]  # fmt: skip
