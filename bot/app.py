@@ -182,6 +182,7 @@ class Application:
                 return
             except (aiohttp.ClientError, discord.HTTPException, OSError, TimeoutError) as error:
                 log.warning("cannot reach Discord (%s); retrying in %.0f s", type(error).__name__, delay)
+                await bot.http.close()  # each login attempt opens a new HTTP session
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
         self._spawn(self.notifier.run(), "notifier")
