@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from bot.provider.models import KNOWN_TRAINING_STATUSES
+
 
 class JobState(StrEnum):
     PREVIEW = "preview"
@@ -42,16 +44,7 @@ class JobState(StrEnum):
 
 
 #: The provider's documented progress, in order (the same 8 words on every page).
-PROVIDER_PROGRESS: tuple[JobState, ...] = (
-    JobState.DEPLOYING_GPU,
-    JobState.TRAINING_STARTED,
-    JobState.TRAINING_SUCCESS,
-    JobState.TRAINED_MODEL_COMPRESSING,
-    JobState.TRAINED_MODEL_UPLOADING,
-    JobState.TRAINED_MODEL_UPLOADED,
-    JobState.DEPLOYING_MODEL,
-    JobState.MODEL_READY,
-)
+PROVIDER_PROGRESS: tuple[JobState, ...] = tuple(JobState(word) for word in KNOWN_TRAINING_STATUSES)
 
 TERMINAL_STATES = frozenset({JobState.MODEL_READY, JobState.CANCELLED, JobState.FAILED, JobState.EXPIRED})
 #: States in which a job counts against the owner's active-job limit.

@@ -15,17 +15,10 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass, fields
 from typing import Any, Final, Literal, cast, get_args
 
+from bot.provider.models import KNOWN_TRAINING_STATUSES
+
 #: The eight documented v3 training statuses, in the order the provider walks them.
-STATUSES: Final[tuple[str, ...]] = (
-    "deploying_gpu",
-    "training_started",
-    "training_success",
-    "trained_model_compressing",
-    "trained_model_uploading",
-    "trained_model_uploaded",
-    "deploying_model",
-    "model_ready",
-)
+STATUSES: Final[tuple[str, ...]] = KNOWN_TRAINING_STATUSES
 #: The status word the simulator uses for a failed run (none is documented for v3).
 FAILED: Final = "failed"
 

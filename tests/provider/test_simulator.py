@@ -27,6 +27,7 @@ from PIL import Image
 from bot.simulator import STATUSES, FaultError, SimulatorConfig, start_simulator
 from bot.simulator.state import tls_context
 from bot.simulator.testing import ImageHost, WebhookRecorder, jpeg_bytes, png_bytes
+from tests.provider.test_models import LORA_PAGE_BODY
 
 STEP = 0.02
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -34,29 +35,7 @@ KEY = "sim-test-key-5f0c1d"
 
 # The "Body" example of the LoRA page (lora-finetune-api-page.txt), verbatim. The tests swap the
 # image URLs for loopback ones, fill in a key and, where they need webhooks, a webhook URL.
-LORA_PAGE_BODY = """{
-    "key":"",
-    "instance_prompt": "photo of ambika0 man",
-    "class_prompt": "photo of a man",
-    "base_model_type": "sdxl",
-    "negative_prompt":" lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, cropped, worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, username, blurry",
-    "images": [
-    "https://raw.githubusercontent.com/pnavitha/sampleImages/master/1.png",
-    "https://raw.githubusercontent.com/pnavitha/sampleImages/master/2.png",
-    "https://raw.githubusercontent.com/pnavitha/sampleImages/master/3.png",
-    "https://raw.githubusercontent.com/pnavitha/sampleImages/master/4.png",
-    "https://raw.githubusercontent.com/pnavitha/sampleImages/master/5.png",
-    "https://raw.githubusercontent.com/pnavitha/sampleImages/master/6.png",
-    "https://raw.githubusercontent.com/pnavitha/sampleImages/master/7.png",
-    "https://raw.githubusercontent.com/pnavitha/sampleImages/master/8.png",
-    "https://raw.githubusercontent.com/pnavitha/sampleImages/master/9.png"
-  ],
-    "seed": "0",
-    "training_type": "men",
-    "max_train_steps": "2",
-    "lora_type":"lora",
-    "webhook": null
-}"""  # noqa: E501
+
 
 # The status page's model_ready example `data`, verbatim.
 DOCS_MODEL_READY_DATA = (
