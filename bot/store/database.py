@@ -25,8 +25,6 @@ from bot.config import MIGRATIONS_DIR
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_PendingWrite = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
-_MAX_BATCH = 256
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -80,8 +78,6 @@ class Database:
     def __init__(self, connection: aiosqlite.Connection, path: str) -> None:
         self._conn = connection
         self._write_lock = asyncio.Lock()
-        self._pending: list[_PendingWrite] = []
-        self._flusher: asyncio.Task[None] | None = None
         self.path = path
 
     @classmethod
@@ -99,8 +95,6 @@ class Database:
         return cls(conn, path)
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)  # let queued writes commit
         async with self._write_lock:
             await self._conn.close()
 
@@ -138,52 +132,6 @@ class Database:
 
         async with self._write_lock:
             return await self._conn._execute(transaction)  # type: ignore[no-untyped-call,no-any-return]
-
-    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work(conn)` atomically, committed before this returns, with group commit.
-
-        Concurrent writes (a burst of webhooks) share one transaction: each runs in its own
-        savepoint, so one failing rolls back only itself, and the batch costs one commit and one
-        hand-off to the database thread. A lone write is flushed on the next loop iteration.
-        """
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append((work, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_pending(), name="sqlite-group-commit")
-        return await future
-
-    async def _flush_pending(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
-
-            def run_batch(conn: sqlite3.Connection, batch: list[_PendingWrite] = batch) -> list[tuple[bool, Any]]:
-                outcomes: list[tuple[bool, Any]] = []
-                for work, _ in batch:
-                    conn.execute("SAVEPOINT item")
-                    try:
-                        outcomes.append((True, work(conn)))
-                    except Exception as error:
-                        conn.execute("ROLLBACK TO item")
-                        outcomes.append((False, error))
-                    conn.execute("RELEASE item")
-                return outcomes
-
-            try:
-                outcomes = await self.run_transaction(run_batch)
-            except BaseException as error:  # the commit itself failed: nothing of the batch persisted
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                if isinstance(error, asyncio.CancelledError):
-                    raise
-                continue
-            for (ok, value), (_, future) in zip(outcomes, batch, strict=True):
-                if future.done():  # the caller gave up waiting; the write is committed regardless
-                    continue
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
         rows = await self.fetchall(sql, params)

@@ -210,9 +210,9 @@ class Store:
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             return TransitionResult(before, Job.from_row(row), plan, recorded)
 
-        # Runs in the database thread in one step, group-committed with concurrent events: a
-        # burst of webhooks costs a hand-off and a commit per batch, not a dozen per webhook.
-        return await self.db.write(apply)
+        # The whole transaction runs in the database thread in one step: a webhook costs one
+        # hand-off between threads instead of a dozen.
+        return await self.db.run_transaction(apply)
 
     @staticmethod
     def _update_job(conn: sqlite3.Connection, before: Job, plan: TransitionPlan, now: str) -> None:
@@ -265,7 +265,7 @@ class Store:
     async def enqueue(self, job_id: int | None, draft: OutboxDraft) -> None:
         """Queue a notification outside a transition (e.g. re-posting a deleted card)."""
         now = _iso(self.now())
-        await self.db.write(lambda conn: self._enqueue(conn, job_id, draft, now))
+        await self.db.run_transaction(lambda conn: self._enqueue(conn, job_id, draft, now))
 
     async def due_outbox(self, *, limit: int = 50) -> list[OutboxItem]:
         rows = await self.db.fetchall(

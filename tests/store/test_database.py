@@ -233,9 +233,9 @@ def test_load_migrations_orders_and_validates(tmp_path: Path) -> None:
         load_migrations(bad)
 
 
-async def test_group_commit_isolates_each_write_and_commits_before_returning(db: Database) -> None:
-    """Concurrent writes share a transaction, but each is atomic on its own: a failing one
-    rolls back only itself, and every caller returns only after its write is committed."""
+async def test_concurrent_transactions_are_atomic_and_committed_before_returning(db: Database) -> None:
+    """Each run_transaction is atomic on its own: a failing one rolls back only itself, and
+    every caller returns only after its write is committed."""
     import asyncio
     import sqlite3
 
@@ -248,7 +248,8 @@ async def test_group_commit_isolates_each_write_and_commits_before_returning(db:
 
         return work
 
-    results = await asyncio.gather(*(db.write(insert(f"k{i}", fail=i == 3)) for i in range(8)), return_exceptions=True)
+    writes = (db.run_transaction(insert(f"k{i}", fail=i == 3)) for i in range(8))
+    results = await asyncio.gather(*writes, return_exceptions=True)
     assert [r if isinstance(r, str) else type(r).__name__ for r in results] == [
         "k0", "k1", "k2", "ValueError", "k4", "k5", "k6", "k7"
     ]  # fmt: skip
