@@ -527,3 +527,12 @@ async def test_a_provider_report_for_a_finished_job_writes_nothing(store: Store)
     assert not result.plan.write and not result.event_recorded
     assert await row_counts(store.db) == before
     assert (await store.require_job(job.id)).updated_at == finished.updated_at
+
+
+async def test_autocomplete_searches_only_the_newest_window_of_jobs(store: Store) -> None:
+    for index in range(6):
+        await submitted_job(store, owner=5, name=f"cat-{index}")
+    found = await store.search_owner_jobs(5, "cat", window=4)
+    assert [job.name for job in found] == ["cat-5", "cat-4", "cat-3", "cat-2"]
+    assert await store.search_owner_jobs(5, "cat-0", window=4) == []  # older than the window
+    assert [job.name for job in await store.search_owner_jobs(5, "cat-0")] == ["cat-0"]
