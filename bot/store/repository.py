@@ -29,7 +29,7 @@ _ACTIVE_SQL = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_STATES))
 
 
 #: How many of a user's newest jobs /status and /cancel autocomplete search through.
-AUTOCOMPLETE_WINDOW = 500
+AUTOCOMPLETE_WINDOW = 100
 
 
 class JobNotFound(LookupError):
