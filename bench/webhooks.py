@@ -284,13 +284,16 @@ def run(quick: bool) -> Section:
             conn.close()
         log_tail = (tmp_path / "real.log").read_text(errors="replace")
         # Warnings about webhooks, jobs or the store (not the expected "cannot reach Discord" ones).
-        warning_lines = [
-            line
-            for line in log_tail.splitlines()
-            if (" WARNING " in line or " ERROR " in line or "Traceback" in line)
-            and " bot.app:" not in line
-            and " discord." not in line
-        ]
+        log_lines = log_tail.splitlines()
+        warning_lines = []
+        for number, line in enumerate(log_lines):
+            if " bot.app:" in line or " discord." in line:
+                continue
+            if " WARNING " in line or " ERROR " in line:
+                warning_lines.append(line)
+            elif line.startswith("Traceback"):  # keep the whole traceback, up to its last line
+                end = next((i for i in range(number + 1, len(log_lines)) if not log_lines[i].startswith(" ")), number)
+                warning_lines.append("\n".join(log_lines[number : end + 1]))
         warnings = len(warning_lines)
 
         profile_text = ""
