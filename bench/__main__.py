@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 
-from bench._common import ROOT, Row, Section, code_version, machine, markdown_table, text_table
+from bench._common import ROOT, Row, Section, code_version, machine, markdown_table, source_hash, text_table
 
 BENCHMARKS = ("webhooks", "images", "startup", "store")
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {facts['nproc']} CPUs ({facts['cpu']}), {facts['ram']} RAM, {facts['python']}; {facts['libraries']}"
     )
     print(f"before the run: {facts['load']} (anything above ~0 is another program competing for the CPUs)")
-    code = code_version()
+    code, source = code_version(), source_hash()
     print(f"code: {code}")
     started = time.perf_counter()
     sections: list[Section] = []
@@ -116,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"({section.seconds:.0f} s)", flush=True)
     total = time.perf_counter() - started
 
-    code_after = code_version()
-    if code_after != code:  # other people edit the tree: say so rather than mix two versions silently
-        print(f"WARNING: the code changed during the run; now {code_after}", file=sys.stderr)
+    if source_hash() != source:  # other people edit the tree: say so rather than mix two versions silently
+        code_after = code_version()
+        print(f"WARNING: bot/, cogs/ or migrations/ changed during the run; now {code_after}", file=sys.stderr)
         code = f"{code} at the start, {code_after} at the end (it changed during the run)"
     rows = [row for s in sections for row in s.rows]
     print("\n== results\n")

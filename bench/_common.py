@@ -247,8 +247,18 @@ def machine() -> dict[str, str]:
     }
 
 
+def source_hash() -> str:
+    """A hash of the code under measurement (bot/, cogs/, migrations/), to notice edits mid-run."""
+    digest = hashlib.sha256()
+    for path in (
+        sorted(ROOT.glob("bot/**/*.py")) + sorted(ROOT.glob("cogs/*.py")) + sorted(ROOT.glob("migrations/*.sql"))
+    ):
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:8]
+
+
 def code_version() -> str:
-    """The commit measured, and which tracked files differed from it (read-only git commands)."""
+    """The commit measured, which tracked files differed from it, and the source hash."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=10
@@ -262,16 +272,10 @@ def code_version() -> str:
             timeout=10,
         ).stdout.split("\n")
     except (OSError, subprocess.SubprocessError):
-        return "unknown (not a git checkout)"
+        return f"source hash {source_hash()} (not a git checkout)"
     files = [line[3:] for line in changed if line.strip()]
-    if not files:
-        return f"commit {head}"
-    digest = hashlib.sha256()
-    for path in (
-        sorted(ROOT.glob("bot/**/*.py")) + sorted(ROOT.glob("cogs/*.py")) + sorted(ROOT.glob("migrations/*.sql"))
-    ):
-        digest.update(path.read_bytes())
-    return f"commit {head} with uncommitted changes to {', '.join(files)} (source hash {digest.hexdigest()[:8]})"
+    dirty = f" with uncommitted changes to {', '.join(files)}" if files else ""
+    return f"commit {head}{dirty} (source hash {source_hash()})"
 
 
 def status_like(path: str, key: str) -> int | None:
