@@ -182,7 +182,10 @@ class Application:
                 return
             except (aiohttp.ClientError, discord.HTTPException, OSError, TimeoutError) as error:
                 log.warning("cannot reach Discord (%s); retrying in %.0f s", type(error).__name__, delay)
-                await bot.http.close()  # each login attempt opens a new HTTP session
+                # Each login attempt opens a new HTTP session: close it, and let the next attempt
+                # build a fresh connector (closing the session closed this one too).
+                await bot.http.close()
+                bot.http.connector = discord.utils.MISSING
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
         self._spawn(self.notifier.run(), "notifier")

@@ -72,3 +72,29 @@ async def test_an_expired_interaction_token_does_not_stop_the_training(world: Wo
     job = await world.wait_state(job_id, JobState.MODEL_READY)
     assert job.training_id
     await world.wait_for(lambda: world.dm_texts(ALICE) or None, what="the DM")
+
+
+async def test_the_bot_connects_once_discord_comes_back_after_an_outage_at_start_up(tmp_path) -> None:
+    """Login fails while Discord is down; the retries must still connect when it returns."""
+    from bot.app import Application
+    from bot.simulator.app import start_simulator
+    from tests.e2e.harness import API_KEY, GUILD, make_settings
+    from tests.fakes import FakeDiscord
+
+    fake = FakeDiscord()
+    await fake.start()
+    fake.add_guild(GUILD, channels={CHANNEL: "general"})
+    sim = await start_simulator(step_seconds=0.05, api_key=API_KEY)
+    app = Application(make_settings(tmp_path, fake, sim.url))
+    try:
+        fake.set_unreachable(True)
+        await app.start()
+        await asyncio.sleep(2.5)  # two failed logins (1 s, then 2 s backoff)
+        assert app.bot.connection_status() != "connected"
+        fake.set_unreachable(False)
+        await fake.wait_until_connected(20)
+        await fake.wait_for(lambda: app.bot.connection_status() == "connected" or None, 20, "connected")
+    finally:
+        await app.stop()
+        await sim.close()
+        await fake.close()
