@@ -168,10 +168,6 @@ class Store:
                 (channel_id, message_id, job_id),
             )
 
-    async def set_webhook_secret_hash(self, job_id: int, secret_hash: str) -> None:
-        async with self.db.transaction() as conn:
-            await conn.execute("UPDATE jobs SET webhook_secret_hash = ? WHERE id = ?", (secret_hash, job_id))
-
     async def prepare_submission(self, job_id: int, *, image_urls: Sequence[str], secret_hash: str) -> None:
         """Persist what is about to be sent. Once image_urls is set, the provider may know the job."""
         async with self.db.transaction() as conn:

@@ -101,12 +101,11 @@ async def test_job_card_submission_data_and_touch(store: Store, clock) -> None:
     assert job.image_urls == ("https://cdn/1.png", "https://cdn/2.png")
     assert job.webhook_secret_hash == "ab" * 32
     assert job.updated_at == clock()
-    await store.set_webhook_secret_hash(job.id, "cd" * 32)
     clock.advance(5)
     await store.touch(job.id, eta_text="10 minutes")
     await store.touch(job.id)  # None keeps the known ETA
     job = await store.require_job(job.id)
-    assert job.webhook_secret_hash == "cd" * 32
+    assert job.webhook_secret_hash == "ab" * 32  # a touch leaves the secret alone
     assert job.eta_text == "10 minutes"
     assert job.updated_at == clock()
     assert job.progressed_at < clock()  # a touch is not progress
