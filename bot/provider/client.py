@@ -1,7 +1,8 @@
 """Async client for the Stable Diffusion API (ModelsLab) v3 LoRA training endpoints.
 
 Every call is ``POST {api_root}/<endpoint>`` with a JSON body that carries the API key as
-``"key"``. The reference for every endpoint and quirk is ``/work/shared/reference/provider-api.md``.
+``"key"``. Every endpoint, its quirks and the bot's answer to each are described in
+``docs/provider.md``.
 
 Retry policy:
 
@@ -10,12 +11,23 @@ Retry policy:
   pool timeouts, a redirect, a 4xx) and explicit errors from the provider itself (a 500/503 with
   a JSON error body) raise the matching error; anything else without a usable answer (timeouts
   or dropped connections after sending, 502/504 from a gateway, an empty or non-JSON body, a
-  success without a training id) raises :class:`SubmissionUncertain`.
+  success without a training id) raises :class:`SubmissionUncertain`. A rate limit is raised as
+  :class:`RateLimited` only when the provider certainly did not take the request (its queue is
+  full); the duplicate-request filter, or a rate limit that does not say which, means an
+  identical request may already be in, so it raises :class:`SubmissionUncertain`.
 * The other calls are safe to repeat (cancelling twice is harmless) and are retried on 5xx,
   timeouts, network errors and non-JSON bodies, with exponential backoff and full jitter, up to
   ``max_attempts`` attempts in all. A 429 waits the provider's ``retry_after`` (from the body, the
   ``Retry-After`` header or the spam-filter tip) within the same attempt budget, unless that wait
   is longer than ``max_rate_limit_wait``, in which case :class:`RateLimited` is raised at once.
+* ``training_status`` tells a failed *call* (raised) from a failed *training* (returned, with
+  ``status == "failed"`` and the provider's reason): a failure body at HTTP 2xx is the training's
+  failure unless it is a call-level error (key, rate limit, credits, not found, a validation
+  object, or a generic server error).
+
+Redirects: a 307/308 keeps the method and body, so it is followed, but only to the configured
+host or the provider's own domains over https (the key travels in the body); the new address is
+used from then on. Any other redirect of a POST raises :class:`ProviderMisconfigured`.
 
 The key is kept out of ``repr``, logs, exceptions and stored payloads.
 """
@@ -35,7 +47,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
@@ -43,13 +55,16 @@ from bot.provider.errors import (
     InsufficientCredits,
     InvalidApiKey,
     ProviderError,
+    ProviderMisconfigured,
     ProviderUnavailable,
     RateLimited,
+    RateLimitKind,
     RequestRejected,
     SubmissionUncertain,
     TrainingNotFound,
 )
 from bot.provider.models import (
+    FAILURE_BODY_STATUSES,
     SubmitResult,
     TrainingRequest,
     TrainingStatus,
@@ -75,11 +90,24 @@ MAX_CROP_IMAGE_BYTES: Final = 5 * 1024 * 1024
 
 #: Gateway answers: the request may have reached the provider behind the gateway.
 _GATEWAY_ERRORS: Final = frozenset({502, 504})
-_FAILED_STATUSES: Final = frozenset({"error", "failed", "failure", "fail"})
 _INVALID_KEY: Final = re.compile(r"\binvalid\s+(?:api[\s_-]*)?key\b")
 _RATE_LIMIT: Final = re.compile(r"rate[\s_-]*limit|too many requests")
 _CREDITS: Final = re.compile(r"credit|\bbalance\b|\bwallet\b|insufficient\s+(?:fund|credit|balance)")
 _NOT_FOUND: Final = re.compile(r"not\s+found|n[o']t\s+exist|no\s+such")
+#: The duplicate-request filter: "you are sending same request multiple times, spam filter ...".
+_DUPLICATE_FILTER: Final = re.compile(r"same\s+request|spam\s*filter|duplicate\s+request")
+#: The per-account queue limit: "Rate limit exceeded. Maximum 5 queued requests allowed."
+_QUEUE_FULL: Final = re.compile(r"queued\s+requests?|queue\s+(?:is\s+)?full")
+#: A failure body from fine_tune_status that is about the call, not the training.
+_CALL_FAILURE: Final = re.compile(
+    r"server\s+error|unavailable|timed?\s*out|try\s+again\s+later|^failed,?\s*try\s+again\.?$|"
+    r"too\s+many|maintenance|overloaded"
+)
+#: Redirect codes that keep the method and the body (RFC 9110), so a POST may follow them.
+_BODY_KEEPING_REDIRECTS: Final = frozenset({307, 308})
+_MAX_REDIRECTS: Final = 3
+#: The provider's own domains: a 307/308 may move the API between them (the key goes along).
+_PROVIDER_DOMAINS: Final = ("modelslab.com", "stablediffusionapi.com")
 _SECONDS_IN_TEXT: Final = re.compile(r"(\d+(?:\.\d+)?)\s*(?:s\b|sec)", re.IGNORECASE)
 _TRAINING_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _IMAGE_MIME: Final = re.compile(r"image/[a-z0-9.+-]+")
@@ -164,6 +192,12 @@ def _retry_after_header(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _redacted_location(url: str) -> str:
+    """Scheme, host, port and path of a URL: never its query (it could carry anything)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", "")) or "nowhere"
 
 
 class ProviderClient:
@@ -255,7 +289,7 @@ class ProviderClient:
         if isinstance(payload, dict):
             error = self._classify(status, payload, response.headers, "submit")
             if error is not None:
-                raise error
+                raise self._submission_error(error)
             clean = redact(payload, self._key.reveal())
             try:
                 result = SubmitResult.from_payload(clean)
@@ -268,12 +302,17 @@ class ProviderClient:
             # Refused before processing; the status code alone decides the error.
             error = self._classify(status, {}, response.headers, "submit")
             if error is not None:
-                raise error
+                raise self._submission_error(error)
         logger.warning("Training submission answered HTTP %d without a JSON object", status)
         raise SubmissionUncertain(status_code=status)
 
     async def training_status(self, training_id: str) -> TrainingStatus:
-        """``POST /api/v3/fine_tune_status/{id}``."""
+        """``POST /api/v3/fine_tune_status/{id}``.
+
+        Raises when the *call* failed (including "not found", which a proxy or a lagging
+        provider can answer for a training that exists). Returns a status with
+        ``failed == True`` and ``failure_reason`` when the provider says the *training* failed.
+        """
         training_id = self._path_id(training_id)
         payload = await self._call_object(f"fine_tune_status/{training_id}", {}, "status")
         return TrainingStatus.from_payload(payload)
@@ -320,6 +359,13 @@ class ProviderClient:
         training_id = self._path_id(training_id)
         payload = await self._call_object(f"finetune/delete/{training_id}", {}, "delete")
         return self._reply_text(payload)
+
+    async def probe(self, *, seconds: float = 10.0) -> None:
+        """One read-only call (``finetune_list``) without retries: raises whatever it meets.
+
+        Used at start-up to catch a base URL that redirects, and by checks of the setup.
+        """
+        await self._attempt("finetune_list", {}, "list", limits=_make_timeout(seconds))
 
     async def crop_image(self, image: bytes, mime: str = "image/png", *, crop: bool = True) -> str:
         """``POST /api/v3/base64_crop``: upload an image as a data URI; returns the hosted link."""
@@ -386,10 +432,12 @@ class ProviderClient:
             )
             await self._sleep(wait)
 
-    async def _attempt(self, endpoint: str, extra: Mapping[str, object], op: _Operation) -> dict[str, Any] | list[Any]:
+    async def _attempt(
+        self, endpoint: str, extra: Mapping[str, object], op: _Operation, *, limits: httpx.Timeout | None = None
+    ) -> dict[str, Any] | list[Any]:
         body = {"key": self._key.reveal(), **extra}
         try:
-            response = await self._post(endpoint, body, self._timeout)
+            response = await self._post(endpoint, body, limits or self._timeout)
         except httpx.RequestError as exc:
             raise ProviderUnavailable() from exc
         status = response.status_code
@@ -409,17 +457,55 @@ class ProviderClient:
         )
 
     async def _post(self, endpoint: str, body: Mapping[str, object], limits: httpx.Timeout) -> httpx.Response:
-        path = f"{self._root_path}/{endpoint}"
-        started = time.perf_counter()
-        try:
-            response = await self._http.post(f"{self._api_root}/{endpoint}", json=body, timeout=limits)
-        except httpx.RequestError as exc:
+        """POST, following a 307/308 (method and body kept) to the provider's own hosts only."""
+        url = f"{self._api_root}/{endpoint}"
+        for hop in range(_MAX_REDIRECTS + 1):
+            path = urlsplit(url).path
+            started = time.perf_counter()
+            try:
+                response = await self._http.post(url, json=body, timeout=limits)
+            except httpx.RequestError as exc:
+                elapsed = (time.perf_counter() - started) * 1000
+                logger.debug("POST %s failed after %.0f ms: %s", path, elapsed, type(exc).__name__)
+                raise
             elapsed = (time.perf_counter() - started) * 1000
-            logger.debug("POST %s failed after %.0f ms: %s", path, elapsed, type(exc).__name__)
-            raise
-        elapsed = (time.perf_counter() - started) * 1000
-        logger.debug("POST %s -> %d in %.0f ms", path, response.status_code, elapsed)
-        return response
+            logger.debug("POST %s -> %d in %.0f ms", path, response.status_code, elapsed)
+            status = response.status_code
+            if status not in _BODY_KEEPING_REDIRECTS or "location" not in response.headers:
+                return response
+            target = urljoin(url, response.headers["location"])
+            if hop == _MAX_REDIRECTS or not self._may_follow(target):
+                raise self._redirected(endpoint, response)
+            self._moved(endpoint, target)
+            url = target
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _may_follow(self, target: str) -> bool:
+        """A redirect target the key may be sent to: the configured host, or the provider's domains."""
+        parts, configured = urlsplit(target), urlsplit(self._api_root)
+        host = (parts.hostname or "").lower()
+        if host == (configured.hostname or "").lower():
+            return parts.scheme == "https" or parts.scheme == configured.scheme
+        provider = any(host == domain or host.endswith("." + domain) for domain in _PROVIDER_DOMAINS)
+        return provider and parts.scheme == "https"
+
+    def _moved(self, endpoint: str, target: str) -> None:
+        """Use the address a permanent or temporary redirect named from now on, and say so once."""
+        parts = urlsplit(target)
+        suffix = f"/{endpoint}"
+        if parts.query or not parts.path.endswith(suffix):
+            return  # not the same endpoint at a new root: follow this time, learn nothing
+        root = urlunsplit((parts.scheme, parts.netloc, parts.path[: -len(suffix)], "", ""))
+        if root == self._api_root:
+            return
+        logger.warning(
+            "The provider's API moved from %s to %s; following the redirect. Set SDAPI_BASE_URL to the new "
+            "address to skip the extra round trip.",
+            _redacted_location(self._api_root),
+            _redacted_location(root),
+        )
+        self._api_root = root
+        self._root_path = urlsplit(root).path
 
     @staticmethod
     def _decode(response: httpx.Response) -> object:
@@ -437,7 +523,7 @@ class ProviderClient:
     ) -> ProviderError | None:
         """The error an answer stands for, or ``None`` when it is a success."""
         body_status = payload.get("status")
-        failed = isinstance(body_status, str) and body_status.strip().lower() in _FAILED_STATUSES
+        failed = isinstance(body_status, str) and body_status.strip().lower() in FAILURE_BODY_STATUSES
         if status < 400 and not failed:
             return None
         key = self._key.reveal()
@@ -446,17 +532,37 @@ class ProviderClient:
         lowered = (message or "").lower()
         if status == 401 or _INVALID_KEY.search(lowered):
             return InvalidApiKey(provider_message=message, status_code=status)
-        if status == 429 or _RATE_LIMIT.search(lowered):
-            tip = tip_text(payload)
-            retry_after = self._retry_after(payload, headers, message, mask(tip, key) if tip else None)
-            return RateLimited(retry_after, provider_message=message, status_code=status)
+        if status == 429 or _RATE_LIMIT.search(lowered) or _QUEUE_FULL.search(lowered):
+            tip = mask(tip, key) if (tip := tip_text(payload)) else None
+            retry_after = self._retry_after(payload, headers, message, tip)
+            hints = f"{lowered} {(tip or '').lower()}"
+            kind: RateLimitKind = "unknown"
+            if _DUPLICATE_FILTER.search(hints):
+                kind = "duplicate"
+            elif _QUEUE_FULL.search(hints):
+                kind = "queue_full"
+            return RateLimited(retry_after, provider_message=message, status_code=status, kind=kind)
         if status == 402 or _CREDITS.search(lowered):
             return InsufficientCredits(provider_message=message, status_code=status)
         if status >= 500:
             return ProviderUnavailable(provider_message=message, status_code=status)
         if op in _TRAINING_OPERATIONS and (status == 404 or _NOT_FOUND.search(lowered)):
             return TrainingNotFound(provider_message=message, status_code=status)
+        if op == "status" and status < 400:
+            # A failure body at HTTP 2xx from fine_tune_status: about the call, or the training?
+            if _CALL_FAILURE.search(lowered):
+                return ProviderUnavailable(provider_message=message, status_code=status)
+            if not isinstance(payload.get("message", payload.get("messege")), Mapping):
+                return None  # the training failed; TrainingStatus.from_payload reads the reason
         return RequestRejected(provider_message=message, status_code=status)
+
+    @staticmethod
+    def _submission_error(error: ProviderError) -> ProviderError:
+        """A rate limit that does not prove the submission was refused makes it uncertain."""
+        if isinstance(error, RateLimited) and not error.definitely_not_accepted:
+            logger.warning("Training submission hit the provider's duplicate filter or an unexplained rate limit")
+            return SubmissionUncertain(provider_message=error.provider_message, status_code=error.status_code)
+        return error
 
     @staticmethod
     def _retry_after(
@@ -476,22 +582,17 @@ class ProviderClient:
                 return float(match.group(1))
         return None
 
-    def _redirected(self, endpoint: str, response: httpx.Response) -> ProviderUnavailable:
-        location = urlsplit(response.headers.get("location", ""))
-        target = urlunsplit((location.scheme, location.hostname or "", location.path, "", ""))
+    def _redirected(self, endpoint: str, response: httpx.Response) -> ProviderMisconfigured:
+        location = response.headers.get("location", "")
+        target = _redacted_location(urljoin(str(response.request.url), location)) if location else "nowhere"
         logger.warning(
-            "POST %s/%s was redirected (HTTP %d) to %s; check the provider base URL",
+            "POST %s/%s was redirected (HTTP %d) to %s; check SDAPI_BASE_URL",
             self._root_path,
             endpoint,
             response.status_code,
-            target or "nowhere",
+            target,
         )
-        return ProviderUnavailable(
-            "The image service is not reachable with the bot's current settings. "
-            "Please ask the bot owner to check them.",
-            status_code=response.status_code,
-            retryable=False,
-        )
+        return ProviderMisconfigured(target, status_code=response.status_code)
 
     def _backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(backoff_max, backoff_base * 2 ** (attempt - 1))]."""

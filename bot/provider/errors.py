@@ -9,7 +9,7 @@ it in the provider's text before building an error.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 #: Provider text shown to users is cut to this length.
 _MAX_SHOWN = 300
@@ -84,13 +84,24 @@ class InsufficientCredits(ProviderError):
     default_user_message = "The bot's image-service account is out of credits. Please ask the bot owner to top it up."
 
 
+#: Why the provider refused with a rate limit; it decides whether a submission may be resent.
+#: ``queue_full``: the account's queue of requests is full ("Maximum 5 queued requests allowed",
+#: with ``retry_after``): the request was not accepted, so resending it later is safe.
+#: ``duplicate``: the 30 s duplicate-request filter ("you are sending same request multiple
+#: times"): an identical request already arrived, so a submission must not be resent.
+#: ``unknown``: neither marker; a bare "Rate limit exceeded".
+RateLimitKind = Literal["queue_full", "duplicate", "unknown"]
+
+
 class RateLimited(ProviderError):
     """Too many requests (HTTP 429 or a "Rate limit exceeded" body).
 
-    ``retry_after`` is the wait in seconds the provider asked for, when it said.
+    ``retry_after`` is the wait in seconds the provider asked for, when it said; ``kind`` tells
+    the queue-full refusal from the duplicate-request filter (see :data:`RateLimitKind`).
     """
 
     retry_after: float | None
+    kind: RateLimitKind
 
     def __init__(
         self,
@@ -99,11 +110,18 @@ class RateLimited(ProviderError):
         *,
         provider_message: str | None = None,
         status_code: int | None = None,
+        kind: RateLimitKind = "unknown",
     ) -> None:
         if retry_after is not None and (not math.isfinite(retry_after) or retry_after < 0):
             retry_after = None
         self.retry_after = retry_after
+        self.kind = kind
         super().__init__(user_message, provider_message=provider_message, status_code=status_code)
+
+    @property
+    def definitely_not_accepted(self) -> bool:
+        """True when the provider certainly did not take the request (safe to resend later)."""
+        return self.kind == "queue_full" or (self.kind == "unknown" and self.retry_after is not None)
 
     def _default_user_message(self) -> str:
         if self.retry_after is None:
@@ -112,7 +130,7 @@ class RateLimited(ProviderError):
         return f"The image service is busy right now. Please try again in about {seconds} seconds."
 
     def __repr__(self) -> str:
-        return f"{super().__repr__()[:-1]}, retry_after={self.retry_after!r})"
+        return f"{super().__repr__()[:-1]}, retry_after={self.retry_after!r}, kind={self.kind!r})"
 
 
 class RequestRejected(ProviderError):
@@ -154,6 +172,26 @@ class ProviderUnavailable(ProviderError):
         super().__init__(user_message, provider_message=provider_message, status_code=status_code)
 
 
+class ProviderMisconfigured(ProviderUnavailable):
+    """The configured base URL answers a POST with a redirect the bot must not follow.
+
+    A 301/302/303 would turn the POST into a GET (and drop the body with the key); a 307/308 to
+    a host that is not the provider's would hand the key to someone else. ``location`` is where
+    the redirect pointed (scheme, host and path only).
+    """
+
+    location: str
+
+    def __init__(self, location: str, *, status_code: int | None = None) -> None:
+        self.location = location
+        super().__init__(
+            "The image service is not reachable with the bot's current settings. "
+            "Please ask the bot owner to check them.",
+            status_code=status_code,
+            retryable=False,
+        )
+
+
 class SubmissionUncertain(ProviderError):
     """A submission may have reached the provider, but no usable answer came back.
 
@@ -171,7 +209,9 @@ __all__ = [
     "InsufficientCredits",
     "InvalidApiKey",
     "ProviderError",
+    "ProviderMisconfigured",
     "ProviderUnavailable",
+    "RateLimitKind",
     "RateLimited",
     "RequestRejected",
     "SubmissionUncertain",

@@ -1,8 +1,8 @@
 """Request and response types for the Stable Diffusion API (ModelsLab) v3 LoRA training endpoints.
 
-The provider's documentation is loose (see ``/work/shared/reference/provider-api.md``), so the
-parsers here are tolerant: ``messege`` and ``message``, ``training_id``/``model_id``/``id``, a log
-``data`` string with literal `` /n `` separators or real newlines, or a list of lines.
+The provider's documentation is loose (see ``docs/provider.md``), so the parsers here are
+tolerant: ``messege`` and ``message``, ``training_id``/``model_id``/``id``, a log ``data`` string
+with literal `` /n `` separators or real newlines, or a list of lines.
 
 Nothing in this module knows the API key. Payloads kept in ``raw`` are copied through
 :func:`redact`, which drops ``key``-like fields; the client also masks the key's value.
@@ -43,6 +43,13 @@ KNOWN_TRAINING_STATUSES: Final[tuple[str, ...]] = (
 
 #: What :attr:`TrainingStatus.status` holds when the payload carries no status word at all.
 UNKNOWN_STATUS: Final[str] = "unknown"
+#: What :attr:`TrainingStatus.status` holds when the provider reports that the training failed.
+#: No failure status is documented for v3; see :meth:`TrainingStatus.from_payload`.
+FAILED_STATUS: Final[str] = "failed"
+#: Body ``status`` values of a failure answer (the generic error payloads, and v6's words).
+FAILURE_BODY_STATUSES: Final = frozenset({"error", "failed", "failure", "fail"})
+#: Status words that mean the *training* failed, wherever they appear.
+FAILURE_STATUS_WORDS: Final = frozenset({"failed", "failure", "error", "training_failed", "training_cancelled"})
 
 #: Field names that hold credentials in requests or echoes; never kept in ``raw``.
 _SECRET_FIELDS: Final = frozenset({"key", "api_key", "apikey", "wandb_key", "hf_token"})
@@ -131,27 +138,52 @@ class SubmitResult:
 class TrainingStatus:
     """A ``fine_tune_status`` answer (a webhook body parses the same way).
 
-    ``status`` is the stripped, lower-cased status word (``"model_ready"``), or
-    :data:`UNKNOWN_STATUS`. ``log_lines`` is the ``data`` log split into lines, and ``eta`` the
-    last ``ETA : <x>`` found in it (``"5 minutes"``), else ``None``.
+    ``status`` is the stripped, lower-cased status word (``"model_ready"``), :data:`FAILED_STATUS`
+    when the provider says the training failed, or :data:`UNKNOWN_STATUS`. ``log_lines`` is the
+    ``data`` log split into lines, and ``eta`` the last ``ETA : <x>`` found in it (``"5 minutes"``),
+    else ``None``. ``failure_reason`` is the provider's explanation of a failed training.
     """
 
     status: str
     log_lines: tuple[str, ...]
     eta: str | None
     raw: Mapping[str, Any] = field(hash=False)
+    failure_reason: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status == FAILED_STATUS
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> TrainingStatus:
+        """Parse a status answer or webhook body.
+
+        A failed training comes in two shapes, since none is documented: a failure body
+        (``{"status": "failed" | "error", "messege": <reason>}``), or a success body whose status
+        word is a failure word (``{"status": "success", "messege": "failed", "data": <reason>}``).
+        The client has already told a failed *call* apart from these (see ``ProviderClient``).
+        """
         data = payload.get("data")
         if data is None:
             data = payload.get("logs")  # the webhook body's name for the same text
         lines = split_log(data)
+        word = status_word(payload)
+        body_status = payload.get("status")
+        failure_body = isinstance(body_status, str) and body_status.strip().lower() in FAILURE_BODY_STATUSES
+        reason: str | None = None
+        if failure_body or word in FAILURE_STATUS_WORDS:
+            message = message_text(payload)
+            if message and message.strip().lower() not in FAILURE_STATUS_WORDS:
+                reason = message
+            elif lines:
+                reason = " ".join(lines[-3:])
+            word = FAILED_STATUS
         return cls(
-            status=status_word(payload),
+            status=word,
             log_lines=lines,
             eta=extract_eta(lines),
             raw=freeze(redact(payload)),
+            failure_reason=reason[:1000] if reason else None,
         )
 
 

@@ -19,6 +19,7 @@ from bot.provider import (
     InvalidApiKey,
     ProviderClient,
     ProviderError,
+    ProviderMisconfigured,
     ProviderUnavailable,
     RateLimited,
     RequestRejected,
@@ -276,9 +277,10 @@ async def test_submit_rate_limit_is_raised_without_retry(make: MakeClient, sleep
                     "please wait for 30 seconds and try again",
                 }
             ),
-            RateLimited,
+            SubmissionUncertain,  # the duplicate filter: an identical request is already in
             "Rate limit exceeded",
         ),
+        (ok({"status": "error", "message": "Rate limit exceeded"}), SubmissionUncertain, "Rate limit exceeded"),
         (ok({"status": "failed", "id": "", "message": "Failed, Try Again", "output": ""}), RequestRejected, None),
         (
             ok({"status": "error", "message": {"prompt": ["The prompt field is required."]}}),
@@ -312,12 +314,46 @@ async def test_submit_error_bodies(
     assert len(script.requests) == 1
 
 
-async def test_submit_spam_filter_tip_gives_30_seconds(make: MakeClient) -> None:
+async def test_spam_filter_tip_gives_30_seconds_and_names_the_duplicate_filter(make: MakeClient) -> None:
     tips = "spam filter is enabled, please wait for 30 seconds and try again"
     client, _ = make(ok({"status": "error", "message": "Rate limit exceeded", "tips": tips}))
+    client._max_rate_limit_wait = 0  # raise instead of waiting
     with pytest.raises(RateLimited) as info:
-        await client.submit_training(page_request())
+        await client.list_trainings()
     assert info.value.retry_after == 30.0
+    assert info.value.kind == "duplicate"
+    assert not info.value.definitely_not_accepted
+
+
+@pytest.mark.parametrize(
+    ("response", "kind", "not_accepted"),
+    [
+        (
+            ok({"status": "error", "message": "Rate limit exceeded. Maximum 5 queued requests allowed."}),
+            "queue_full",
+            True,
+        ),
+        (ok({"status": "error", "message": "Rate limit exceeded", "retry_after": 12}, 429), "unknown", True),
+        (httpx.Response(429, headers={"Retry-After": "7"}), "unknown", True),
+        (httpx.Response(429, text="Too Many Requests"), "unknown", False),
+    ],
+)
+async def test_rate_limit_kinds(make: MakeClient, response: httpx.Response, kind: str, not_accepted: bool) -> None:
+    client, _ = make(response)
+    client._max_rate_limit_wait = 0
+    with pytest.raises(RateLimited) as info:
+        await client.list_trainings()
+    assert info.value.kind == kind
+    assert info.value.definitely_not_accepted is not_accepted
+
+
+async def test_submit_queue_full_is_refused_but_an_unexplained_429_is_uncertain(make: MakeClient) -> None:
+    client, _ = make(httpx.Response(429, headers={"Retry-After": "3"}), httpx.Response(429, text="busy"))
+    with pytest.raises(RateLimited) as refused:
+        await client.submit_training(page_request())
+    assert refused.value.retry_after == 3
+    with pytest.raises(SubmissionUncertain):
+        await client.submit_training(page_request())
 
 
 async def test_submit_failed_try_again_is_readable(make: MakeClient) -> None:
@@ -380,7 +416,6 @@ async def test_status_with_message_key_in_progress(make: MakeClient) -> None:
         (ok({"status": "error", "messege": "Training ID does not exist"}), TrainingNotFound, 200),
         (ok({"status": "error", "message": "Model id not found"}), TrainingNotFound, 200),
         (ok({"status": "error", "message": "Invalid Api Key"}), InvalidApiKey, 200),
-        (ok({"status": "failed", "id": "", "message": "Failed, Try Again", "output": ""}), RequestRejected, 200),
         (ok({"status": "error", "message": {"prompt": ["The prompt field is required."]}}), RequestRejected, 200),
     ],
 )
@@ -781,15 +816,18 @@ async def test_key_not_in_any_error_or_log(
     caplog.set_level(logging.DEBUG)
     client, _ = make(response, response, response, response, response, max_attempts=2)
     errors: list[ProviderError] = []
+    answers: list[object] = []
     for call in (lambda: client.submit_training(page_request()), lambda: client.training_status(TID)):
         try:
-            await call()
+            answers.append(await call())
         except ProviderError as error:
             errors.append(error)
-    assert len(errors) == 2
+    assert len(errors) + len(answers) == 2
     for raised in errors:
         for text in _error_texts(raised):
             assert KEY not in text
+    for answer in answers:  # a failure body from fine_tune_status is the training's failure
+        assert KEY not in repr(answer)
     assert KEY not in caplog.text
     assert all(KEY not in str(record.args) for record in caplog.records)
 
@@ -823,3 +861,100 @@ async def test_logs_show_method_path_status_and_retries(make: MakeClient, caplog
     assert any(f"POST /api/v3/fine_tune_status/{TID} -> 200 in" in m for m in debug)
     assert len(warnings) == 1 and "retry 1 of 3" in warnings[0] and "HTTP 503" in warnings[0]
     assert KEY not in caplog.text
+
+
+# -- a failed training versus a failed call (fine_tune_status) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"status": "failed", "messege": "Training failed: out of GPU memory"}, "Training failed: out of GPU memory"),
+        ({"status": "error", "message": "Images could not be downloaded"}, "Images could not be downloaded"),
+        ({"status": "success", "messege": "failed", "data": " /n Step:1 Training Started /n CUDA error"}, "CUDA error"),
+        ({"status": "failed", "messege": "failed", "data": "dataset too small"}, "dataset too small"),
+    ],
+)
+async def test_status_reports_a_failed_training_with_its_reason(
+    make: MakeClient, sleeper: Sleeper, body: dict[str, Any], reason: str
+) -> None:
+    client, script = make(ok(body))
+    status = await client.training_status(TID)
+    assert status.failed and status.status == "failed"
+    assert status.failure_reason is not None and reason in status.failure_reason
+    assert len(script.requests) == 1 and sleeper.delays == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"status": "failed", "id": "", "message": "Failed, Try Again", "output": ""},
+        {"status": "error", "message": "Internal server error. Please try again."},
+        {"status": "error", "message": "Service temporarily unavailable"},
+    ],
+)
+async def test_status_generic_failure_bodies_are_failed_calls_and_retried(
+    make: MakeClient, sleeper: Sleeper, body: dict[str, Any]
+) -> None:
+    client, script = make(ok(body), ok(STATUS_OK))
+    status = await client.training_status(TID)
+    assert status.status == "model_ready" and not status.failed
+    assert len(script.requests) == 2 and len(sleeper.delays) == 1
+
+
+async def test_status_not_found_is_raised_for_html_and_json(make: MakeClient) -> None:
+    client, _ = make(httpx.Response(404, text="<html><body>404 Not Found</body></html>"))
+    with pytest.raises(TrainingNotFound):
+        await client.training_status(TID)
+
+
+# -- redirects ------------------------------------------------------------------------------------
+
+
+def redirect(status: int, location: str) -> httpx.Response:
+    return httpx.Response(status, headers={"Location": location}, text="moved")
+
+
+@pytest.mark.parametrize("code", [307, 308])
+async def test_307_and_308_to_the_provider_are_followed_with_the_body_and_remembered(
+    make: MakeClient, caplog: pytest.LogCaptureFixture, code: int
+) -> None:
+    client, script = make(redirect(code, "https://modelslab.com/api/v3/lora_fine_tune"), ok(SUBMIT_OK), ok(STATUS_OK))
+    result = await client.submit_training(page_request())
+    assert result.training_id == TID
+    assert [r.method for r in script.requests] == ["POST", "POST"]
+    assert script.bodies[0] == script.bodies[1]  # same body, key included
+    assert str(script.requests[1].url) == "https://modelslab.com/api/v3/lora_fine_tune"
+    await client.training_status(TID)  # later calls go to the new address directly
+    assert str(script.requests[2].url) == f"https://modelslab.com/api/v3/fine_tune_status/{TID}"
+    assert client.api_root == "https://modelslab.com/api/v3"
+    assert "SDAPI_BASE_URL" in caplog.text and KEY not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "location",
+    ["https://evil.example/api/v3/lora_fine_tune", "http://modelslab.com/api/v3/lora_fine_tune"],
+)
+async def test_307_to_a_foreign_host_or_plain_http_is_not_followed(make: MakeClient, location: str) -> None:
+    client, script = make(redirect(307, location), ok(SUBMIT_OK))
+    with pytest.raises(ProviderMisconfigured) as info:
+        await client.submit_training(page_request())
+    assert len(script.requests) == 1
+    assert info.value.location == location.split("?")[0]
+
+
+@pytest.mark.parametrize("code", [301, 302, 303])
+async def test_301_302_to_a_post_is_a_configuration_error_naming_the_target(make: MakeClient, code: int) -> None:
+    client, script = make(redirect(code, "https://modelslab.com/api/v3/finetune_list?x=1"))
+    with pytest.raises(ProviderMisconfigured) as info:
+        await client.probe()
+    assert info.value.location == "https://modelslab.com/api/v3/finetune_list"
+    assert len(script.requests) == 1
+
+
+async def test_redirect_loops_stop(make: MakeClient) -> None:
+    loop = redirect(307, f"{BASE}/api/v3/finetune_list")
+    client, script = make(loop, loop, loop, loop, loop, loop)
+    with pytest.raises(ProviderMisconfigured):
+        await client.probe()
+    assert len(script.requests) == 4
