@@ -7,6 +7,7 @@ str are redacted, and only the adapters that need them call `get_secret_value()`
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -30,6 +31,18 @@ def _http_url(value: str, name: str, *, schemes: tuple[str, ...] = ("http", "htt
     return value.rstrip("/")
 
 
+def is_loopback_host(host: str | None) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: an address only this machine can reach."""
+    if not host:
+        return False
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Settings(BaseSettings):
     """All settings of the bot. Field names map to upper-case environment variables."""
 
@@ -50,11 +63,16 @@ class Settings(BaseSettings):
 
     # Provider
     sdapi_key: SecretStr
-    sdapi_base_url: str = "https://stablediffusionapi.com"
+    #: The provider's current documentation uses modelslab.com for every training endpoint; the
+    #: old stablediffusionapi.com host serves the same paths (docs/provider.md).
+    sdapi_base_url: str = "https://modelslab.com"
     sdapi_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     sdapi_submit_timeout_seconds: float = Field(default=90.0, gt=0, le=600)
     #: The provider's word for "woman": its LoRA page says `female`, the ModelsLab schema `women`.
-    sdapi_training_type_woman: Literal["female", "women"] = "female"
+    #: Unset: the bot learns which one the provider accepts (and remembers it); set: forced.
+    sdapi_training_type_woman: Literal["female", "women"] | None = None
+    #: How long a submission may wait, in all, for the provider's full queue to free up.
+    sdapi_queue_retry_seconds: int = Field(default=600, ge=0, le=3600)
 
     # Webhook server
     public_url: str
@@ -102,7 +120,16 @@ class Settings(BaseSettings):
     @field_validator("public_url")
     @classmethod
     def _check_public_url(cls, value: str) -> str:
-        return _http_url(value, "PUBLIC_URL")
+        url = _http_url(value, "PUBLIC_URL")
+        parts = urlsplit(url)
+        if parts.scheme != "https" and not is_loopback_host(parts.hostname):
+            # The provider's webhook docs require https; plain http only on this machine (tests).
+            raise ValueError(
+                f"PUBLIC_URL must be an https:// URL (the provider calls only https webhooks), got {url!r}"
+            )
+        if parts.query or parts.fragment:
+            raise ValueError("PUBLIC_URL must not have a query string or a fragment")
+        return url
 
     @field_validator("discord_gateway_url")
     @classmethod

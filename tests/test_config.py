@@ -24,6 +24,7 @@ ALL_VARIABLES: dict[str, tuple[str, Any]] = {
     "SDAPI_TIMEOUT_SECONDS": ("12.5", 12.5),
     "SDAPI_SUBMIT_TIMEOUT_SECONDS": ("45", 45.0),
     "SDAPI_TRAINING_TYPE_WOMAN": ("women", "women"),
+    "SDAPI_QUEUE_RETRY_SECONDS": ("120", 120),
     "PUBLIC_URL": ("https://hooks.example.org/bot/", "https://hooks.example.org/bot"),
     "WEBHOOK_HOST": ("0.0.0.0", "0.0.0.0"),
     "WEBHOOK_PORT": ("9443", 9443),
@@ -51,10 +52,11 @@ DEFAULTS: dict[str, Any] = {
     "discord_api_base": "https://discord.com/api/v10",
     "discord_gateway_url": "wss://gateway.discord.gg/",
     "discord_guild_id": None,
-    "sdapi_base_url": "https://stablediffusionapi.com",
+    "sdapi_base_url": "https://modelslab.com",
     "sdapi_timeout_seconds": 30.0,
     "sdapi_submit_timeout_seconds": 90.0,
-    "sdapi_training_type_woman": "female",
+    "sdapi_training_type_woman": None,
+    "sdapi_queue_retry_seconds": 600,
     "webhook_host": "127.0.0.1",
     "webhook_port": 8080,
     "webhook_max_body_bytes": 65536,
@@ -170,6 +172,8 @@ def test_a_broken_configuration_names_every_bad_setting_at_once(clean_env: pytes
     [
         ("PUBLIC_URL", "bot.example.org"),
         ("PUBLIC_URL", "ftp://bot.example.org"),
+        ("PUBLIC_URL", "http://bot.example.org"),
+        ("PUBLIC_URL", "http://192.168.1.10:8080"),
         ("DISCORD_API_BASE", "discord.com/api"),
         ("DISCORD_GATEWAY_URL", "https://gateway.discord.gg"),
         ("WEBHOOK_PORT", "70000"),
@@ -247,3 +251,16 @@ def test_keyword_overrides_win_and_the_settings_fixture_is_isolated(make_setting
     assert settings.webhook_port == 0
     assert settings.train_role_ids == [9]
     assert settings.database_path == str(tmp_path / "bot.db")
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8080", "http://localhost:8080/x", "http://[::1]:9000", "http://127.0.0.53"]
+)
+def test_plain_http_public_url_is_accepted_only_on_loopback(make_settings, url: str) -> None:
+    assert make_settings(public_url=url).public_url == url.rstrip("/")
+
+
+def test_public_url_without_https_names_the_setting_and_why(make_settings) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_settings(public_url="http://bot.example.org")
+    assert "PUBLIC_URL" in str(info.value) and "https" in str(info.value)
