@@ -6,12 +6,14 @@ which hands the event to the store to apply with its outbox items in one transac
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -36,15 +38,31 @@ log = logging.getLogger(__name__)
 
 #: What the user picks in /train, and what the provider expects for it.
 TRAINING_TYPES = ("man", "woman", "couple", "object")
+#: The provider's two spellings of "woman": its LoRA page says `female`, its schema `women`.
+WOMAN_SPELLINGS = ("female", "women")
+#: Where the spelling the provider last accepted is remembered.
+WOMAN_SPELLING_KEY = "provider.training_type_woman"
+_NAMES_TRAINING_TYPE = re.compile(r"training[\s_-]*type")
+
+#: Called while a submission waits for the provider's full queue, with the wait in seconds.
+QueueWait = Callable[[float], Awaitable[None]]
 
 
-def provider_training_type(choice: str, settings: Settings) -> str:
+def provider_training_type(choice: str, settings: Settings, woman: str | None = None) -> str:
+    """The provider's word for a /train subject; `woman` is the spelling to use when not forced."""
     return {
         "man": "men",
-        "woman": settings.sdapi_training_type_woman,
+        "woman": settings.sdapi_training_type_woman or woman or WOMAN_SPELLINGS[0],
         "couple": "couple",
         "object": "null",
     }[choice]
+
+
+def refuses_training_type(error: ProviderError) -> bool:
+    """A validation error that names `training_type` (a definite refusal: nothing was accepted)."""
+    if not isinstance(error, RequestRejected) or isinstance(error, TrainingNotFound):
+        return False
+    return bool(_NAMES_TRAINING_TYPE.search((error.provider_message or "").lower()))
 
 
 def hash_secret(secret: str) -> str:
@@ -100,11 +118,14 @@ class JobService:
         settings: Settings,
         *,
         on_outbox: Callable[[], None] = lambda: None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.store = store
         self.provider = provider
         self.settings = settings
         self._on_outbox = on_outbox
+        self._sleep = sleep
+        self._forget_listeners: list[Callable[[int], None]] = []
 
     # -- the one state-change function --------------------------------------------------------
 
@@ -149,41 +170,59 @@ class JobService:
     async def record_failure(self, job_id: int, detail: str) -> TransitionResult:
         return await self.record(job_id, Event(Action.FAIL, EventSource.SYSTEM, detail=detail))
 
-    async def submit(self, job: Job, image_urls: Sequence[str]) -> Job:
-        """Send the training to the provider and record the outcome. Never retried blindly."""
-        secret = secrets.token_urlsafe(32)
-        await self.store.prepare_submission(job.id, image_urls=image_urls, secret_hash=hash_secret(secret))
+    async def submit(self, job: Job, image_urls: Sequence[str], *, on_queue_wait: QueueWait | None = None) -> Job:
+        """Send the training to the provider and record the outcome. Never resent blindly.
+
+        Resent only after a definite refusal: the provider's queue is full (after the wait it
+        asks for, up to SDAPI_QUEUE_RETRY_SECONDS in all), or a validation error naming
+        `training_type` for a woman (once, with the other spelling). Each attempt carries a new
+        webhook secret, so no two attempts are identical requests to the duplicate filter.
+        """
         params = TrainingParams.from_dict(dict(job.params))
-        request = TrainingRequest(
-            instance_prompt=params.instance_prompt,
-            class_prompt=params.class_prompt,
-            images=tuple(image_urls),
-            base_model_type="normal" if params.base_model == "normal" else "sdxl",
-            seed=params.seed,
-            training_type=provider_training_type(params.training_type, self.settings),
-            lora_type="lycoris" if params.lora_type == "lycoris" else "lora",
-            max_train_steps=params.steps_for(len(image_urls)),
-            webhook=f"{self.settings.webhook_base}/{job.id}/{secret}",
-            **({"negative_prompt": params.negative_prompt} if params.negative_prompt else {}),
-        )
-        try:
-            accepted = await self.provider.submit_training(request)
-        except SubmissionUncertain as error:
-            log.warning("job %s: submission unconfirmed (%s); it will not be resubmitted", job.id, type(error).__name__)
-            result = await self.record(
-                job.id,
-                Event(Action.UNCERTAIN, EventSource.SYSTEM, detail=error.user_message),
-            )
-            return result.after
-        except ProviderError as error:
-            if isinstance(error, InvalidApiKey | InsufficientCredits):
-                log.error("job %s: the provider refused the account: %s (operator action needed)", job.id, error)
-            elif isinstance(error, RateLimited):
-                log.warning("job %s: provider rate limit, retry after %s s", job.id, error.retry_after)
-            else:
-                log.warning("job %s: submission rejected: %s", job.id, error)
-            result = await self.record(job.id, Event(Action.FAIL, EventSource.SYSTEM, detail=error.user_message))
-            return result.after
+        await self._take_baseline_listing(job.id)
+        woman = params.training_type == "woman"
+        spelling = await self._woman_spelling() if woman else None
+        switched = False
+        waited = 0.0
+        while True:
+            secret = secrets.token_urlsafe(32)
+            await self.store.prepare_submission(job.id, image_urls=image_urls, secret_hash=hash_secret(secret))
+            request = self._training_request(job.id, params, image_urls, secret, spelling)
+            try:
+                accepted = await self.provider.submit_training(request)
+            except SubmissionUncertain as error:
+                log.warning("job %s: submission unconfirmed (%s); it will not be resubmitted", job.id, error)
+                result = await self.record(
+                    job.id, Event(Action.UNCERTAIN, EventSource.SYSTEM, detail=error.user_message)
+                )
+                return result.after
+            except RateLimited as error:  # the client raises this only for a definite refusal
+                wait = max(1.0, error.retry_after if error.retry_after is not None else 30.0)
+                if waited + wait > self.settings.sdapi_queue_retry_seconds:
+                    log.warning("job %s: the provider's queue stayed full for %.0f s; giving up", job.id, waited)
+                    minutes = max(1, round((waited + wait) / 60))
+                    detail = (
+                        f"The image service's queue stayed full for about {minutes} minute(s), so the training "
+                        "was not started and nothing was charged. Please try again later."
+                    )
+                    return (await self.record_failure(job.id, detail)).after
+                log.info("job %s: the provider's queue is full; submitting again in %.0f s", job.id, wait)
+                if on_queue_wait is not None:
+                    await on_queue_wait(wait)
+                await self._sleep(wait)
+                waited += wait
+                continue
+            except ProviderError as error:
+                if woman and spelling and not switched and refuses_training_type(error) and self._spelling_unforced:
+                    other = WOMAN_SPELLINGS[1 - WOMAN_SPELLINGS.index(spelling)]
+                    log.info("job %s: the provider refused training_type %r; trying %r", job.id, spelling, other)
+                    spelling, switched = other, True
+                    continue
+                return await self._refused(job.id, error)
+            break
+        if woman and spelling and self._spelling_unforced and switched:
+            await self.store.set_value(WOMAN_SPELLING_KEY, spelling)
+            log.info("remembering the provider's spelling of woman: %r", spelling)
         result = await self.record(
             job.id,
             Event(
@@ -197,6 +236,51 @@ class JobService:
         if accepted.eta_text:
             await self.store.touch(job.id, eta_text=accepted.eta_text)
         return result.after
+
+    def _training_request(
+        self, job_id: int, params: TrainingParams, image_urls: Sequence[str], secret: str, woman: str | None
+    ) -> TrainingRequest:
+        return TrainingRequest(
+            instance_prompt=params.instance_prompt,
+            class_prompt=params.class_prompt,
+            images=tuple(image_urls),
+            base_model_type="normal" if params.base_model == "normal" else "sdxl",
+            seed=params.seed,
+            training_type=provider_training_type(params.training_type, self.settings, woman),
+            lora_type="lycoris" if params.lora_type == "lycoris" else "lora",
+            max_train_steps=params.steps_for(len(image_urls)),
+            webhook=f"{self.settings.webhook_base}/{job_id}/{secret}",
+            **({"negative_prompt": params.negative_prompt} if params.negative_prompt else {}),
+        )
+
+    async def _refused(self, job_id: int, error: ProviderError) -> Job:
+        if isinstance(error, InvalidApiKey | InsufficientCredits):
+            log.error("job %s: the provider refused the account: %s (operator action needed)", job_id, error)
+        else:
+            log.warning("job %s: submission rejected: %s", job_id, error)
+        result = await self.record(job_id, Event(Action.FAIL, EventSource.SYSTEM, detail=error.user_message))
+        return result.after
+
+    @property
+    def _spelling_unforced(self) -> bool:
+        return self.settings.sdapi_training_type_woman is None
+
+    async def _woman_spelling(self) -> str:
+        """The spelling to send: forced by the settings, else the one the provider last accepted."""
+        remembered = await self.store.get_value(WOMAN_SPELLING_KEY)
+        return remembered if remembered in WOMAN_SPELLINGS else WOMAN_SPELLINGS[0]
+
+    async def _take_baseline_listing(self, job_id: int) -> None:
+        """List the account's models just before submitting, so an unconfirmed submission can be
+        matched later with a model that appeared after it. Best effort: a failure only means that
+        this job, if unconfirmed, waits for a webhook instead."""
+        try:
+            async with asyncio.timeout(self.settings.sdapi_timeout_seconds):
+                models = await self.provider.list_trainings()
+        except (ProviderError, TimeoutError) as error:
+            log.warning("job %s: could not list the provider's models before submitting (%s)", job_id, error)
+            return
+        await self.store.record_listing(models, baseline_for=job_id)
 
     async def cancel(self, job: Job, *, by_user_id: int) -> Job:
         """Stop a job: ask the provider to cancel, then record `cancelled` ourselves.
@@ -222,8 +306,14 @@ class JobService:
         return result.after
 
     async def forget_user(self, user_id: int) -> int:
-        """Delete everything stored about a user, cancelling their running trainings first."""
-        for job in await self.store.jobs_for_owner(user_id, limit=1000):
+        """Delete everything stored about a user: their running trainings are cancelled and their
+        trained models deleted from the provider account first, then the bot's records.
+
+        If the provider can't be reached, nothing is deleted locally, so the ids are kept and the
+        user can simply try again.
+        """
+        jobs = await self.store.jobs_for_owner(user_id, limit=1000)
+        for job in jobs:
             if not job.state.is_terminal and job.state is not JobState.PREVIEW:
                 try:
                     await self.cancel(job, by_user_id=user_id)
@@ -233,7 +323,36 @@ class JobService:
                         f"I couldn't cancel your running training #{job.id} with the provider, so nothing was "
                         "deleted yet. Please try again in a few minutes."
                     ) from error
-        return await self.store.forget_user(user_id)
+        for job in jobs:
+            if job.training_id:
+                await self._delete_model(job)
+        deleted = await self.store.forget_user(user_id)
+        for listener in self._forget_listeners:
+            listener(user_id)
+        return deleted
+
+    async def _delete_model(self, job: Job) -> None:
+        """Delete a job's trained model (or what is left of a cancelled run) from the provider."""
+        assert job.training_id is not None
+        try:
+            await self.provider.delete_training(job.training_id)
+        except TrainingNotFound:
+            log.info("job %s: the provider has no model %s to delete", job.id, job.training_id)
+        except RequestRejected as error:
+            # A refusal to delete (not a failure to reach the provider) won't change on retry.
+            log.warning("job %s: the provider refused to delete model %s: %s", job.id, job.training_id, error)
+        except ProviderError as error:
+            log.warning("job %s: could not delete model %s (%s)", job.id, job.training_id, type(error).__name__)
+            raise UserError(
+                f"I couldn't delete the model of your training #{job.id} from the provider, so nothing was "
+                "deleted yet. Please try again in a few minutes."
+            ) from error
+        else:
+            log.info("job %s: deleted model %s from the provider account", job.id, job.training_id)
+
+    def add_forget_listener(self, callback: Callable[[int], None]) -> None:
+        """Call `callback(user_id)` after a user's data was deleted (e.g. to drop what is held in memory)."""
+        self._forget_listeners.append(callback)
 
     async def recover_interrupted(self) -> int:
         """After a crash: settle jobs caught between Start and the provider's answer.

@@ -160,6 +160,10 @@ def decide(current: JobState, event: Event) -> Decision:
         if event.action is Action.ACCEPTED and current not in _ALLOWED_FROM[Action.ACCEPTED]:
             return Decision(None, word, "not submitting")
         target = parse_provider_word(word)
+        if event.action is Action.ACCEPTED and (target is None or target is JobState.FAILED):
+            # A success answer that carries a training id is an accepted training, whatever its
+            # word: the word is recorded, and the job follows the provider from its first step.
+            target = JobState.DEPLOYING_GPU
         if target is None:
             return Decision(None, word, "unknown status")
         if current.is_terminal:

@@ -40,6 +40,8 @@ class Job:
     progressed_at: datetime
     submitted_at: datetime | None
     finished_at: datetime | None
+    #: The provider listing taken just before submission (settles an unconfirmed submission).
+    baseline_listing: int | None = None
 
     @classmethod
     def from_row(cls, row: aiosqlite.Row) -> Job:
@@ -65,6 +67,7 @@ class Job:
             progressed_at=datetime.fromisoformat(row["progressed_at"]),
             submitted_at=parse_time(row["submitted_at"]),
             finished_at=parse_time(row["finished_at"]),
+            baseline_listing=row["baseline_listing"],
         )
 
 

@@ -330,6 +330,14 @@ class Store:
         row = await self.db.fetchone("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL")
         return int(row[0]) if row else 0
 
+    async def pending_card_item(self, job_id: int) -> OutboxItem | None:
+        """The job's undelivered card edit, due or postponed (`card:<job id>`, as the transitions key it)."""
+        row = await self.db.fetchone(
+            "SELECT * FROM outbox WHERE dedupe_key = ? AND kind = 'card' AND delivered_at IS NULL",
+            (f"card:{job_id}",),
+        )
+        return OutboxItem.from_row(row) if row else None
+
     # -- users and key/value --------------------------------------------------------------------
 
     async def mark_dms_closed(self, user_id: int) -> None:
@@ -358,10 +366,45 @@ class Store:
     async def forget_user(self, user_id: int) -> int:
         """Delete everything stored about a user (jobs cascade to events and outbox)."""
         async with self.db.transaction() as conn:
+            await conn.execute(
+                "DELETE FROM provider_models WHERE training_id IN (SELECT training_id FROM jobs WHERE owner_id = ?)",
+                (user_id,),
+            )
             cursor = await conn.execute("DELETE FROM jobs WHERE owner_id = ?", (user_id,))
             deleted = cursor.rowcount
             await conn.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
         return deleted
+
+    # -- the provider account's models (settling unconfirmed submissions) ----------------------
+
+    async def record_listing(self, training_ids: Sequence[str], *, baseline_for: int | None = None) -> int:
+        """Remember a listing of the account's models; a model keeps the first listing it was seen in.
+
+        With `baseline_for`, the listing is that job's baseline: taken just before its submission.
+        """
+
+        def record(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute("INSERT INTO provider_listings (listed_at) VALUES (?)", (_iso(self.now()),))
+            listing = int(cursor.lastrowid or 0)
+            conn.executemany(
+                "INSERT INTO provider_models (training_id, first_listing) VALUES (?, ?)"
+                " ON CONFLICT (training_id) DO NOTHING",
+                [(training_id, listing) for training_id in training_ids],
+            )
+            if baseline_for is not None:
+                conn.execute("UPDATE jobs SET baseline_listing = ? WHERE id = ?", (listing, baseline_for))
+            return listing
+
+        return await self.db.run_transaction(record)
+
+    async def unclaimed_models_since(self, listing: int) -> set[str]:
+        """Models first seen after `listing` whose training id belongs to no job."""
+        rows = await self.db.fetchall(
+            "SELECT training_id FROM provider_models AS m WHERE first_listing > ?"
+            " AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.training_id = m.training_id)",
+            (listing,),
+        )
+        return {str(row[0]) for row in rows}
 
     async def job_ids_in_states(self, states: Sequence[JobState], *, limit: int = 1000) -> list[int]:
         placeholders = ", ".join("?" for _ in states)

@@ -32,12 +32,17 @@ class Provider:
     """Scripted provider: `answers[endpoint]` is a Response, an exception or a callable; requests are kept."""
 
     def __init__(self, **answers: object) -> None:
-        self.answers = answers
+        # The account's models are listed before each submission; by default the list is empty.
+        self.answers = {"finetune_list": ok({"status": "success", "messege": "model list", "data": []}), **answers}
         self.requests: list[httpx.Request] = []
+        #: finetune_list calls are kept apart: every submission is preceded by one.
+        self.listings: list[httpx.Request] = []
+        self.order: list[str] = []  # every endpoint called, listings included
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
         endpoint = request.url.path.removeprefix("/api/v3/").split("/")[0]
+        self.order.append(endpoint)
+        (self.listings if endpoint == "finetune_list" else self.requests).append(request)
         answer = self.answers.get(endpoint)
         if answer is None:
             raise AssertionError(f"unexpected call {request.url.path}")
@@ -428,13 +433,49 @@ async def test_cancel_when_the_provider_is_down_leaves_the_job_alone(build, stor
 
 
 async def test_forget_user_cancels_running_trainings_then_deletes(build, store: Store) -> None:
-    service, provider, _ = build(cancle_training=ok({"status": "success"}))
+    service, provider, _ = build(cancle_training=ok({"status": "success"}), finetune=ok({"status": "success"}))
     await training(service, owner=1)
     await preview(service, owner=1)
     other = await training(service, "OTHER", owner=2)
     assert await service.forget_user(1) == 2
-    assert provider.paths == [f"/api/v3/cancle_training/{TID}"]
+    assert provider.paths == [f"/api/v3/cancle_training/{TID}", f"/api/v3/finetune/delete/{TID}"]
     assert [row[0] for row in await store.db.fetchall("SELECT id FROM jobs")] == [other.id]
+
+
+async def test_forget_user_deletes_finished_models_and_tolerates_models_already_gone(build, store: Store) -> None:
+    deleted: list[str] = []
+
+    def delete(request: httpx.Request) -> httpx.Response:
+        deleted.append(request.url.path.rsplit("/", 1)[1])
+        if deleted[-1] == "GONE":
+            return ok({"status": "error", "messege": "Training ID does not exist"}, 404)
+        return ok({"status": "success", "messege": "Model deleted successfully"})
+
+    service, provider, _ = build(finetune=delete)
+    for training_id in ("READY1", "GONE"):
+        job = await training(service, training_id, owner=1)
+        await service.record(job.id, Event(Action.PROVIDER_STATUS, EventSource.WEBHOOK, status="model_ready"))
+    assert await service.forget_user(1) == 2
+    assert sorted(deleted) == ["GONE", "READY1"]
+    assert await store.db.fetchall("SELECT id FROM jobs") == []
+
+
+async def test_forget_user_deletes_nothing_when_a_model_cannot_be_deleted(build, store: Store) -> None:
+    service, _, _ = build(finetune=httpx.Response(503, text="down"))
+    job = await training(service, "READY1", owner=1)
+    await service.record(job.id, Event(Action.PROVIDER_STATUS, EventSource.WEBHOOK, status="model_ready"))
+    with pytest.raises(UserError, match="nothing was deleted"):
+        await service.forget_user(1)
+    assert (await store.require_job(job.id)).state is JobState.MODEL_READY
+
+
+async def test_forget_user_tells_the_listeners(build) -> None:
+    service, _, _ = build()
+    told: list[int] = []
+    service.add_forget_listener(told.append)
+    await preview(service, owner=7)
+    await service.forget_user(7)
+    assert told == [7]
 
 
 async def test_forget_user_deletes_nothing_when_a_cancel_fails(build, store: Store) -> None:
@@ -469,3 +510,128 @@ def test_training_parameters(make_settings) -> None:
         "couple",
         "null",
     ]
+
+
+# -- submissions the provider refuses for now -----------------------------------------------------
+
+QUEUE_FULL = {"status": "error", "message": "Rate limit exceeded. Maximum 5 queued requests allowed.", "retry_after": 7}
+SPAM_FILTER = {
+    "status": "error",
+    "message": "Rate limit exceeded",
+    "tips": "you are sending same request multiple times, spam filter is enabled, please wait for 30 seconds",
+}
+TYPE_REFUSED = {"status": "error", "messege": {"training_type": ["The selected training type is invalid."]}}
+
+
+def scripted(*answers: httpx.Response) -> Callable[[httpx.Request], httpx.Response]:
+    queue = list(answers)
+    return lambda _request: queue.pop(0)
+
+
+def sleeps_into(waits: list[float]) -> Callable[[float], object]:
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    return sleep
+
+
+async def test_a_full_queue_is_waited_out_and_the_training_created_once(build, store: Store) -> None:
+    service, provider, _ = build(lora_fine_tune=scripted(ok(QUEUE_FULL, 429), ok(QUEUE_FULL), ok(ACCEPTED)))
+    waits: list[float] = []
+    told: list[float] = []
+    service._sleep = sleeps_into(waits)
+
+    async def on_wait(seconds: float) -> None:
+        told.append(seconds)
+
+    job = await submitting(service)
+    after = await service.submit(job, URLS, on_queue_wait=on_wait)
+    assert after.state is JobState.DEPLOYING_GPU and after.training_id == TID
+    assert waits == [7.0, 7.0] and told == [7.0, 7.0]
+    assert len(provider.requests) == 3
+    hooks = [provider.body(i)["webhook"] for i in range(3)]
+    assert len(set(hooks)) == 3, "each attempt carries a fresh secret, so no two are identical requests"
+    assert secret_matches(hooks[-1].rsplit("/", 1)[1], after.webhook_secret_hash)
+    assert not secret_matches(hooks[0].rsplit("/", 1)[1], after.webhook_secret_hash)
+
+
+async def test_a_queue_that_stays_full_fails_the_job_saying_nothing_was_charged(build, make_settings) -> None:
+    service, provider, _ = build(lora_fine_tune=ok(QUEUE_FULL))
+    service.settings = make_settings(sdapi_queue_retry_seconds=20)
+    waits: list[float] = []
+    service._sleep = sleeps_into(waits)
+    after = await service.submit(await submitting(service), URLS)
+    assert after.state is JobState.FAILED
+    assert "nothing was charged" in after.last_error
+    assert waits == [7.0, 7.0] and len(provider.requests) == 3
+
+
+async def test_the_duplicate_filter_makes_a_submission_uncertain_and_it_is_never_resent(build) -> None:
+    service, provider, _ = build(lora_fine_tune=ok(SPAM_FILTER, 429))
+    service._sleep = sleeps_into([])
+    after = await service.submit(await submitting(service), URLS)
+    assert after.state is JobState.UNCERTAIN
+    assert len(provider.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "shape", [TYPE_REFUSED, {"status": "error", "messege": "The selected training type is invalid."}]
+)
+async def test_a_woman_is_resubmitted_once_with_the_other_spelling_which_is_remembered(
+    build, store: Store, shape: dict
+) -> None:
+    service, provider, _ = build(
+        lora_fine_tune=scripted(ok(shape, 400), ok(ACCEPTED), ok({**ACCEPTED, "training_id": "T2"}))
+    )
+    after = await service.submit(await submitting(service, training_type="woman"), URLS)
+    assert after.training_id == TID
+    assert [provider.body(i)["training_type"] for i in range(2)] == ["female", "women"]
+    assert await store.get_value("provider.training_type_woman") == "women"
+    # The next woman's training uses the spelling that worked, first time.
+    await service.submit(await submitting(service, owner=2, training_type="woman"), URLS)
+    assert provider.body(2)["training_type"] == "women" and len(provider.requests) == 3
+
+
+async def test_a_second_spelling_refusal_fails_the_job_after_two_attempts(build, store: Store) -> None:
+    service, provider, _ = build(lora_fine_tune=ok(TYPE_REFUSED))
+    after = await service.submit(await submitting(service, training_type="woman"), URLS)
+    assert after.state is JobState.FAILED and "training_type" in after.last_error
+    assert len(provider.requests) == 2
+    assert await store.get_value("provider.training_type_woman") is None
+
+
+async def test_a_forced_spelling_is_never_switched(build, make_settings) -> None:
+    service, provider, _ = build(lora_fine_tune=ok(TYPE_REFUSED))
+    service.settings = make_settings(sdapi_training_type_woman="women")
+    after = await service.submit(await submitting(service, training_type="woman"), URLS)
+    assert after.state is JobState.FAILED
+    assert [provider.body(i)["training_type"] for i in range(len(provider.requests))] == ["women"]
+
+
+async def test_a_man_refused_for_training_type_is_not_resubmitted(build) -> None:
+    service, provider, _ = build(lora_fine_tune=ok(TYPE_REFUSED))
+    after = await service.submit(await submitting(service), URLS)
+    assert after.state is JobState.FAILED and len(provider.requests) == 1
+
+
+async def test_an_unknown_word_in_the_create_answer_is_still_an_accepted_training(build) -> None:
+    service, _, _ = build(lora_fine_tune=ok({**ACCEPTED, "messege": "queued_for_gpu"}))
+    after = await service.submit(await submitting(service), URLS)
+    assert after.state is JobState.DEPLOYING_GPU
+    assert after.training_id == TID and after.provider_status == "queued_for_gpu"
+
+
+async def test_the_accounts_models_are_listed_before_each_submission(build, store: Store) -> None:
+    listed = ok({"status": "success", "messege": "model list", "data": ["OLD1", "OLD2"]})
+    service, provider, _ = build(lora_fine_tune=ok(ACCEPTED), finetune_list=listed)
+    after = await service.submit(await submitting(service), URLS)
+    assert provider.order == ["finetune_list", "lora_fine_tune"]
+    assert after.baseline_listing is not None
+    assert await store.unclaimed_models_since(after.baseline_listing) == set()
+    assert await store.unclaimed_models_since(after.baseline_listing - 1) == {"OLD1", "OLD2"}
+
+
+async def test_a_failed_listing_does_not_stop_the_submission(build) -> None:
+    service, provider, _ = build(lora_fine_tune=ok(ACCEPTED), finetune_list=httpx.Response(500))
+    after = await service.submit(await submitting(service), URLS)
+    assert after.training_id == TID and after.baseline_listing is None

@@ -143,6 +143,14 @@ def test_accepted_only_from_submitting_or_uncertain() -> None:
         assert (decision.new_state, decision.reason) == (None, "not submitting"), state
 
 
+def test_accepted_with_any_word_is_an_accepted_training() -> None:
+    for status in ("queued_for_gpu", "processing", "failed", "training_started"):
+        event = Event(Action.ACCEPTED, EventSource.SYSTEM, status=status, training_id="T")
+        decision = decide(S.SUBMITTING, event)
+        expected = S.TRAINING_STARTED if status == "training_started" else S.DEPLOYING_GPU
+        assert (decision.new_state, decision.recorded_status) == (expected, status)
+
+
 ALLOWED = {
     Action.SUBMIT: ({S.PREVIEW}, S.SUBMITTING),
     Action.UNCERTAIN: ({S.SUBMITTING}, S.UNCERTAIN),

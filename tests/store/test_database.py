@@ -11,8 +11,14 @@ import pytest
 from bot.store import Database, MigrationError, load_migrations
 from bot.store.database import Migration, split_statements
 
-TABLES = {"jobs", "job_events", "outbox", "users", "kv", "schema_migrations"}
-INDEXES = {"jobs_owner_newest", "jobs_guild_submitted", "jobs_active_updated", "outbox_pending"}
+TABLES = {"jobs", "job_events", "outbox", "users", "kv", "provider_listings", "provider_models", "schema_migrations"}
+INDEXES = {
+    "jobs_owner_newest",
+    "jobs_guild_submitted",
+    "jobs_active_updated",
+    "outbox_pending",
+    "provider_models_first_listing",
+}
 
 
 async def names(db: Database, kind: str) -> set[str]:
@@ -35,15 +41,18 @@ async def raw_db(tmp_path: Path):
         await database.close()
 
 
-async def test_a_fresh_database_gets_schema_version_1_with_every_table(raw_db: Database) -> None:
+MIGRATIONS = [(1, "initial"), (2, "provider_models")]
+
+
+async def test_a_fresh_database_gets_every_migration_and_every_table(raw_db: Database) -> None:
     assert await raw_db.schema_version() == 0
     applied = await raw_db.migrate()
-    assert [(m.version, m.name) for m in applied] == [(1, "initial")]
-    assert await raw_db.schema_version() == 1
+    assert [(m.version, m.name) for m in applied] == MIGRATIONS
+    assert await raw_db.schema_version() == len(MIGRATIONS)
     assert await names(raw_db, "table") == TABLES
     assert await names(raw_db, "index") >= INDEXES
     rows = await raw_db.fetchall("SELECT version, name, applied_at FROM schema_migrations")
-    assert [(row[0], row[1]) for row in rows] == [(1, "initial")]
+    assert [(row[0], row[1]) for row in rows] == MIGRATIONS
     assert rows[0][2].endswith("+00:00")
 
 
@@ -63,12 +72,12 @@ async def test_migrating_twice_applies_nothing_and_changes_nothing(raw_db: Datab
 async def test_reopening_a_migrated_file_applies_nothing(tmp_path: Path) -> None:
     path = str(tmp_path / "again.db")
     first = await Database.open(path)
-    assert len(await first.migrate()) == 1
+    assert len(await first.migrate()) == len(MIGRATIONS)
     await first.close()
     second = await Database.open(path)
     try:
         assert await second.migrate() == []
-        assert await second.schema_version() == 1
+        assert await second.schema_version() == len(MIGRATIONS)
     finally:
         await second.close()
 
@@ -82,7 +91,7 @@ async def test_a_database_newer_than_the_code_is_refused(raw_db: Database) -> No
     message = str(caught.value)
     assert "schema version 99" in message
     assert "newer than this code" in message
-    assert "(1)" in message
+    assert f"({len(MIGRATIONS)})" in message
     assert "jobs" not in await names(raw_db, "table")  # nothing was applied underneath it
 
 
@@ -216,7 +225,7 @@ def test_split_statements_of_the_real_migration() -> None:
 
 
 def test_load_migrations_orders_and_validates(tmp_path: Path) -> None:
-    assert [(m.version, m.name) for m in load_migrations()] == [(1, "initial")]
+    assert [(m.version, m.name) for m in load_migrations()] == MIGRATIONS
 
     (tmp_path / "0002_second.sql").write_text("SELECT 2;")
     (tmp_path / "0001_first.sql").write_text("SELECT 1;")
