@@ -11,14 +11,23 @@ In a test (same process)::
         running.simulator.set_faults(fail_submission=1)
         await running.simulator.wait_for_status(training_id, "model_ready")
 
-As a process: `lorabot simulate` calls `serve(host, port, step_seconds, api_key)`; drive it with
+As a process: `lorabot simulate` calls `serve(host, port, step_seconds, api_key, faults=...)`,
+where `faults` (optional) are switches set at start, e.g. from
+`parse_fault_assignments(["status_not_found=2", "fail_submission_kind=queue_full"])`; drive it with
 `POST /_sim/faults` (JSON of switch names, see `faults.Faults`), `POST /_sim/reset`,
 `GET /_sim/state` and `POST /_sim/trainings/{id}/advance`. The control endpoints take no key:
 keep the simulator on loopback. Endpoints are listed in `app.py`.
+
+The switches cover transport faults (held answers, 5xx pages, lost, duplicated or reordered
+webhooks, stalls) and the provider's ambiguous answers: a transient "not found" from the status
+call, queue-full and spam-filter refusals (and a real duplicate-request window), failures that
+only polling reveals and the shapes a failed status may take, a single accepted spelling of the
+women training type, validation errors as an object or a string, a provider that moved (3xx to
+`/relocated/...`), and the variants of the trained model list.
 """
 
 from bot.simulator.app import SIMULATOR_KEY, RunningSimulator, create_app, serve, start_simulator
-from bot.simulator.faults import FAILED, STATUSES, FaultError, Faults
+from bot.simulator.faults import FAILED, STATUSES, FaultError, Faults, parse_fault_assignments
 from bot.simulator.state import Simulator, SimulatorConfig, Training, WebhookDelivery
 
 __all__ = [
@@ -33,6 +42,7 @@ __all__ = [
     "Training",
     "WebhookDelivery",
     "create_app",
+    "parse_fault_assignments",
     "serve",
     "start_simulator",
 ]

@@ -4,7 +4,13 @@ Provider endpoints, all `POST` with a JSON body carrying `key`, under `/api/v3/`
 `/api/sandbox/v3/`:
 `lora_fine_tune`, `fine_tune_status/{id}`, `cancle_training/{id}` and `cancel_training/{id}`,
 `finetune_list`, `finetune/delete/{id}`, `base64_crop`; plus `GET /generations/{name}.png` for
-the links `base64_crop` returns.
+the links `base64_crop` returns. The same endpoints are also served under `/relocated/api/v3/`
+and `/relocated/api/sandbox/v3/`: where a "moved" provider (fault `redirect_status`) points.
+
+Two fault switches act on every provider endpoint before its handler runs (`_provider_gate`):
+`redirect_status` (answer a 3xx with a `Location` and do nothing) and `duplicate_window_seconds`
+(refuse a request identical to a recent one with the spam-filter body). Every provider request,
+refused or not, is recorded in `Simulator.requests` with its HTTP status and outcome.
 
 Control endpoints (no key; for tests and for driving a simulator in another process):
 `GET /_sim/state`, `GET|POST /_sim/faults`, `POST /_sim/reset`,
@@ -15,20 +21,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
 import secrets
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final
 
 from aiohttp import web
 
-from bot.simulator.faults import FaultError
+from bot.simulator.faults import FAILED, FaultError, check_settings
 from bot.simulator.images import ImageRejected, crop_to_png, fetch_images, parse_data_uri
 from bot.simulator.state import (
     CREATE_ETA_TEXT,
@@ -36,15 +43,18 @@ from bot.simulator.state import (
     RequestRecord,
     Simulator,
     SimulatorConfig,
+    Training,
     key_owner,
 )
-from bot.simulator.validation import validate_lora_request
+from bot.simulator.validation import Errors, summarize_errors, validate_lora_request
 
 log = logging.getLogger("bot.simulator")
 
 SIMULATOR_KEY: Final = web.AppKey("simulator", Simulator)
 
 API_PREFIXES: Final[tuple[str, ...]] = ("/api/v3", "/api/sandbox/v3")
+#: Where the "moved" provider lives (fault `redirect_status`); never redirected itself.
+RELOCATED_PREFIX: Final = "/relocated"
 
 INVALID_KEY_BODY: Final[dict[str, Any]] = {
     "status": "error",
@@ -60,10 +70,15 @@ INSUFFICIENT_CREDITS_BODY: Final[dict[str, Any]] = {
     "status": "error",
     "message": "Insufficient credits. Please add more credits to continue.",
 }
-RATE_LIMITED_BODY: Final[dict[str, Any]] = {
+#: The per-account queue limit refusal; its `retry_after` comes from the `queue_retry_after` switch.
+QUEUE_FULL_MESSAGE: Final = "Rate limit exceeded. Maximum 5 queued requests allowed."
+#: The duplicate-request spam filter refusal (note `tips`, not `tip`).
+SPAM_FILTER_BODY: Final[dict[str, Any]] = {
     "status": "error",
-    "message": "Rate limit exceeded. Maximum 5 queued requests allowed.",
-    "retry_after": 30,
+    "message": "Rate limit exceeded",
+    "tips": (
+        "you are sending same request multiple times, spam filter is enabled, please wait for 30 seconds and try again"
+    ),
 }
 NOT_FOUND_MESSAGE: Final = "Training ID does not exist"
 ALREADY_FINISHED_MESSAGE: Final = "Training has already finished."
@@ -79,8 +94,20 @@ BAD_GATEWAY_HTML: Final = (
     "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>cloudflare</center>\r\n</body>\r\n</html>\r\n"
 )
+NOT_FOUND_HTML: Final = (
+    "<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n"
+    "<center><h1>404 Not Found</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+REDIRECT_REASONS: Final[dict[int, str]] = {
+    301: "301 Moved Permanently",
+    302: "302 Found",
+    307: "307 Temporary Redirect",
+    308: "308 Permanent Redirect",
+}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: Set by `_provider_gate` on a request it refused; `_record_requests` puts it in the outcome.
+_REFUSED: Final = web.RequestKey("sim_refused", str)
 
 
 def _sim(request: web.Request) -> Simulator:
@@ -98,6 +125,21 @@ def _invalid_key(sim: Simulator) -> web.Response:
 
 def _not_found(sim: Simulator) -> web.Response:
     return _error(sim, {"status": "error", "messege": NOT_FOUND_MESSAGE}, 404)
+
+
+def _validation_error(sim: Simulator, errors: Errors) -> web.Response:
+    """A field -> messages validation error, as an object or one string (`validation_error_shape`)."""
+    messege: Errors | str = errors
+    if sim.faults.validation_error_shape == "string":
+        messege = summarize_errors(errors)
+    return _error(sim, {"status": "error", "messege": messege}, 400)
+
+
+def _nginx_page(title: str) -> str:
+    return (
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+    )
 
 
 async def _read_json(request: web.Request) -> dict[str, Any] | None:
@@ -135,7 +177,11 @@ async def _authenticated(request: web.Request) -> tuple[Simulator, str] | web.Re
 
 
 def _outcome(response: web.StreamResponse) -> tuple[str | None, str | None]:
+    if 300 <= response.status < 400:
+        return f"redirect {response.status} -> {response.headers.get('Location', '')}"[:300], None
     if not isinstance(response, web.Response) or response.content_type != "application/json":
+        if isinstance(response, web.Response) and response.content_type == "text/html":
+            return f"html page {response.status}", None
         return None, None
     body = response.body
     if not isinstance(body, bytes):
@@ -179,11 +225,60 @@ async def _record_requests(request: web.Request, handler: Handler) -> web.Stream
         response = web.json_response(dict(INTERNAL_ERROR_BODY), status=500)
     record.http_status = response.status
     record.outcome, created_id = _outcome(response)
+    refused = request.get(_REFUSED)
+    if isinstance(refused, str):
+        record.outcome = f"{refused}: {record.outcome}"[:300] if record.outcome else refused
     record.training_id = record.training_id or created_id
     return response
 
 
+def _redirect(sim: Simulator, request: web.Request) -> web.Response | None:
+    code = sim.faults.redirect_status
+    if code is None or not request.path.startswith("/api/"):
+        return None
+    target = sim.faults.redirect_target or f"{_origin(sim, request)}{RELOCATED_PREFIX}"
+    location = target.rstrip("/") + request.raw_path
+    request[_REFUSED] = "redirected (fault)"
+    log.info("%s: answering %d (fault redirect_status)", request.path, code)
+    return web.Response(
+        text=_nginx_page(REDIRECT_REASONS.get(code, str(code))),
+        status=code,
+        content_type="text/html",
+        headers={"Location": location},
+    )
+
+
+def _fingerprint(path: str, raw: bytes) -> str:
+    """Path plus body, with a JSON body canonicalised (keys sorted), hashed (the key is not kept)."""
+    try:
+        canonical = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
+    except (ValueError, UnicodeDecodeError):
+        canonical = raw
+    return hashlib.sha256(path.encode() + b"\0" + canonical).hexdigest()
+
+
+@web.middleware
+async def _provider_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Faults that answer for every provider endpoint, before the handler runs."""
+    if _ENDPOINT_NAMES.get(request.match_info.route.handler) is None:
+        return await handler(request)
+    sim = _sim(request)
+    redirect = _redirect(sim, request)
+    if redirect is not None:
+        return redirect
+    if sim.faults.duplicate_window_seconds > 0 and sim.is_duplicate(_fingerprint(request.path, await request.read())):
+        request[_REFUSED] = "duplicate request refused (fault duplicate_window_seconds)"
+        log.info("%s: refusing a duplicate request (fault)", request.path)
+        return _error(sim, dict(SPAM_FILTER_BODY), 429)
+    return await handler(request)
+
+
 # -- provider endpoints --------------------------------------------------------------------------
+
+
+def _queue_full_body(retry_after: float) -> dict[str, Any]:
+    seconds: float = int(retry_after) if float(retry_after).is_integer() else retry_after
+    return {"status": "error", "message": QUEUE_FULL_MESSAGE, "retry_after": seconds}
 
 
 def _submission_failure(sim: Simulator) -> web.Response:
@@ -193,8 +288,10 @@ def _submission_failure(sim: Simulator) -> web.Response:
         return _invalid_key(sim)
     if kind == "insufficient_credits":
         return _error(sim, dict(INSUFFICIENT_CREDITS_BODY), 402)
-    if kind == "rate_limited":
-        return _error(sim, dict(RATE_LIMITED_BODY), 429)
+    if kind in ("queue_full", "rate_limited"):
+        return _error(sim, _queue_full_body(faults.queue_retry_after), 429)
+    if kind == "spam_filter":
+        return _error(sim, dict(SPAM_FILTER_BODY), 429)
     if kind == "error":
         return _error(sim, {"status": "error", "messege": faults.fail_submission_message}, 400)
     return _error(sim, {"status": "failed", "id": "", "message": faults.fail_submission_message, "output": ""}, 400)
@@ -209,9 +306,9 @@ async def lora_fine_tune(request: web.Request) -> web.StreamResponse:
     if sim.take("fail_submission"):
         log.info("lora_fine_tune: failing submission (fault %s)", sim.faults.fail_submission_kind)
         return _submission_failure(sim)
-    checked = validate_lora_request(body)
+    checked = validate_lora_request(body, woman_spelling=sim.faults.woman_spelling)
     if isinstance(checked, dict):
-        return _error(sim, {"status": "error", "messege": checked}, 400)
+        return _validation_error(sim, checked)
     try:
         images = await fetch_images(sim.image_http, checked.images, max_bytes=sim.config.max_image_bytes)
     except ImageRejected as exc:
@@ -262,8 +359,32 @@ async def _status_fault(sim: Simulator) -> web.Response | None:
     return None
 
 
+def _transient_not_found(sim: Simulator) -> web.Response | None:
+    if not sim.take("status_not_found"):
+        return None
+    shape = sim.faults.status_not_found_shape
+    log.info("fine_tune_status: answering not found (fault, %s)", shape)
+    if shape == "html":
+        return web.Response(text=NOT_FOUND_HTML, status=404, content_type="text/html")
+    body = {"status": "error", "messege": NOT_FOUND_MESSAGE}
+    return web.json_response(body, status=200 if shape == "json_200" else 404)
+
+
+def _failed_status(sim: Simulator, training: Training) -> dict[str, Any]:
+    reason = training.status_data
+    shape = sim.faults.failure_status_shape
+    if shape == "status_failed":
+        return {"status": "failed", "messege": reason}
+    if shape == "status_error":
+        return {"status": "error", "message": reason}
+    return {"status": "success", "messege": FAILED, "data": reason}
+
+
 async def fine_tune_status(request: web.Request) -> web.StreamResponse:
-    fault = await _status_fault(_sim(request))
+    sim = _sim(request)
+    fault = await _status_fault(sim)
+    if fault is None:
+        fault = _transient_not_found(sim)
     if fault is not None:
         return fault
     auth = await _authenticated(request)
@@ -273,6 +394,8 @@ async def fine_tune_status(request: web.Request) -> web.StreamResponse:
     training = sim.find(request.match_info["training_id"], owner)
     if training is None:
         return _not_found(sim)
+    if training.status == FAILED and training.failure_reason is not None:
+        return web.json_response(_failed_status(sim, training))
     return web.json_response({"status": "success", "messege": training.status, "data": training.status_data})
 
 
@@ -295,7 +418,15 @@ async def finetune_list(request: web.Request) -> web.StreamResponse:
     if isinstance(auth, web.Response):
         return auth
     sim, owner = auth
-    return web.json_response({"status": "success", "messege": "model list", "data": sim.list_ids(owner)})
+    trainings = sim.list_trainings(owner)
+    if sim.faults.list_shows == "ready":
+        trainings = [t for t in trainings if t.reached("model_ready")]
+    data: list[Any]
+    if sim.faults.list_item_shape == "object":
+        data = [{"model_id": t.training_id, "status": t.status} for t in trainings]
+    else:
+        data = [t.training_id for t in trainings]
+    return web.json_response({"status": "success", "messege": "model list", "data": data})
 
 
 async def finetune_delete(request: web.Request) -> web.StreamResponse:
@@ -327,10 +458,10 @@ async def base64_crop(request: web.Request) -> web.StreamResponse:
         return _invalid_key(sim)
     image = body.get("image")
     if not isinstance(image, str) or not image:
-        return _error(sim, {"status": "error", "messege": {"image": ["The image field is required."]}}, 400)
+        return _validation_error(sim, {"image": ["The image field is required."]})
     crop = _crop_flag(body.get("crop"))
     if crop is None:
-        return _error(sim, {"status": "error", "messege": {"crop": ["The selected crop is invalid."]}}, 400)
+        return _validation_error(sim, {"crop": ["The selected crop is invalid."]})
     try:
         data = parse_data_uri(image)
     except ImageRejected as exc:
@@ -352,10 +483,14 @@ async def base64_crop(request: web.Request) -> web.StreamResponse:
         cropped=crop,
         created_at=time.time(),
     )
-    base = sim.config.public_url.rstrip("/") if sim.config.public_url else f"{request.scheme}://{request.host}"
     return web.json_response(
-        {"status": "success", "messege": "image uploaded", "link": f"{base}/generations/{name}.png"}
+        {"status": "success", "messege": "image uploaded", "link": f"{_origin(sim, request)}/generations/{name}.png"}
     )
+
+
+def _origin(sim: Simulator, request: web.Request) -> str:
+    """The simulator's public base URL: `SimulatorConfig.public_url`, else the request's origin."""
+    return sim.config.public_url.rstrip("/") if sim.config.public_url else f"{request.scheme}://{request.host}"
 
 
 async def generation(request: web.Request) -> web.StreamResponse:
@@ -434,7 +569,7 @@ _ENDPOINT_NAMES: Final[dict[Any, str]] = {
 
 def create_app(config: SimulatorConfig) -> web.Application:
     """The simulator as an aiohttp application; its `Simulator` is `app[SIMULATOR_KEY]`."""
-    app = web.Application(middlewares=[_record_requests], client_max_size=8 * 1024 * 1024)
+    app = web.Application(middlewares=[_record_requests, _provider_gate], client_max_size=8 * 1024 * 1024)
     simulator = Simulator(config)
     app[SIMULATOR_KEY] = simulator
 
@@ -451,7 +586,7 @@ def create_app(config: SimulatorConfig) -> web.Application:
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
 
-    for prefix in API_PREFIXES:
+    for prefix in (*API_PREFIXES, *(RELOCATED_PREFIX + p for p in API_PREFIXES)):
         for path, handler in _PROVIDER_ROUTES:
             app.router.add_post(prefix + path, handler)
     app.router.add_get("/generations/{name}.png", generation)
@@ -527,18 +662,46 @@ async def start_simulator(
     )
 
 
-def serve(host: str, port: int, step_seconds: float, api_key: str | None) -> None:
-    """Run a simulator until SIGINT/SIGTERM (the `lorabot simulate` command)."""
+def serve(
+    host: str,
+    port: int,
+    step_seconds: float,
+    api_key: str | None,
+    faults: Mapping[str, Any] | None = None,
+) -> None:
+    """Run a simulator until SIGINT/SIGTERM (the `lorabot simulate` command).
+
+    `faults` (switch name -> value, as `POST /_sim/faults` takes them, e.g. from
+    `faults.parse_fault_assignments`) are checked before anything starts (`FaultError`) and set
+    when the simulator starts.
+    """
+    if faults:
+        check_settings(faults)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(host, port, step_seconds, api_key))
+        asyncio.run(_serve(host, port, step_seconds, api_key, faults))
 
 
-async def _serve(host: str, port: int, step_seconds: float, api_key: str | None) -> None:
+async def _serve(
+    host: str,
+    port: int,
+    step_seconds: float,
+    api_key: str | None,
+    faults: Mapping[str, Any] | None = None,
+) -> None:
+    if faults:
+        check_settings(faults)
     running = await start_simulator(host, port, step_seconds=step_seconds, api_key=api_key, access_log=True)
+    if faults:
+        try:
+            running.simulator.set_faults(**faults)
+        except BaseException:
+            await running.close()
+            raise
+        step_seconds = running.simulator.step_seconds
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -553,6 +716,8 @@ async def _serve(host: str, port: int, step_seconds: float, api_key: str | None)
         "only the configured API key is accepted" if api_key else "any non-empty API key is accepted",
         running.url,
     )
+    if faults:
+        log.info("fault switches at start: %s", ", ".join(f"{name}={faults[name]!r}" for name in sorted(faults)))
     try:
         await stop.wait()
     finally:

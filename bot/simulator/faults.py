@@ -6,14 +6,26 @@ and by the HTTP control endpoint `POST /_sim/faults`, so a simulator in another 
 driven with the same names and the same JSON values.
 
 Counters ("next N ...") are decremented as they are used and stop at zero.
+
+Besides the transport faults (held answers, 5xx pages, lost or reordered webhooks) there are
+switches for the provider's ambiguous answers: a status call that briefly says "not found" for a
+training that exists, the two kinds of "Rate limit exceeded" refusal (a full queue with
+`retry_after`, and a duplicate-request spam filter, also enforced for real with
+`duplicate_window_seconds`), failures that only polling reveals, in three status shapes, only one
+accepted spelling of the women training type, validation errors as an object or a plain string, a
+provider that moved (3xx to `/relocated`) and the shapes of the trained model list.
+
+`parse_fault_assignments` turns `NAME=VALUE` strings (the command line) into the same updates.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Mapping, Set
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, fields
 from typing import Any, Final, Literal, cast, get_args
+from urllib.parse import urlsplit
 
 from bot.provider.models import KNOWN_TRAINING_STATUSES
 
@@ -22,13 +34,31 @@ STATUSES: Final[tuple[str, ...]] = KNOWN_TRAINING_STATUSES
 #: The status word the simulator uses for a failed run (none is documented for v3).
 FAILED: Final = "failed"
 
-SubmissionFailureKind = Literal["failed", "error", "invalid_key", "insufficient_credits", "rate_limited"]
+SubmissionFailureKind = Literal[
+    "failed", "error", "invalid_key", "insufficient_credits", "queue_full", "spam_filter", "rate_limited"
+]
 ReorderMode = Literal["none", "swap_pairs", "reverse"]
 StatusErrorMode = Literal["500", "502", "503", "hang"]
+NotFoundShape = Literal["json", "html", "json_200"]
+FailureStatusShape = Literal["messege_failed", "status_failed", "status_error"]
+WomanSpelling = Literal["both", "female", "women"]
+ValidationErrorShape = Literal["object", "string"]
+ListShows = Literal["all", "ready"]
+ListItemShape = Literal["string", "object"]
 
 SUBMISSION_FAILURE_KINDS: Final[tuple[str, ...]] = get_args(SubmissionFailureKind)
 REORDER_MODES: Final[tuple[str, ...]] = get_args(ReorderMode)
 STATUS_ERROR_MODES: Final[tuple[str, ...]] = get_args(StatusErrorMode)
+NOT_FOUND_SHAPES: Final[tuple[str, ...]] = get_args(NotFoundShape)
+FAILURE_STATUS_SHAPES: Final[tuple[str, ...]] = get_args(FailureStatusShape)
+WOMAN_SPELLINGS: Final[tuple[str, ...]] = get_args(WomanSpelling)
+VALIDATION_ERROR_SHAPES: Final[tuple[str, ...]] = get_args(ValidationErrorShape)
+LIST_SHOWS: Final[tuple[str, ...]] = get_args(ListShows)
+LIST_ITEM_SHAPES: Final[tuple[str, ...]] = get_args(ListItemShape)
+#: The redirect codes `redirect_status` takes (301/302 turn a POST into a GET in most clients).
+REDIRECT_STATUSES: Final[tuple[int, ...]] = (301, 302, 307, 308)
+#: Names `Simulator.set_faults`, `POST /_sim/faults` and `serve(faults=...)` take besides the switches.
+EXTRA_SETTINGS: Final[frozenset[str]] = frozenset({"step_seconds"})
 
 
 class FaultError(ValueError):
@@ -42,14 +72,27 @@ class Faults:
     #: Errors use the HTTP codes of the ModelsLab docs (400/401/402/404/429) instead of HTTP 200.
     error_http_status: bool = False
 
-    #: The next N `lora_fine_tune` calls answer an error of `fail_submission_kind`.
+    #: The next N `lora_fine_tune` calls answer an error of `fail_submission_kind` (and create nothing).
     fail_submission: int = 0
     #: `failed`: `{"status":"failed","id":"","message":<message>,"output":""}` (the SDA generic shape);
-    #: `error`: `{"status":"error","messege":<message>}`; `invalid_key`, `insufficient_credits` and
-    #: `rate_limited` answer the documented bodies of those errors (HTTP 401/402/429 when
-    #: `error_http_status`; `failed` and `error` use 400).
+    #: `error`: `{"status":"error","messege":<message>}`; `invalid_key` and `insufficient_credits`
+    #: answer the documented bodies of those errors; `queue_full`: `{"status":"error","message":
+    #: "Rate limit exceeded. Maximum 5 queued requests allowed.","retry_after":<queue_retry_after>}`
+    #: (the per-account queue limit); `spam_filter`: `{"status":"error","message":"Rate limit
+    #: exceeded","tips":"you are sending same request multiple times, ..."}` (the duplicate-request
+    #: filter). HTTP 401/402/429/429 when `error_http_status`; `failed` and `error` use 400.
+    #: `rate_limited` is the old name of `queue_full` and is normalised to it when set.
     fail_submission_kind: SubmissionFailureKind = "failed"
     fail_submission_message: str = "Failed, Try Again"
+    #: The `retry_after` seconds of the `queue_full` answer (sent as a JSON integer when integral).
+    queue_retry_after: float = 30
+
+    #: When > 0, a request to any provider endpoint whose path and JSON body (canonicalised, keys
+    #: sorted) equal those of a request accepted less than this many seconds earlier is refused
+    #: with the `spam_filter` body (429 when `error_http_status`, else 200) and does nothing. The
+    #: window runs from the last accepted copy, so the first copy was processed normally (for
+    #: `lora_fine_tune`: the training exists). 0 = off.
+    duplicate_window_seconds: float = 0
 
     #: The next N `lora_fine_tune` calls create the training (it starts walking and sending
     #: webhooks) but hold the HTTP answer for `hold_seconds`, so the client times out.
@@ -74,6 +117,13 @@ class Faults:
     fail_training: int = 0
     fail_training_at: str = "training_success"
     fail_training_reason: str = "Training failed: the GPU worker crashed. Please try again."
+    #: False: a failing training sends no webhook for its failure step (the steps before still
+    #: send theirs), so only polling shows the failure.
+    failure_webhook: bool = True
+    #: How `fine_tune_status` reports a failed training, always HTTP 200: `messege_failed`:
+    #: `{"status":"success","messege":"failed","data":<reason>}`; `status_failed`:
+    #: `{"status":"failed","messege":<reason>}`; `status_error`: `{"status":"error","message":<reason>}`.
+    failure_status_shape: FailureStatusShape = "messege_failed"
 
     #: The next N trainings stop moving once they reach `stall_at` (no more webhooks, the status
     #: stays there) until cancelled, deleted or advanced with `Simulator.advance`.
@@ -85,6 +135,35 @@ class Faults:
     status_errors: int = 0
     status_error_mode: StatusErrorMode = "500"
     status_hang_seconds: float = 30.0
+
+    #: The next N `fine_tune_status` calls (checked before the key, after `status_errors`) answer
+    #: "not found" although the training exists, in `status_not_found_shape`: `json`: HTTP 404
+    #: `{"status":"error","messege":"Training ID does not exist"}`; `html`: HTTP 404 with an nginx
+    #: error page (text/html); `json_200`: the same JSON with HTTP 200.
+    status_not_found: int = 0
+    status_not_found_shape: NotFoundShape = "json"
+
+    #: `both`: `training_type` may be `female`, `women` or `femal`. `female` / `women`: only that
+    #: spelling; a `lora_fine_tune` with another of the three is a validation error (nothing created).
+    woman_spelling: WomanSpelling = "both"
+    #: Validation errors (`lora_fine_tune`, `base64_crop`) as `object`: `{"status":"error","messege":
+    #: {"training_type":["The selected training type is invalid."]}}` or as `string`:
+    #: `{"status":"error","messege":"The selected training type is invalid."}` (the first message;
+    #: with more, Laravel's " (and N more errors)" suffix). HTTP 400 when `error_http_status`.
+    validation_error_shape: ValidationErrorShape = "object"
+
+    #: While set (301, 302, 307 or 308), every provider request under `/api/` answers that redirect
+    #: with `Location: <redirect_target><path>` and does nothing else. The same endpoints are
+    #: served, never redirected, under `/relocated/api/v3` and `/relocated/api/sandbox/v3`.
+    redirect_status: int | None = None
+    #: An absolute http(s) base URL; None = the simulator's own origin + `/relocated`.
+    redirect_target: str | None = None
+
+    #: `finetune_list`: `all` trainings of the key, or only those that reached `model_ready`
+    #: (`ready`, as the docs call it the trained model list). Items are the id `string`, or an
+    #: `object` `{"model_id": <id>, "status": <its current status>}`.
+    list_shows: ListShows = "all"
+    list_item_shape: ListItemShape = "string"
 
     #: While set, every new training walks one extra step with this undocumented status word,
     #: right after `unknown_status_after` (which may be `model_ready`: a late step after the end).
@@ -184,11 +263,39 @@ def _optional_word(value: Any) -> str | None:
     return _str("unknown_status_word", value)
 
 
+def _submission_kind(value: Any) -> str:
+    kind = _choice("fail_submission_kind", value, SUBMISSION_FAILURE_KINDS)
+    return "queue_full" if kind == "rate_limited" else kind
+
+
+def _redirect_status(value: Any) -> int | None:
+    if value is None or value == "" or value is False:
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value not in REDIRECT_STATUSES:
+        allowed = ", ".join(map(str, REDIRECT_STATUSES))
+        raise FaultError(f"redirect_status must be one of {allowed} or null, got {value!r}")
+    return value
+
+
+def _redirect_target(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    text = _str("redirect_target", value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise FaultError(f"redirect_target must be an absolute http(s) base URL, got {value!r}")
+    return text.rstrip("/")
+
+
 _PARSERS: Final[dict[str, Any]] = {
     "error_http_status": lambda v: _bool("error_http_status", v),
     "fail_submission": lambda v: _int("fail_submission", v),
-    "fail_submission_kind": lambda v: _choice("fail_submission_kind", v, SUBMISSION_FAILURE_KINDS),
+    "fail_submission_kind": _submission_kind,
     "fail_submission_message": lambda v: _str("fail_submission_message", v),
+    "queue_retry_after": lambda v: _float("queue_retry_after", v),
+    "duplicate_window_seconds": lambda v: _float("duplicate_window_seconds", v),
     "timeout_submission": lambda v: _int("timeout_submission", v),
     "hold_seconds": lambda v: _float("hold_seconds", v),
     "drop_webhooks": _drop,
@@ -200,11 +307,21 @@ _PARSERS: Final[dict[str, Any]] = {
     "fail_training": lambda v: _int("fail_training", v),
     "fail_training_at": lambda v: _status("fail_training_at", v),
     "fail_training_reason": lambda v: _str("fail_training_reason", v),
+    "failure_webhook": lambda v: _bool("failure_webhook", v),
+    "failure_status_shape": lambda v: _choice("failure_status_shape", v, FAILURE_STATUS_SHAPES),
     "stall_training": lambda v: _int("stall_training", v),
     "stall_at": lambda v: _status("stall_at", v),
     "status_errors": lambda v: _int("status_errors", v),
     "status_error_mode": _status_mode,
     "status_hang_seconds": lambda v: _float("status_hang_seconds", v),
+    "status_not_found": lambda v: _int("status_not_found", v),
+    "status_not_found_shape": lambda v: _choice("status_not_found_shape", v, NOT_FOUND_SHAPES),
+    "woman_spelling": lambda v: _choice("woman_spelling", v, WOMAN_SPELLINGS),
+    "validation_error_shape": lambda v: _choice("validation_error_shape", v, VALIDATION_ERROR_SHAPES),
+    "redirect_status": _redirect_status,
+    "redirect_target": _redirect_target,
+    "list_shows": lambda v: _choice("list_shows", v, LIST_SHOWS),
+    "list_item_shape": lambda v: _choice("list_item_shape", v, LIST_ITEM_SHAPES),
     "unknown_status_word": _optional_word,
     "unknown_status_after": lambda v: _status("unknown_status_after", v),
 }
@@ -227,3 +344,70 @@ def apply_fault_updates(faults: Faults, updates: Mapping[str, Any]) -> None:
     """Validate every update first, then apply them all (all or nothing)."""
     for name, value in parse_fault_updates(updates).items():
         setattr(faults, name, cast(object, value))
+
+
+def check_step_seconds(value: Any) -> float:
+    """The `step_seconds` setting accepted next to the switches (a number >= 0)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise FaultError(f"step_seconds must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_settings(updates: Mapping[str, Any]) -> None:
+    """Check switches plus `step_seconds` (what `Simulator.set_faults` takes); raises `FaultError`."""
+    rest = dict(updates)
+    if "step_seconds" in rest:
+        check_step_seconds(rest.pop("step_seconds"))
+    parse_fault_updates(rest)
+
+
+def _decode_assignment_value(name: str, text: str) -> Any:
+    """JSON first; the raw text when it is not JSON, or when only the text is a valid value."""
+    try:
+        decoded = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(decoded, str) or name not in _PARSERS:
+        return decoded
+    try:
+        _PARSERS[name](decoded)
+    except FaultError:
+        try:
+            _PARSERS[name](text)
+        except FaultError:
+            return decoded
+        return text  # e.g. fail_submission_message=404: a message, not a number
+    return decoded
+
+
+def parse_fault_assignments(items: Sequence[str]) -> dict[str, Any]:
+    """Turn `NAME=VALUE` strings (`lorabot simulate --fault ...`) into checked switch updates.
+
+    VALUE is read as JSON (`2`, `true`, `null`, `["deploying_gpu"]`, `"text"`), else taken as
+    plain text (`queue_full`). A later item for the same name wins. Names and values are checked
+    like `POST /_sim/faults` (`step_seconds` is accepted too); the values are returned as decoded,
+    ready for `Simulator.set_faults(**...)` or `serve(..., faults=...)`. Raises `FaultError`.
+    """
+    if isinstance(items, str):
+        raise FaultError("fault assignments must be a list of NAME=VALUE strings, not one string")
+    updates: dict[str, Any] = {}
+    for item in items:
+        if not isinstance(item, str):
+            raise FaultError(f"a fault assignment must be a NAME=VALUE string, got {item!r}")
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise FaultError(f"malformed fault assignment {item!r}: expected NAME=VALUE, e.g. status_not_found=2")
+        if name not in FAULT_NAMES and name not in EXTRA_SETTINGS:
+            raise FaultError(f"malformed fault assignment {item!r}: unknown fault switch {name!r}")
+        value = _decode_assignment_value(name, text.strip())
+        try:
+            if name in EXTRA_SETTINGS:
+                check_step_seconds(value)
+            else:
+                _PARSERS[name](value)
+        except FaultError as exc:
+            raise FaultError(f"bad fault assignment {item!r}: {exc}") from None
+        updates[name] = value
+    check_settings(updates)
+    return updates

@@ -1,8 +1,8 @@
 """The simulated provider's state: trainings, their status walk, webhook deliveries, crops.
 
 `Simulator` is the engine behind the HTTP app. Everything is kept in memory; nothing is
-persisted. Time stamps in records are wall-clock seconds (`time.time()`); the walk itself is
-scheduled on the event loop's monotonic clock.
+persisted. Time stamps in records are wall-clock seconds (`time.time()`); the walk itself and the
+duplicate-request window (`Simulator.is_duplicate`) use the event loop's monotonic clock.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import httpx
 
-from bot.simulator.faults import FAILED, STATUSES, Faults, apply_fault_updates
+from bot.simulator.faults import FAILED, STATUSES, Faults, apply_fault_updates, check_step_seconds
 
 log = logging.getLogger("bot.simulator")
 
@@ -254,6 +254,10 @@ class Training:
         """No more steps will happen (finished, cancelled or deleted)."""
         return self.finished or self.cancelled or self.deleted
 
+    def reached(self, status: str) -> bool:
+        """The training has entered `status` at some point."""
+        return any(event.status == status for event in self.history)
+
     @property
     def status_data(self) -> str:
         if self.status == FAILED and self.failure_reason is not None:
@@ -294,6 +298,8 @@ class Simulator:
         self.trainings: dict[str, Training] = {}
         self.generations: dict[str, Generation] = {}
         self.requests: list[RequestRecord] = []
+        #: Fingerprints of recently accepted provider requests -> loop time (duplicate filter).
+        self._recent_requests: dict[str, float] = {}
         self._step_seconds = config.step_seconds
         self._rng = random.Random(self.faults.drop_seed)
         self._changed = asyncio.Event()
@@ -365,8 +371,8 @@ class Simulator:
         """Set fault switches by name (checked; all or nothing). `step_seconds` is accepted too."""
         updates = dict(updates)
         step = updates.pop("step_seconds", None)
-        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step < 0):
-            raise ValueError(f"step_seconds must be a number >= 0, got {step!r}")
+        if step is not None:
+            step = check_step_seconds(step)
         apply_fault_updates(self.faults, updates)
         if "drop_webhooks" in updates or "drop_seed" in updates:
             self._rng = random.Random(self.faults.drop_seed)
@@ -379,10 +385,27 @@ class Simulator:
         self.trainings.clear()
         self.generations.clear()
         self.requests.clear()
+        self._recent_requests.clear()
         self.faults = Faults()
         self._rng = random.Random(self.faults.drop_seed)
         self._step_seconds = self.config.step_seconds
         self._notify()
+
+    def is_duplicate(self, fingerprint: str) -> bool:
+        """The duplicate-request filter (`duplicate_window_seconds`): True to refuse this request.
+
+        A request is a duplicate when the same fingerprint was accepted less than the window ago
+        (loop time). Accepted requests start a new window; refused ones do not extend it.
+        """
+        window = self.faults.duplicate_window_seconds
+        if window <= 0:
+            return False
+        now = asyncio.get_running_loop().time()
+        self._recent_requests = {k: at for k, at in self._recent_requests.items() if now - at < window}
+        if fingerprint in self._recent_requests:
+            return True
+        self._recent_requests[fingerprint] = now
+        return False
 
     def take(self, counter: str) -> bool:
         """Use one unit of a "next N" fault counter; True if one was left."""
@@ -459,7 +482,11 @@ class Simulator:
         return training
 
     def list_ids(self, owner: str) -> list[str]:
-        return [t.training_id for t in self.trainings.values() if not t.deleted and t.owner == owner]
+        return [t.training_id for t in self.list_trainings(owner)]
+
+    def list_trainings(self, owner: str) -> list[Training]:
+        """The key's trainings that were not deleted, oldest first."""
+        return [t for t in self.trainings.values() if not t.deleted and t.owner == owner]
 
     def advance(self, training_id: str) -> bool:
         """Move a running training to its next step now (also un-stalls it)."""
@@ -551,7 +578,7 @@ class Simulator:
         if terminal:
             training.finished = True
         log.info("training %s -> %s", training.training_id, status)
-        self._emit(training, status, body, terminal=terminal)
+        self._emit(training, status, body, terminal=terminal, send=status != FAILED or self.faults.failure_webhook)
         self._notify()
 
     @staticmethod
@@ -565,8 +592,14 @@ class Simulator:
 
     # -- webhooks ----------------------------------------------------------------------------
 
-    def _emit(self, training: Training, status: str, body: dict[str, Any], *, terminal: bool) -> None:
-        """Apply `reorder_webhooks`, then hand the webhooks due now to `_dispatch`."""
+    def _emit(
+        self, training: Training, status: str, body: dict[str, Any], *, terminal: bool, send: bool = True
+    ) -> None:
+        """Apply `reorder_webhooks`, then hand the webhooks due now to `_dispatch`.
+
+        With `send` False (a failure step under `failure_webhook=False`) this step's webhook is
+        recorded as dropped and never sent, while held earlier steps still go out.
+        """
         if not training.webhook_url:
             return
         mode = self.faults.reorder_webhooks
@@ -591,6 +624,12 @@ class Simulator:
             due = [*training.held, item]
             training.held.clear()
         for word, payload in due:
+            if not send and payload is body:
+                training.deliveries.append(
+                    WebhookDelivery(training.training_id, word, payload, dropped=True, queued_at=time.time())
+                )
+                log.info("training %s: no webhook for %s (failure_webhook off)", training.training_id, word)
+                continue
             self._dispatch(training, word, payload)
 
     def _should_drop(self, status: str) -> bool:

@@ -2,7 +2,12 @@
 
 The provider is a Laravel (PHP) application; its documented validation error is
 `{"status":"error","message":{"prompt":["The prompt field is required."]}}`. The simulator answers
-training validation errors in that shape under the v3 training key `messege`.
+training validation errors in that shape under the v3 training key `messege`, or (fault switch
+`validation_error_shape="string"`) as one message, see `summarize_errors`.
+
+The women training type has three spellings across the provider's pages (`female`, `women`,
+`femal`); all are accepted unless `woman_spelling` picks one, as a provider enforcing a single
+enum would.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 TRAINING_TYPES: Final[frozenset[str]] = frozenset({"men", "female", "women", "femal", "couple", "null"})
+#: The spellings of the women training type seen in the provider's documentation.
+WOMAN_SPELLINGS: Final[frozenset[str]] = frozenset({"female", "women", "femal"})
+INVALID_TRAINING_TYPE: Final = "The selected training type is invalid."
 BASE_MODEL_TYPES: Final[tuple[str, ...]] = ("normal", "sdxl")
 LORA_TYPES: Final[tuple[str, ...]] = ("lora", "lycoris")
 MAX_TRAIN_STEPS_RANGE: Final = (1, 2000)
@@ -78,8 +86,22 @@ def _choice(body: dict[str, Any], field: str, choices: tuple[str, ...], default:
     return value
 
 
-def validate_lora_request(body: dict[str, Any]) -> LoraRequest | Errors:
-    """Check a `lora_fine_tune` body as the reference describes; return the errors or the request."""
+def summarize_errors(errors: Errors) -> str:
+    """One message for a set of errors, as Laravel words it: the first, plus "(and N more errors)"."""
+    messages = [message for field_messages in errors.values() for message in field_messages]
+    if not messages:
+        return "The given data was invalid."
+    first, more = messages[0], len(messages) - 1
+    if more:
+        return f"{first} (and {more} more error{'s' if more > 1 else ''})"
+    return first
+
+
+def validate_lora_request(body: dict[str, Any], *, woman_spelling: str = "both") -> LoraRequest | Errors:
+    """Check a `lora_fine_tune` body as the reference describes; return the errors or the request.
+
+    `woman_spelling` other than "both" (`female` or `women`) refuses the other women spellings.
+    """
     errors: Errors = {}
     warnings: list[str] = []
 
@@ -106,12 +128,14 @@ def validate_lora_request(body: dict[str, Any]) -> LoraRequest | Errors:
         raw_type = body["training_type"]
         if raw_type is None:
             training_type = None
+        elif isinstance(raw_type, str) and raw_type in WOMAN_SPELLINGS and woman_spelling not in ("both", raw_type):
+            _add(errors, "training_type", INVALID_TRAINING_TYPE)
         elif isinstance(raw_type, str) and raw_type in TRAINING_TYPES:
             training_type = None if raw_type == "null" else raw_type
             if raw_type in ("femal", "women"):
                 warnings.append(f"training_type {raw_type!r} is not in the SDA table (men/female/couple/null)")
         else:
-            _add(errors, "training_type", "The selected training type is invalid.")
+            _add(errors, "training_type", INVALID_TRAINING_TYPE)
 
     base_model_type = _choice(body, "base_model_type", BASE_MODEL_TYPES, "sdxl", errors)
     lora_type = _choice(body, "lora_type", LORA_TYPES, "lora", errors)

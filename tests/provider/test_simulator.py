@@ -499,6 +499,27 @@ async def test_fail_submission_answers_failed_then_recovers(running, host, http)
                 "retry_after": 30,
             },
         ),
+        (
+            "queue_full",
+            429,
+            {
+                "status": "error",
+                "message": "Rate limit exceeded. Maximum 5 queued requests allowed.",
+                "retry_after": 30,
+            },
+        ),
+        (
+            "spam_filter",
+            429,
+            {
+                "status": "error",
+                "message": "Rate limit exceeded",
+                "tips": (
+                    "you are sending same request multiple times, spam filter is enabled, "
+                    "please wait for 30 seconds and try again"
+                ),
+            },
+        ),
         ("error", 400, {"status": "error", "messege": "GPU pool exhausted"}),
         ("failed", 400, {"status": "failed", "id": "", "message": "GPU pool exhausted", "output": ""}),
     ],
