@@ -20,13 +20,18 @@ LOG = " /n Step:1 Training Started, 5 Steps to go : ETA : 30 minutes /n Step:2 T
 
 
 class StatusProvider:
-    """Answers `fine_tune_status/{id}` with `answer`; records the ids asked about."""
+    """Answers `fine_tune_status/{id}` with `answer` and `finetune_list` with `models`; records the calls."""
 
     def __init__(self, answer: httpx.Response | Callable[[httpx.Request], httpx.Response]) -> None:
         self.answer = answer
         self.asked: list[str] = []
+        self.models: list[str] = []
+        self.listings = 0
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/v3/finetune_list":
+            self.listings += 1
+            return httpx.Response(200, json={"status": "success", "messege": "model list", "data": self.models})
         assert request.url.path.startswith("/api/v3/fine_tune_status/"), request.url.path
         self.asked.append(request.url.path.rsplit("/", 1)[1])
         return self.answer(request) if callable(self.answer) else self.answer
@@ -172,24 +177,156 @@ async def test_provider_errors_leave_the_job_alone(build, store: Store, clock, a
     assert await reconciler.run_once() == 0
 
 
-async def test_a_training_the_provider_does_not_know_fails(build, store: Store, clock) -> None:
-    reconciler, _, _ = build(httpx.Response(404, json={"status": "error", "messege": "Training ID does not exist"}))
+NOT_FOUND = [
+    httpx.Response(404, json={"status": "error", "messege": "Training ID does not exist"}),
+    httpx.Response(
+        404, text="<html><head><title>404 Not Found</title></head></html>", headers={"content-type": "text/html"}
+    ),
+    httpx.Response(200, json={"status": "error", "messege": "Training ID does not exist"}),
+]
+
+
+@pytest.mark.parametrize("answer", NOT_FOUND)
+async def test_not_found_never_fails_a_job_which_then_becomes_ready(build, store: Store, clock, answer) -> None:
+    answers = [answer, answer, status_answer("model_ready")]
+    reconciler, _, provider = build(lambda _request: answers.pop(0))
     job = await running_job(store)
-    clock.advance(1)
-    await reconciler.run_once(everything=True)
+    for _ in range(2):
+        clock.advance(INTERVAL + 1)
+        assert await reconciler.run_once() == 1
+        after = await store.require_job(job.id)
+        assert after.state is JobState.DEPLOYING_GPU and after.last_error is None
+    clock.advance(INTERVAL + 1)
+    await reconciler.run_once()
+    assert (await store.require_job(job.id)).state is JobState.MODEL_READY
+    assert provider.asked == [TID, TID, TID]
+
+
+async def test_a_training_never_found_fails_only_at_the_stall_deadline_saying_so(build, store: Store, clock) -> None:
+    reconciler, _, _ = build(NOT_FOUND[0])
+    job = await running_job(store)
+    clock.advance(DEADLINE - 10)
+    await reconciler.run_once()
+    assert (await store.require_job(job.id)).state is JobState.DEPLOYING_GPU
+    clock.advance(INTERVAL + 1)
+    await reconciler.run_once()
     after = await store.require_job(job.id)
     assert after.state is JobState.FAILED
-    assert after.last_error == "The image service has no training with that id."
+    assert "Stalled" in after.last_error and "does not know this training" in after.last_error
 
 
-async def test_a_job_without_a_training_id_is_not_polled(build, store: Store, clock) -> None:
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"status": "failed", "messege": "Training failed: the GPU worker crashed."},
+        {"status": "error", "message": "Training failed: the GPU worker crashed."},
+        {"status": "success", "messege": "failed", "data": "Training failed: the GPU worker crashed."},
+    ],
+)
+async def test_a_failure_only_polling_reveals_fails_the_job_at_once_with_the_reason(
+    build, store: Store, clock, body
+) -> None:
+    reconciler, _, _ = build(httpx.Response(200, json=body))
+    job = await running_job(store)
+    clock.advance(INTERVAL + 1)
+    await reconciler.run_once()
+    after = await store.require_job(job.id)
+    assert after.state is JobState.FAILED
+    assert after.last_error == "Training failed: the GPU worker crashed."
+    assert [k for k in await outbox_keys(store) if k.startswith("dm:")] == [f"dm:{job.id}:failed"]
+    event = (await store.events_for_job(job.id))[-1]
+    assert (event.status, event.source) == ("failed", EventSource.POLL)
+
+
+async def test_one_job_that_vanishes_mid_pass_does_not_end_the_pass(build, store: Store, clock) -> None:
+    reconciler, service, provider = build(status_answer("training_started"))
+    first = await running_job(store, "FIRST00001", owner=1)
+    second = await running_job(store, "SECOND0002", owner=2)
+    real_check = reconciler.check
+
+    async def check(job: Job) -> None:
+        if job.id == first.id:
+            await store.forget_user(1)  # /forgetme while the pass is under way
+        await real_check(job)
+
+    reconciler.check = check  # type: ignore[method-assign]
+    clock.advance(1)
+    assert await reconciler.run_once(everything=True) == 2
+    assert (await store.require_job(second.id)).state is JobState.TRAINING_STARTED
+
+
+# -- unconfirmed submissions ------------------------------------------------------------------------
+
+
+async def uncertain_job(store: Store, owner: int, baseline: list[str] | None) -> Job:
+    job = await running_job(store, training_id=None, owner=owner)
+    if baseline is not None:
+        await store.record_listing(baseline, baseline_for=job.id)
+    return await store.require_job(job.id)
+
+
+async def test_an_unconfirmed_submission_adopts_the_one_model_that_appeared_after_it(
+    build, store: Store, clock
+) -> None:
+    reconciler, _, provider = build(status_answer("training_started"))
+    job = await uncertain_job(store, 1, baseline=["OLD0000001"])
+    provider.models = ["OLD0000001"]
+    clock.advance(1)
+    assert await reconciler.run_once(everything=True) == 1
+    assert (await store.require_job(job.id)).state is JobState.UNCERTAIN  # nothing new yet
+    provider.models = ["OLD0000001", "NEW0000001"]
+    clock.advance(INTERVAL + 1)
+    await reconciler.run_once()
+    after = await store.require_job(job.id)
+    assert after.training_id == "NEW0000001"
+    assert after.state is JobState.TRAINING_STARTED  # adopted, then polled at once
+    assert provider.asked == ["NEW0000001"]
+
+
+async def test_a_model_claimed_by_another_job_is_not_adopted(build, store: Store, clock) -> None:
     reconciler, _, provider = build()
-    job = await running_job(store, training_id=None)
-    assert job.state is JobState.UNCERTAIN
+    job = await uncertain_job(store, 1, baseline=[])
+    await running_job(store, "TAKEN00001", owner=2)
+    provider.models = ["TAKEN00001"]
+    clock.advance(1)
+    await reconciler.run_once(everything=True)
+    assert (await store.require_job(job.id)).training_id is None
+
+
+async def test_ambiguous_candidates_are_never_adopted(build, store: Store, clock) -> None:
+    reconciler, _, provider = build()
+    first = await uncertain_job(store, 1, baseline=[])
+    second = await uncertain_job(store, 2, baseline=[])
+    provider.models = ["NEW0000001"]  # could be either job's
+    clock.advance(1)
+    await reconciler.run_once(everything=True)
+    assert (await store.require_job(first.id)).training_id is None
+    assert (await store.require_job(second.id)).training_id is None
+    assert provider.listings == 1  # one listing serves every unconfirmed job
+
+
+async def test_a_job_without_a_baseline_listing_is_never_matched(build, store: Store, clock) -> None:
+    reconciler, _, provider = build()
+    job = await uncertain_job(store, 1, baseline=None)
+    provider.models = ["NEW0000001"]
     clock.advance(1)
     assert await reconciler.run_once(everything=True) == 1
     assert provider.asked == []
     assert (await store.require_job(job.id)).state is JobState.UNCERTAIN
+
+
+async def test_an_unconfirmed_submission_fails_at_the_deadline_saying_the_outcome_is_unknown(
+    build, store: Store, clock
+) -> None:
+    reconciler, _, provider = build()
+    job = await uncertain_job(store, 1, baseline=[])
+    clock.advance(DEADLINE + 1)
+    await reconciler.run_once()
+    after = await store.require_job(job.id)
+    assert after.state is JobState.FAILED
+    assert "outcome is unknown" in after.last_error and "not charged twice" in after.last_error
+    assert "dashboard" in after.last_error
+    assert f"dm:{job.id}:failed" in await outbox_keys(store)
 
 
 async def test_previews_expire_after_their_timeout(build, store: Store, clock) -> None:
