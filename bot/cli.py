@@ -36,6 +36,14 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--port", type=int, default=7860)
     simulate.add_argument("--step-seconds", type=float, default=5.0, help="seconds between training statuses")
     simulate.add_argument("--api-key", default=None, help="accept only this key (default: any non-empty key)")
+    simulate.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a fault switch at start (repeatable; VALUE is JSON or a plain word), e.g. "
+        "--fault status_not_found=2 --fault fail_submission_kind=queue_full; see docs/provider.md",
+    )
     return parser
 
 
@@ -50,7 +58,11 @@ def _run(env_file: str) -> int:
     )
     from bot.app import Application
 
-    asyncio.run(Application(settings).run())
+    try:
+        asyncio.run(Application(settings).run())
+    except ConfigError as error:  # found at start-up, e.g. a base URL that redirects
+        print(error, file=sys.stderr)
+        return 2
     return 0
 
 
@@ -88,9 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "migrate":
         return _migrate(args.database_url)
     setup_logging("INFO", [args.api_key] if args.api_key else [])
-    from bot.simulator import serve
+    from bot.simulator import FaultError, parse_fault_assignments, serve
 
-    serve(args.host, args.port, args.step_seconds, args.api_key)
+    try:
+        faults = parse_fault_assignments(args.fault)
+    except FaultError as error:
+        print(f"--fault: {error}", file=sys.stderr)
+        return 2
+    serve(args.host, args.port, args.step_seconds, args.api_key, faults=faults)
     return 0
 
 

@@ -228,15 +228,16 @@ class Jobs(commands.Cog):
     @app_commands.command(name="forgetme", description="Delete all your trainings and everything stored about you")
     async def forgetme(self, interaction: discord.Interaction) -> None:
         await interaction.response.send_message(
-            "Delete all your trainings and everything I store about you? Running trainings are cancelled first. "
-            "Your trained models stay with the provider; this only removes the bot's records.",
+            "Delete all your trainings and everything I store about you? Running trainings are cancelled and "
+            "your trained models are deleted from the provider first, so they can't be used any more. "
+            "This can't be undone.",
             view=confirm_view("forget", interaction.user.id),
             ephemeral=True,
         )
 
     async def confirm_forget(self, interaction: discord.Interaction) -> str:
         deleted = await self.bot.services.jobs.forget_user(interaction.user.id)
-        return f"Done: {deleted} training record(s) and your settings were deleted."
+        return f"Done: {deleted} training record(s), their models on the provider and your settings were deleted."
 
 
 async def setup(bot: LoraBot) -> None:

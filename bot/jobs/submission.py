@@ -13,7 +13,7 @@ from bot.config import Settings
 from bot.errors import UserError
 from bot.images import PreparedImage
 from bot.jobs.limits import LimitReached, Requester, check_can_train
-from bot.jobs.service import JobService
+from bot.jobs.service import JobService, QueueWait
 from bot.messenger import CannotPost, DeliveryError, DmsClosed, MessageGone, Messenger, Posted
 from bot.render import job_card
 from bot.store import Job, Store
@@ -34,8 +34,13 @@ class TrainingStarter:
         channel_id: int,
         images: Sequence[PreparedImage],
         card_in_dms: bool,
+        on_queue_wait: QueueWait | None = None,
     ) -> Job:
-        """Submit a confirmed preview; returns the job as the provider left it (or raises UserError)."""
+        """Submit a confirmed preview; returns the job as the provider left it (or raises UserError).
+
+        `on_queue_wait(seconds)` is told each time the provider's queue is full and the submission
+        waits before trying again (so the owner can be told why Start takes a while).
+        """
         try:
             await check_can_train(self.store, self.settings, who)
         except LimitReached:
@@ -51,7 +56,8 @@ class TrainingStarter:
         if len(posted.attachment_urls) != len(files):
             await self.jobs.record_failure(job.id, "Discord did not return the uploaded photos' links.")
             raise UserError("Discord didn't return the photos' links, so nothing was sent. Please try again.")
-        return await self.jobs.submit(await self.store.require_job(job.id), posted.attachment_urls)
+        job = await self.store.require_job(job.id)
+        return await self.jobs.submit(job, posted.attachment_urls, on_queue_wait=on_queue_wait)
 
     async def _post_card(self, job: Job, files: list[tuple[str, bytes]], *, channel_id: int, in_dms: bool) -> Posted:
         """Post the job's card with the crops in the channel, or in the owner's DMs if it can't be."""

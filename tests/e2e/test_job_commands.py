@@ -536,6 +536,7 @@ async def test_forgetme_cancels_running_trainings_then_deletes_only_the_invokers
     rec = await world.command("forgetme")
     assert (await rec.wait_callback())["type"] == 4 and rec.ephemeral
     confirm = await rec.wait_original()
+    assert "deleted from the provider" in confirm.content
     yes, no = f"lorabot:forget:yes:{ALICE}:0", f"lorabot:forget:no:{ALICE}:0"
     assert set(buttons(confirm)) == {yes, no}
 
@@ -552,9 +553,14 @@ async def test_forgetme_cancels_running_trainings_then_deletes_only_the_invokers
     confirm = await (await world.command("forgetme")).wait_original()
     click = await world.click(confirm, yes)
     result = await click.wait_original(lambda m: m.content.startswith("Done"))
-    assert result.content == "Done: 2 training record(s) and your settings were deleted."
+    assert result.content == "Done: 2 training record(s), their models on the provider and your settings were deleted."
     assert training.cancelled
     assert [r.training_id for r in cancel_requests(world)] == [running.training_id]
+    # Both of ALICE's models are deleted from the provider account; BOB's is untouched.
+    deleted = {r.training_id for r in world.sim.simulator.requests if r.endpoint == "finetune_delete"}
+    assert deleted == {done.training_id, running.training_id}
+    assert world.sim.simulator.trainings[done.training_id].deleted
+    assert not world.sim.simulator.trainings[bob_job.training_id].deleted
     assert await count_user_data(world, ALICE) == (0, 0, 0, 0)
     for job_id in alice_ids:
         assert await world.store.get_job(job_id) is None
