@@ -186,6 +186,25 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
     return out
 
 
+def relative_paths(text: str) -> str:
+    """`text` (a log line, a traceback) with this machine's paths made relative: files of the
+    repository as `bot/app.py`, installed packages under `site-packages/`, the standard library
+    under `lib/python3.x/`, so that nothing machine-specific ends up in a report."""
+    import sysconfig
+
+    places = [(str(ROOT) + os.sep, "")]
+    for key in ("purelib", "platlib"):
+        place = sysconfig.get_paths().get(key)
+        if place and not place.startswith(str(ROOT)):
+            places.append((place + os.sep, "site-packages" + os.sep))
+    stdlib = sysconfig.get_paths().get("stdlib")
+    if stdlib:
+        places.append((stdlib + os.sep, f"lib/python{sys.version_info[0]}.{sys.version_info[1]}/"))
+    for place, short in places:
+        text = text.replace(place, short)
+    return text
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """The environment for benchmark subprocesses: the repo importable, no stray bot settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "SDAPI_", "WEBHOOK_", "DATABASE_"))}

@@ -13,6 +13,9 @@ of them within a short time, as a running training does (so per-job caches behav
 mode "closed": `concurrency` connections each send their next request as soon as the previous
 answer arrives, for `duration` seconds (after `warmup` seconds not counted): the throughput.
 
+With `"repeat": true` the requests start over once every (job, status) was sent, until the time
+is up: for jobs that have already finished, every request is then an authentic late webhook.
+
 mode "open": requests are due at a fixed `rate` per second whatever the server does; the latency
 of each is counted from the moment it was due (so a slow server cannot hide queueing delay,
 "coordinated omission"); up to `concurrency` connections carry them.
@@ -122,13 +125,14 @@ class Generator:
         self.statuses: list[str] = options["statuses"]
         self.block = min(BLOCK, self.jobs)
         self.total = (self.jobs // self.block) * self.block * len(self.statuses)
+        self.repeat: bool = bool(options.get("repeat", False))
         self.next_index = 0
         self.statuses_seen: dict[str, int] = {}
         self.errors = 0
         self.latencies: list[float] = []
 
     def build(self, index: int) -> bytes:
-        job_id, status = target(index, self.first_job, self.statuses, self.block)
+        job_id, status = target(index % self.total, self.first_job, self.statuses, self.block)
         body = json.dumps(
             {
                 "status": "success",
@@ -147,7 +151,7 @@ class Generator:
         return head.encode() + body
 
     def take(self) -> int | None:
-        if self.next_index >= self.total:
+        if self.next_index >= self.total and not self.repeat:
             return None
         index = self.next_index
         self.next_index += 1

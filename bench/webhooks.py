@@ -6,6 +6,12 @@ round runs both servers closed-loop (throughput) and open-loop at a fixed 200 re
 (latency), alternating which server goes first. Afterwards the job_events rows written by
 webhooks are counted against the 200 answers: nothing may be lost.
 
+Late authentic webhooks: 500 more jobs are driven to model_ready, through all 8 statuses, by a
+separate real server process before the measured one starts. Each round then also runs the
+measured real server closed-loop on those 500 jobs' webhooks over and over (every one an
+authentic duplicate for a finished job: the server reads each job once, then answers from
+memory), paired with the same round's bare figure. Those jobs' rows must not change.
+
 Jobs: one template job goes through the real flow (JobService.create_preview, begin_submission,
 Store.prepare_submission with hash_secret, then the provider's answer recorded with its training
 id but an unrecognised status word, so the job is `submitting`, holds its training id, and all 8
@@ -25,6 +31,7 @@ import sqlite3
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +47,7 @@ from bench._common import (
     median,
     ms,
     ratio,
+    relative_paths,
     run_json,
     spread,
     thread_cpu_seconds,
@@ -47,6 +55,7 @@ from bench._common import (
 from bench._loadgen import secret_for, training_id_for
 
 OPEN_RATE = 200.0
+LATE_JOBS = 500  # one block (see bench._loadgen.target)
 
 
 async def _template(db_path: Path) -> int:
@@ -57,7 +66,7 @@ async def _template(db_path: Path) -> int:
     from bot.store import Database, Store
 
     settings = load_settings(
-        env_file=None, discord_token="bench-token-000000", sdapi_key="bench-key-00000000", public_url="http://x.test"
+        env_file=None, discord_token="bench-token-000000", sdapi_key="bench-key-00000000", public_url="https://x.test"
     )
     db = await Database.open(str(db_path))
     await db.migrate()
@@ -171,6 +180,28 @@ class Server:
             return self.proc.wait(10)
 
 
+def _late_snapshot(db: Path, span: tuple[int, int]) -> dict[str, Any]:
+    """What the finished jobs of `span` hold: row counts and a digest of their job rows."""
+    import hashlib
+
+    conn = sqlite3.connect(db)
+    try:
+        events = conn.execute("SELECT COUNT(*) FROM job_events WHERE job_id >= ? AND job_id < ?", span).fetchone()[0]
+        outbox = conn.execute("SELECT COUNT(*) FROM outbox WHERE job_id >= ? AND job_id < ?", span).fetchone()[0]
+        states = dict(
+            conn.execute("SELECT state, COUNT(*) FROM jobs WHERE id >= ? AND id < ? GROUP BY state", span).fetchall()
+        )
+        rows = conn.execute("SELECT * FROM jobs WHERE id >= ? AND id < ? ORDER BY id", span).fetchall()
+    finally:
+        conn.close()
+    return {
+        "events": events,
+        "outbox": outbox,
+        "states": states,
+        "jobs_digest": hashlib.sha256(repr(rows).encode()).hexdigest(),
+    }
+
+
 def _load(server: Server, **options: Any) -> dict[str, Any]:
     cpu_before, threads_before = server.cpu(), thread_cpu_seconds(server.proc.pid)
     result = run_json("bench._loadgen", {"port": server.port, **options}, timeout=300)
@@ -197,8 +228,24 @@ def run(quick: bool) -> Section:
         tmp_path = Path(tmp)
         db = tmp_path / "bot.db"
         template = asyncio.run(_template(db))
-        needed = 1000 + rounds * (2 * closed_jobs + open_jobs) + closed_jobs
+        needed = 1000 + rounds * (2 * closed_jobs + open_jobs) + closed_jobs + LATE_JOBS
         next_job, _ = _clone(db, template, needed)
+
+        # The jobs of the late webhooks: finished through the real flow by a server process of
+        # their own, so the measured server has never seen them (it reads each one once).
+        late_first, next_job = next_job, next_job + LATE_JOBS
+        late_span = (late_first, late_first + LATE_JOBS)
+        late_jobs = {"first_job": late_first, "jobs": LATE_JOBS, "statuses": statuses}
+        primer = Server("real", db, tmp_path / "primer.log")
+        try:
+            primed = _load(primer, mode="closed", concurrency=concurrency, duration=300.0, warmup=0.0, **late_jobs)
+        finally:
+            primer_exit = primer.stop()
+        late_before = _late_snapshot(db, late_span)
+        if primed["statuses"] != {"200": LATE_JOBS * len(statuses)} or late_before["states"] != {
+            "model_ready": LATE_JOBS
+        }:
+            raise RuntimeError(f"finishing the late jobs failed: {primed['statuses']}, {late_before['states']}")
 
         real_ranges: list[tuple[int, int]] = []  # job ids the real server's webhooks went to
 
@@ -214,9 +261,11 @@ def run(quick: bool) -> Section:
         results: dict[str, dict[str, list[dict[str, Any]]]] = {
             "real": {"closed": [], "open": []},
             "bare": {"closed": [], "open": []},
+            "late": {"closed": []},
         }
         real_ok = real_other = 0
         floors: list[dict[str, Any]] = []
+        late_floors: list[dict[str, Any]] = []
         try:
             # Warm both (imports done, first connections, SQLite caches).
             warm = _load(real, mode="closed", concurrency=8, duration=0.5, warmup=0.0, **take(500))
@@ -227,14 +276,17 @@ def run(quick: bool) -> Section:
             real_other += sum(v for k, v in warm["statuses"].items() if k != "200")
             for r in range(rounds):
                 order = (bare, real) if r % 2 == 0 else (real, bare)
-                for server in order:
-                    jobs = (
-                        take(closed_jobs)
-                        if server is real
-                        else {"first_job": 1, "jobs": closed_jobs, "statuses": statuses}
-                    )
+                closed_order = ("bare", "real", "late") if r % 2 == 0 else ("late", "real", "bare")
+                for kind in closed_order:
+                    server = bare if kind == "bare" else real
+                    if kind == "late":
+                        jobs = {**late_jobs, "repeat": True}
+                    elif kind == "real":
+                        jobs = take(closed_jobs)
+                    else:
+                        jobs = {"first_job": 1, "jobs": closed_jobs, "statuses": statuses}
                     res = _load(server, mode="closed", concurrency=concurrency, duration=closed_s, warmup=0.5, **jobs)
-                    results[server.mode]["closed"].append(res)
+                    results[kind]["closed"].append(res)
                 for server in order:
                     jobs = (
                         take(open_jobs) if server is real else {"first_job": 1, "jobs": open_jobs, "statuses": statuses}
@@ -262,6 +314,20 @@ def run(quick: bool) -> Section:
                         timeout=300,
                     )
                 )
+                late_floors.append(
+                    run_json(
+                        "bench._webhook_server",
+                        {
+                            "mode": "floor",
+                            "db": str(db),
+                            "concurrency": concurrency,
+                            "duration": closed_s,
+                            "repeat": True,
+                            **late_jobs,
+                        },
+                        timeout=300,
+                    )
+                )
             for kind in ("closed", "open"):
                 for res in results["real"][kind]:
                     real_ok += res["statuses"].get("200", 0)
@@ -278,11 +344,16 @@ def run(quick: bool) -> Section:
                 ).fetchone()[0]
                 for span in real_ranges
             )
-            ready = conn.execute("SELECT COUNT(*) FROM jobs WHERE state = 'model_ready'").fetchone()[0]
-            dms = conn.execute("SELECT COUNT(*) FROM outbox WHERE kind = 'dm'").fetchone()[0]
+            ready = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE state = 'model_ready' AND NOT (id >= ? AND id < ?)", late_span
+            ).fetchone()[0]
+            dms = conn.execute(
+                "SELECT COUNT(*) FROM outbox WHERE kind = 'dm' AND NOT (job_id >= ? AND job_id < ?)", late_span
+            ).fetchone()[0]
         finally:
             conn.close()
-        log_tail = (tmp_path / "real.log").read_text(errors="replace")
+        late_after = _late_snapshot(db, late_span)
+        log_tail = relative_paths((tmp_path / "real.log").read_text(errors="replace"))
         # Warnings about webhooks, jobs or the store (not the expected "cannot reach Discord" ones).
         log_lines = log_tail.splitlines()
         warning_lines = []
@@ -296,9 +367,10 @@ def run(quick: bool) -> Section:
                 warning_lines.append("\n".join(log_lines[number : end + 1]))
         warnings = len(warning_lines)
 
-        profile_text = ""
+        profile_text = late_profile_text = ""
         if not quick:
             profile_text = _profile(tmp_path, db, take(closed_jobs, real_server=False), concurrency)
+            late_profile_text = _profile(tmp_path, db, {**late_jobs, "repeat": True}, concurrency, "late")
 
     def agg(mode: str, kind: str, key: str, sub: str | None = None) -> list[float]:
         out = []
@@ -409,6 +481,81 @@ def run(quick: bool) -> Section:
             f"{warnings} warnings or errors logged (Discord login retries aside); server exit code {exit_code}",
         )
     )
+    # -- late authentic webhooks: every job already finished ---------------------------------------
+    late_tp = agg("late", "closed", "throughput")
+    late_paired = [ratio(a, b) for a, b in zip(late_tp, bare_tp, strict=True)]
+    late_ratio = median(late_paired)
+    section.rows.append(
+        Row(
+            name,
+            f"late authentic webhooks (job finished), closed loop, {concurrency} connections (req/s)",
+            f"{median(late_tp):.0f}",
+            f"bare handler {median(bare_tp):.0f}",
+            fmt_ratio(late_ratio),
+            ">= 0.50x bare",
+            check(late_ratio, 0.5, below=False),
+            f"each an authentic duplicate for one of {LATE_JOBS} jobs finished before this server started (read "
+            f"once, then answered from memory); median of {rounds} paired round(s); per-round ratios "
+            f"{spread(late_paired)}",
+        )
+    )
+    late_floor_tp = [f["throughput"] for f in late_floors]
+    section.rows.append(
+        Row(
+            name,
+            "ceiling: late webhooks without HTTP (req/s)",
+            f"{median(late_floor_tp):.0f}",
+            f"bare handler {median(bare_tp):.0f}",
+            fmt_ratio(median([ratio(f, b) for f, b in zip(late_floor_tp, bare_tp, strict=True)])),
+            "",
+            None,
+            f"the real handler with in-memory requests, as above, on the late webhooks; per-round "
+            f"{spread(late_floor_tp, '{:.0f}')}; answers {late_floors[-1].get('answers') if late_floors else ''}",
+        )
+    )
+    late_cpu = [res["server_cpu"] / max(1, res["sent"]) for res in results["late"]["closed"]]
+    section.rows.append(
+        Row(
+            name,
+            "server CPU per late webhook (event-loop process)",
+            f"{median(late_cpu) * 1e6:.0f} us",
+            f"bare {median(bare_cpu) * 1e6:.0f} us",
+            fmt_ratio(ratio(median(late_cpu), median(bare_cpu))),
+            "",
+            None,
+        )
+    )
+    section.rows.append(
+        Row(
+            name,
+            f"late webhooks latency p99, closed loop, {concurrency} connections",
+            ms(median(agg("late", "closed", "latency", "p99"))),
+            f"bare {ms(median(agg('bare', 'closed', 'latency', 'p99')))}",
+            fmt_ratio(
+                ratio(median(agg("late", "closed", "latency", "p99")), median(agg("bare", "closed", "latency", "p99")))
+            ),
+            "",
+            None,
+        )
+    )
+    late_sent = sum(res["sent"] for res in results["late"]["closed"])
+    late_200 = sum(res["statuses"].get("200", 0) for res in results["late"]["closed"])
+    late_written = (late_after["events"] - late_before["events"]) + (late_after["outbox"] - late_before["outbox"])
+    late_changed = late_after["jobs_digest"] != late_before["jobs_digest"]
+    section.rows.append(
+        Row(
+            name,
+            "late webhooks: rows written (job_events + outbox), job rows changed",
+            f"{late_written}, {'changed' if late_changed else 'unchanged'}",
+            f"{late_200} of {late_sent} answered 200",
+            "",
+            "0, unchanged",
+            late_written == 0 and not late_changed and late_200 == late_sent and primer_exit == 0,
+            f"answers {dict(sum((Counter(r['statuses']) for r in results['late']['closed']), Counter()))}; the "
+            f"{LATE_JOBS} jobs: {late_before['states']} before, {late_after['states']} after; "
+            f"{late_before['events']} event rows before and {late_after['events']} after",
+        )
+    )
     section.details.append(
         "Webhook runs (per round): "
         + "; ".join(
@@ -420,22 +567,36 @@ def run(quick: bool) -> Section:
             for mode in ("bare", "real")
             for kind in ("closed", "open")
         )
+        + "; late/closed: "
+        + ", ".join(
+            f"{r['throughput']:.0f} req/s p99 {r['latency'].get('p99', math.nan) * 1000:.1f} ms"
+            for r in results["late"]["closed"]
+        )
     )
     if warning_lines:
         section.details.append("Real server warnings (first 5):\n" + "\n".join(warning_lines[:5]))
-    busy = []
-    for res in results["real"]["closed"]:
-        span = res["elapsed"] + 0.5
-        loop_s = sum(v for k, v in res["server_threads"].items() if k.split(":")[0] == str(res["server_pid"]))
-        other_s = sorted(
-            (v for k, v in res["server_threads"].items() if k.split(":")[0] != str(res["server_pid"])), reverse=True
-        )
-        busy.append(
-            f"event loop {loop_s / span * 100:.0f}%, database thread {other_s[0] / span * 100 if other_s else 0:.0f}%"
-        )
+
+    def busy(kind: str) -> str:
+        shares = []
+        for res in results[kind]["closed"]:
+            span = res["elapsed"] + 0.5
+            loop_s = sum(v for k, v in res["server_threads"].items() if k.split(":")[0] == str(res["server_pid"]))
+            other_s = sorted(
+                (v for k, v in res["server_threads"].items() if k.split(":")[0] != str(res["server_pid"])),
+                reverse=True,
+            )
+            shares.append(
+                f"event loop {loop_s / span * 100:.0f}%, "
+                f"database thread {other_s[0] / span * 100 if other_s else 0:.0f}%"
+            )
+        return "; ".join(shares)
+
     section.details.append(
         "Real server, share of wall time each thread was on a CPU during the closed-loop runs "
-        "(user+system CPU time of each thread / wall time): " + "; ".join(busy)
+        "(user+system CPU time of each thread / wall time): new transitions: "
+        + busy("real")
+        + "; late webhooks: "
+        + busy("late")
     )
     client_cpu = median([r["client_cpu"] / max(1e-9, r["elapsed"] + 0.5) for r in results["bare"]["closed"]])
     section.details.append(
@@ -447,13 +608,18 @@ def run(quick: bool) -> Section:
             "Profile of the real server's event loop during one closed-loop run "
             "(cProfile, top entries by own time):\n" + profile_text
         )
+    if late_profile_text:
+        section.details.append(
+            "Profile of the real server's event loop during one closed-loop run of late webhooks "
+            "(cProfile, top entries by own time):\n" + late_profile_text
+        )
     return section
 
 
-def _profile(tmp_path: Path, db: Path, jobs: dict[str, Any], concurrency: int) -> str:
+def _profile(tmp_path: Path, db: Path, jobs: dict[str, Any], concurrency: int, label: str = "new") -> str:
     """cProfile of the event-loop thread of a real server under closed-loop load."""
-    stats_path = tmp_path / "webhooks.prof"
-    server = Server("real", db, tmp_path / "real-profile.log", profile=stats_path)
+    stats_path = tmp_path / f"webhooks-{label}.prof"
+    server = Server("real", db, tmp_path / f"real-profile-{label}.log", profile=stats_path)
     try:
         res = _load(server, mode="closed", concurrency=concurrency, duration=4.0, warmup=0.5, **jobs)
     finally:

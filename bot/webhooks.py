@@ -1,35 +1,51 @@
 """The webhook HTTP server: training webhooks from the provider, and /healthz.
 
 The provider signs nothing, so each job's webhook URL carries an unguessable secret; only its
-hash is stored. Cheap checks come first (rate limit, content type, size) and a rejected request
-never writes to the database. An accepted webhook is persisted through the state machine and
-answered at once; Discord work happens later, from the outbox.
+hash is stored. Cheap checks come first (content type, size) and a rejected request never writes
+to the database. An accepted webhook is persisted through the state machine and answered at
+once; Discord work happens later, from the outbox.
+
+The provider retries webhooks and sends duplicates and late ones, all from a few addresses of its
+own, and a non-2xx answer may be retried or count against the endpoint. So every *authentic*
+webhook (right job, right secret, the job's own model_id) is answered 2xx, including those for
+jobs that have already finished (nothing is written for them), and only requests that fail
+authentication spend the per-address rate-limit budget.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from bot.jobs.service import JobService, secret_matches
-from bot.jobs.states import FAILURE_WORDS, Action, Event, EventSource
-from bot.store import JobNotFound, Store
+from bot.jobs.states import FAILURE_WORDS, TERMINAL_STATES, Action, Event, EventSource
+from bot.store import Job, JobNotFound, Store
 
 log = logging.getLogger(__name__)
 
-_SECRET_CACHE_SIZE = 50_000
+_KNOWN_JOBS_SIZE = 50_000
+_FINISHED = "job already finished"
 #: What the provider is told when the state machine refuses a webhook outright.
-_REFUSALS = {"terminal": "job already finished", "model_id mismatch": "model_id does not match this job"}
+_REFUSALS = {"model_id mismatch": "model_id does not match this job"}
+#: The answer to an authentic webhook for a finished job, encoded once per terminal state.
+_IGNORED = {
+    state.value: json.dumps({"ok": True, "state": state.value, "ignored": _FINISHED}).encode()
+    for state in TERMINAL_STATES
+}
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 _SECRET_SHAPE = re.compile(r"^[A-Za-z0-9_\-]{16,128}$")
+
+#: Background-task health by task name; each entry has at least a boolean "healthy".
+TaskHealth = Callable[[], Mapping[str, Mapping[str, Any]]]
 
 
 @dataclass
@@ -41,11 +57,22 @@ class RateLimiter:
     clock: Callable[[], float] = time.monotonic
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
 
+    @property
+    def capacity(self) -> float:
+        return float(self.burst or max(10, self.rate_per_minute // 4))
+
+    def _tokens(self, key: str, now: float) -> float:
+        tokens, stamp = self._buckets.get(key, (self.capacity, now))
+        return min(self.capacity, tokens + (now - stamp) * self.rate_per_minute / 60.0)
+
+    def exhausted(self, key: str) -> bool:
+        """True when `key` has no token left; spends nothing (and remembers nothing)."""
+        return key in self._buckets and self._tokens(key, self.clock()) < 1.0
+
     def allow(self, key: str) -> bool:
-        capacity = float(self.burst or max(10, self.rate_per_minute // 4))
+        """Spend one token of `key`'s budget; False (nothing spent) when there is none left."""
         now = self.clock()
-        tokens, stamp = self._buckets.get(key, (capacity, now))
-        tokens = min(capacity, tokens + (now - stamp) * self.rate_per_minute / 60.0)
+        tokens = self._tokens(key, now)
         if len(self._buckets) > 10_000:  # forget idle addresses; bounded memory under a spray
             self._buckets.clear()
         if tokens < 1.0:
@@ -55,19 +82,34 @@ class RateLimiter:
         return True
 
 
+@dataclass(slots=True)
+class KnownJob:
+    """What the webhook handler remembers of a job once it has a training id.
+
+    Neither the secret hash nor the training id changes after that (a new secret is made only
+    for a new submission attempt, before the provider's answer), and a terminal state is sticky,
+    so none of these can go stale; only deletion (/forgetme) can, and the write path notices it.
+    """
+
+    secret_hash: str
+    training_id: str
+    finished: str | None = None  #: the terminal state, once the job is known to have finished
+
+
 def parse_body(raw: bytes) -> dict[str, Any] | None:
     """JSON object from the body; tolerates the trailing comma of the provider's own example."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    for candidate in (text, _TRAILING_COMMA.sub(r"\1", text)):
-        try:
-            value = json.loads(candidate)
+    try:
+        value = json.loads(text)
+    except ValueError:
+        try:  # only then rewrite: valid JSON is never touched (and costs no substitution)
+            value = json.loads(_TRAILING_COMMA.sub(r"\1", text))
         except ValueError:
-            continue
-        return value if isinstance(value, dict) else None
-    return None
+            return None
+    return value if isinstance(value, dict) else None
 
 
 def status_word(body: dict[str, Any]) -> str | None:
@@ -91,6 +133,15 @@ def _reject(status: int, reason: str, peer: str, job_id: int | None = None) -> w
     return _text(status, reason)
 
 
+def _ignored(state: str, job_id: int) -> web.Response:
+    """200 for an authentic webhook about a finished job: nothing is written (DEBUG: it is routine)."""
+    log.debug("webhook for finished job %s (%s) ignored", job_id, state)
+    return web.Response(body=_IGNORED[state], content_type="application/json")
+
+
+_dumps = functools.partial(json.dumps, default=str)
+
+
 class WebhookServer:
     """Builds the aiohttp application and runs it on the configured host and port."""
 
@@ -102,14 +153,17 @@ class WebhookServer:
         max_body_bytes: int,
         rate_per_minute: int,
         discord_status: Callable[[], str] = lambda: "not started",
+        tasks: TaskHealth | None = None,
     ) -> None:
         self.service = service
         self.store = store
         self.max_body_bytes = max_body_bytes
         self.limiter = RateLimiter(rate_per_minute)
         self.discord_status = discord_status
+        self.tasks = tasks
         self.accepting = True
-        self._secret_hashes: dict[int, str] = {}
+        #: Jobs with a training id, by job id (bounded; the oldest entry goes first).
+        self._known: dict[int, KnownJob] = {}
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -141,14 +195,22 @@ class WebhookServer:
 
     async def healthz(self, request: web.Request) -> web.Response:
         database = await self.store.db.ping()
-        discord = self.discord_status()
-        body = {"status": "ok" if database else "degraded", "database": database, "discord": discord}
-        return web.json_response(body, status=200 if database else 503)
+        body: dict[str, Any] = {"status": "ok", "database": database, "discord": self.discord_status()}
+        healthy = database
+        if self.tasks is not None:
+            try:
+                tasks = {name: dict(info) for name, info in self.tasks().items()}
+            except Exception as error:  # a broken health callback is itself a health problem
+                log.exception("background task health unavailable")
+                tasks = {"health": {"healthy": False, "error": type(error).__name__}}
+            body["tasks"] = tasks
+            healthy = healthy and all(info.get("healthy") is True for info in tasks.values())
+        if not healthy:
+            body["status"] = "degraded"
+        return web.json_response(body, status=200 if healthy else 503, dumps=_dumps)
 
     async def training_webhook(self, request: web.Request) -> web.Response:
         peer = request.remote or "unknown"
-        if not self.limiter.allow(peer):
-            return _reject(429, "slow down", peer)
         if not self.accepting:
             return _text(503, "shutting down")
         if request.content_type != "application/json":
@@ -156,14 +218,25 @@ class WebhookServer:
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             return _reject(413, f"{request.content_length}-byte body", peer)
 
+        # -- authentication: only failures spend the address's budget ---------------------------
         job_id_text, secret = request.match_info["job_id"], request.match_info["secret"]
         job_id = int(job_id_text) if job_id_text.isdigit() and len(job_id_text) < 19 else None
-        secret_hash = None
-        if job_id is not None and _SECRET_SHAPE.match(secret):
-            secret_hash = await self._secret_hash(job_id)
-        if job_id is None or not secret_matches(secret, secret_hash):
-            log.warning("webhook rejected: unknown job or wrong secret (job %s) from %s", job_id_text[:20], peer)
-            return web.Response(status=404)  # no detail: don't tell a prober which part was wrong
+        shaped = job_id is not None and _SECRET_SHAPE.match(secret) is not None
+        known = self._known.get(job_id) if shaped and job_id is not None else None
+        job: Job | None = None
+        if known is None or not secret_matches(secret, known.secret_hash):
+            if self.limiter.exhausted(peer):  # before any database lookup
+                return _reject(429, "slow down", peer)
+            if shaped and known is None and job_id is not None:
+                # Read-only; only a job with a training id is remembered (before that, each
+                # submission attempt has a new secret, so the stored hash is read every time).
+                job = await self.store.get_job(job_id)
+            if job is None or not secret_matches(secret, job.webhook_secret_hash):
+                self.limiter.allow(peer)
+                log.warning("webhook rejected: unknown job or wrong secret (job %s) from %s", job_id_text[:20], peer)
+                return web.Response(status=404)  # no detail: don't tell a prober which part was wrong
+            known = self._remember(job)
+        assert job_id is not None
 
         try:
             raw = await request.read()
@@ -180,6 +253,15 @@ class WebhookServer:
         if word is None:
             return _reject(400, "missing training_status", peer, job_id)
 
+        # -- a finished job: answered from memory or the read above, nothing written ------------
+        if known is not None:
+            if model_id != known.training_id:
+                return _reject(409, "model_id does not match this job", peer, job_id)
+            if known.finished is not None:
+                return _ignored(known.finished, job_id)
+        elif job is not None and job.state.is_terminal:  # no training id, but finished: sticky
+            return _ignored(job.state.value, job_id)
+
         detail = body.get("logs") or body.get("message") or body.get("messege")
         event = Event(
             Action.PROVIDER_STATUS,
@@ -188,28 +270,32 @@ class WebhookServer:
             detail=str(detail)[:500] if detail else None,
             training_id=model_id,
         )
-        # The job's own checks (training id, finished or not) are made by the state machine
+        # The job's own checks (training id, finished or not) are made again by the state machine
         # inside the write transaction, so they cannot race another webhook for the same job.
         try:
             result = await self.service.record(job_id, event, payload=raw.decode("utf-8", "replace")[:4000])
-        except JobNotFound:  # deleted (/forgetme) since its secret was cached
-            self._secret_hashes.pop(job_id, None)
+        except JobNotFound:  # deleted (/forgetme) since it was read or remembered
+            self._known.pop(job_id, None)
             return web.Response(status=404)
         except sqlite3.IntegrityError:  # adopting a training id that another job already has
             return _reject(409, "model_id belongs to another job", peer, job_id)
         if not result.plan.write:
+            if result.plan.reason == "terminal":  # finished meanwhile (a concurrent webhook)
+                self._remember(result.before)
+                return _ignored(result.before.state.value, job_id)
             return _reject(409, _REFUSALS.get(result.plan.reason, result.plan.reason), peer, job_id)
+        self._remember(result.after)
         return web.json_response({"ok": True, "state": result.after.state.value})
 
-    async def _secret_hash(self, job_id: int) -> str | None:
-        """The job's stored secret hash; cached, since it never changes once the job is submitted."""
-        cached = self._secret_hashes.get(job_id)
-        if cached is not None:
-            return cached
-        job = await self.store.get_job(job_id)
-        if job is None or job.webhook_secret_hash is None:
+    def _remember(self, job: Job) -> KnownJob | None:
+        """Remember a job that has a training id (and whether it finished); None if it has none."""
+        if not job.training_id or not job.webhook_secret_hash:
             return None
-        if len(self._secret_hashes) >= _SECRET_CACHE_SIZE:
-            self._secret_hashes.pop(next(iter(self._secret_hashes)))
-        self._secret_hashes[job_id] = job.webhook_secret_hash
-        return job.webhook_secret_hash
+        known = self._known.get(job.id)
+        if known is None:
+            if len(self._known) >= _KNOWN_JOBS_SIZE:
+                self._known.pop(next(iter(self._known)))
+            known = self._known[job.id] = KnownJob(job.webhook_secret_hash, job.training_id)
+        if job.state.is_terminal:
+            known.finished = job.state.value
+        return known

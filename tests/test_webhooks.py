@@ -1,4 +1,9 @@
-"""The webhook receiver over real loopback HTTP: accepted webhooks persist; rejected ones write nothing."""
+"""The webhook receiver over real loopback HTTP: accepted webhooks persist; rejected ones write nothing.
+
+Every authentic webhook (right job, right secret, the job's model_id) is answered 2xx, including
+duplicates and late ones for finished jobs, which write nothing (and, once the job is known to
+have finished, touch no database at all); only failed authentication spends the rate limit.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,11 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +23,7 @@ import pytest
 from bot.jobs.service import JobService, hash_secret
 from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.store import Database, Job, Store
-from bot.webhooks import RateLimiter, WebhookServer, parse_body, status_word
+from bot.webhooks import KnownJob, RateLimiter, WebhookServer, parse_body, status_word
 
 TID = "F5jvdzGnYi"
 SECRET = "s3cret-Path_Token-0123456789abcdefXYZ"
@@ -62,6 +69,36 @@ class Harness:
     async def dm_keys(self) -> list[str]:
         rows = await self.store.db.fetchall("SELECT dedupe_key FROM outbox WHERE kind = 'dm' ORDER BY id")
         return [row[0] for row in rows]
+
+    @contextmanager
+    def database_calls(self) -> Iterator[DatabaseCalls]:
+        """Records every call the server makes to the store and the database inside the block."""
+        calls = DatabaseCalls()
+        targets = [
+            (self.store, ("get_job", "require_job", "apply_event", "get_job_by_training_id")),
+            (self.store.db, ("fetchone", "fetchall", "run_transaction", "transaction", "ping")),
+        ]
+        originals = [(obj, name, getattr(obj, name)) for obj, names in targets for name in names]
+
+        def spy(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+            def called(*args: Any, **kwargs: Any) -> Any:
+                calls.names.append(name)
+                return original(*args, **kwargs)
+
+            return called
+
+        for obj, name, original in originals:
+            setattr(obj, name, spy(name, original))
+        try:
+            yield calls
+        finally:
+            for obj, name, _original in originals:
+                delattr(obj, name)  # the instance attribute goes; the class's method shows again
+
+
+@dataclass
+class DatabaseCalls:
+    names: list[str] = field(default_factory=list)
 
 
 @pytest.fixture
@@ -168,9 +205,8 @@ async def test_duplicates_and_out_of_order_never_move_back_nor_repeat_dms(hooks:
 async def test_concurrent_deliveries_of_the_same_webhook(hooks: Harness) -> None:
     job = await make_job(hooks.store)
     responses = await asyncio.gather(*(hooks.post(job.id, SECRET, body("model_ready")) for _ in range(5)))
-    codes = sorted(r.status_code for r in responses)
-    assert codes[0] == 200
-    assert set(codes) <= {200, 409}
+    assert [r.status_code for r in responses] == [200] * 5  # the provider expects duplicates: all 2xx
+    assert {r.json()["state"] for r in responses} == {"model_ready"}
     assert (await hooks.job(job.id)).state is JobState.MODEL_READY
     assert await hooks.dm_keys() == [f"dm:{job.id}:model_ready"]
 
@@ -244,13 +280,112 @@ async def test_a_model_id_mismatch_is_409_without_writes(hooks: Harness) -> None
     assert (await hooks.job(job.id)).state is JobState.DEPLOYING_GPU
 
 
-async def test_a_finished_job_is_409_without_writes(hooks: Harness) -> None:
+async def test_a_model_id_mismatch_for_a_finished_job_is_still_409_without_writes(hooks: Harness) -> None:
     job = await make_job(hooks.store)
     assert (await hooks.post(job.id, SECRET, body("model_ready"))).status_code == 200
     hooks.wakeups.clear()
-    for word in ("model_ready", "failed", "training_started"):
-        response = await assert_rejected_without_writes(hooks, 409, job.id, SECRET, body(word))
-        assert response.json() == {"error": "job already finished"}
+    response = await assert_rejected_without_writes(hooks, 409, job.id, SECRET, body("failed", model_id="NOTMINE01"))
+    assert response.json() == {"error": "model_id does not match this job"}
+    hooks.server._known.clear()  # the same when the job has to be read first
+    await assert_rejected_without_writes(hooks, 409, job.id, SECRET, body("failed", model_id="NOTMINE01"))
+
+
+# -- authentic but finished: 2xx, nothing written --------------------------------------------------------
+
+FINISHED = {"ok": True, "state": "model_ready", "ignored": "job already finished"}
+
+
+async def assert_answered_without_writes(hooks: Harness, *args, **kwargs) -> tuple[httpx.Response, list[str]]:
+    """Posts; asserts a 200 that wrote nothing; returns it and the database calls the server made."""
+    before = await hooks.writes()
+    with hooks.database_calls() as calls:
+        response = await hooks.post(*args, **kwargs)
+    assert response.status_code == 200, response.text
+    assert await hooks.writes() == before
+    assert hooks.wakeups == []
+    return response, calls.names
+
+
+async def test_duplicate_and_late_webhooks_for_a_finished_job_are_200_from_memory(hooks: Harness) -> None:
+    job = await make_job(hooks.store)
+    assert (await hooks.post(job.id, SECRET, body("model_ready"))).json() == {"ok": True, "state": "model_ready"}
+    hooks.wakeups.clear()
+    # A duplicate model_ready, late progress, a late failure: all authentic, all 200, nothing written,
+    # and no database access at all (the job is remembered as finished since its model_ready).
+    for word in ("model_ready", "training_started", "deploying_model", "failed"):
+        response, calls = await assert_answered_without_writes(hooks, job.id, SECRET, body(word))
+        assert response.json() == FINISHED
+        assert calls == [], word
+    assert (await hooks.job(job.id)).state is JobState.MODEL_READY
+    assert [e.status for e in await hooks.store.events_for_job(job.id)].count("model_ready") == 1
+
+
+async def test_a_late_webhook_for_a_job_not_in_memory_reads_it_once_and_writes_nothing(hooks: Harness) -> None:
+    from bot.jobs.transitions import plan_transition
+
+    job = await make_job(hooks.store)
+    cancel = Event(Action.CANCEL, EventSource.USER, detail="Cancelled by its owner.")
+    assert (await hooks.store.apply_event(job.id, cancel, plan_transition)).after.state is JobState.CANCELLED
+    response, calls = await assert_answered_without_writes(hooks, job.id, SECRET, body("training_started"))
+    assert response.json() == {**FINISHED, "state": "cancelled"}
+    assert calls == ["get_job", "fetchone", "fetchall"]  # one read, no transaction
+    assert hooks.server._known[job.id] == KnownJob(hash_secret(SECRET), TID, "cancelled")
+    _response, calls = await assert_answered_without_writes(hooks, job.id, SECRET, body("model_ready"))
+    assert calls == []
+
+
+async def test_a_job_finished_elsewhere_is_answered_200_when_the_transaction_finds_it_finished(
+    hooks: Harness,
+) -> None:
+    job = await make_job(hooks.store)
+    assert (await hooks.post(job.id, SECRET, body("training_started"))).status_code == 200
+    assert hooks.server._known[job.id].finished is None  # remembered, still running
+    # The reconciler's poll finishes the job; the webhook server does not see it happen.
+    poll = Event(Action.PROVIDER_STATUS, EventSource.POLL, status="model_ready", training_id=TID)
+    await hooks.server.service.record(job.id, poll)
+    hooks.wakeups.clear()
+    response, calls = await assert_answered_without_writes(hooks, job.id, SECRET, body("deploying_model"))
+    assert response.json() == FINISHED
+    assert calls == ["apply_event", "run_transaction"]  # refused inside the transaction, unwritten
+    assert hooks.server._known[job.id].finished == "model_ready"
+    _response, calls = await assert_answered_without_writes(hooks, job.id, SECRET, body("model_ready"))
+    assert calls == []
+
+
+async def test_a_finished_job_without_a_training_id_is_200_without_writes(hooks: Harness) -> None:
+    job = await make_job(hooks.store, training_id=None)
+    await hooks.server.service.record_failure(job.id, "The provider refused the images.")
+    hooks.wakeups.clear()
+    response, _calls = await assert_answered_without_writes(
+        hooks, job.id, SECRET, body("deploying_gpu", model_id="LATE1")
+    )
+    assert response.json() == {**FINISHED, "state": "failed"}
+    assert (await hooks.job(job.id)).training_id is None
+
+
+async def test_a_secret_is_read_again_until_the_job_has_a_training_id(hooks: Harness) -> None:
+    """Each submission attempt has a new secret: the old one must not be remembered."""
+    job = await make_job(hooks.store, training_id=None)
+    bad = {"content": b"nope", "headers": {"Content-Type": "application/json"}}
+    assert (await hooks.post(job.id, SECRET, **bad)).status_code == 400  # authenticated, then refused
+    assert job.id not in hooks.server._known
+    await hooks.store.prepare_submission(
+        job.id, image_urls=["https://cdn/y.png"], secret_hash=hash_secret(OTHER_SECRET)
+    )
+    assert (await hooks.post(job.id, SECRET, body("deploying_gpu"))).status_code == 404
+    response = await hooks.post(job.id, OTHER_SECRET, body("deploying_gpu"))
+    assert response.status_code == 200, response.text
+    assert hooks.server._known[job.id] == KnownJob(hash_secret(OTHER_SECRET), TID, None)
+
+
+async def test_a_job_deleted_since_it_was_remembered_is_404_and_forgotten(hooks: Harness) -> None:
+    job = await make_job(hooks.store)
+    assert (await hooks.post(job.id, SECRET, body("training_started"))).status_code == 200
+    assert job.id in hooks.server._known
+    assert await hooks.store.forget_user(1) == 1
+    response = await hooks.post(job.id, SECRET, body("training_success"))
+    assert (response.status_code, response.content) == (404, b"")
+    assert job.id not in hooks.server._known
 
 
 async def test_a_body_over_the_cap_is_413(hooks: Harness) -> None:
@@ -304,21 +439,72 @@ async def test_while_shutting_down_webhooks_are_refused_without_writes(hooks: Ha
     await assert_rejected_without_writes(hooks, 503, job.id, SECRET, body("training_started"))
 
 
-async def test_a_flood_from_one_address_gets_429_once_the_bucket_is_empty(hooks: Harness) -> None:
+async def test_a_flood_of_failed_authentication_from_one_address_gets_429_once_the_bucket_is_empty(
+    hooks: Harness,
+) -> None:
     job = await make_job(hooks.store)
     hooks.wakeups.clear()
     hooks.server.limiter = RateLimiter(rate_per_minute=4, clock=lambda: 1000.0)  # bucket of 10, no refill
-    for _ in range(10):
-        await assert_rejected_without_writes(hooks, 404, job.id, OTHER_SECRET, body("training_started"))
-    response = await assert_rejected_without_writes(hooks, 429, job.id, SECRET, body("training_started"))
-    assert response.json() == {"error": "slow down"}
+    cases = [(job.id, OTHER_SECRET), (job.id + 100, SECRET), ("abc", SECRET), (job.id, "short")]
+    for index in range(10):
+        await assert_rejected_without_writes(hooks, 404, *cases[index % len(cases)], body("training_started"))
+    for job_id, secret in cases:
+        response = await assert_rejected_without_writes(hooks, 429, job_id, secret, body("training_started"))
+        assert response.json() == {"error": "slow down"}
     assert (await hooks.job(job.id)).state is JobState.DEPLOYING_GPU
 
     # Another address has its own bucket.
     transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
     async with httpx.AsyncClient(base_url=hooks.base, transport=transport, timeout=5) as other:
-        response = await other.post(f"/webhooks/training/{job.id}/{SECRET}", json=body("training_started"))
-    assert response.status_code == 200
+        response = await other.post(f"/webhooks/training/{job.id + 100}/{SECRET}", json=body("training_started"))
+    assert response.status_code == 404
+
+
+async def test_over_budget_a_known_job_is_still_served_and_a_wrong_secret_costs_no_database_read(
+    hooks: Harness,
+) -> None:
+    job = await make_job(hooks.store)
+    unseen = await make_job(hooks.store, secret=OTHER_SECRET, training_id="UNSEEN0001", owner=2)
+    assert (await hooks.post(job.id, SECRET, body("training_started"))).status_code == 200  # now remembered
+    hooks.wakeups.clear()
+    hooks.server.limiter = RateLimiter(rate_per_minute=4, clock=lambda: 1000.0)
+    for _ in range(10):
+        await assert_rejected_without_writes(hooks, 404, unseen.id + 100, SECRET, body("training_started"))
+    for job_id, secret in [(unseen.id, SECRET), (unseen.id + 100, SECRET), (job.id, OTHER_SECRET), ("x", SECRET)]:
+        before = await hooks.writes()
+        with hooks.database_calls() as calls:
+            response = await hooks.post(job_id, secret, body("training_started"))
+        assert response.status_code == 429
+        assert calls.names == [], (job_id, secret)
+        assert await hooks.writes() == before
+    # Over budget, an authentic webhook for a job the server already knows is served as usual...
+    response = await hooks.post(job.id, SECRET, body("training_success"))
+    assert (response.status_code, response.json()) == (200, {"ok": True, "state": "training_success"})
+    # ...and an authentic one for a job it has not seen yet waits like any unknown request.
+    hooks.wakeups.clear()
+    await assert_rejected_without_writes(hooks, 429, unseen.id, OTHER_SECRET, body("training_started"))
+
+
+async def test_500_authentic_webhooks_from_one_address_get_no_429(hooks: Harness) -> None:
+    """The provider sends everything from a few addresses: its webhooks must not spend the budget."""
+    hooks.server.limiter = RateLimiter(rate_per_minute=600, clock=lambda: 1000.0)  # the default: 150, no refill
+    jobs = [await make_job(hooks.store, secret=f"{SECRET}-{n:03d}", training_id=f"T{n:04d}") for n in range(50)]
+    words = ["training_started", "training_started", "training_success", "trained_model_uploading"]
+    words += ["deploying_model", "model_ready", "model_ready", "deploying_model", "failed", "training_success"]
+    started = time.perf_counter()
+    codes: list[int] = []
+    for word in words:  # 10 rounds over the 50 jobs: firsts, duplicates, the finish, late ones
+        responses = await asyncio.gather(
+            *(hooks.post(j.id, f"{SECRET}-{n:03d}", body(word, model_id=f"T{n:04d}")) for n, j in enumerate(jobs))
+        )
+        codes += [r.status_code for r in responses]
+    assert len(codes) == 500
+    assert codes == [200] * 500, {code: codes.count(code) for code in set(codes)}
+    assert time.perf_counter() - started < 10  # "within a second" on a quiet machine; the clock is frozen anyway
+    assert {(await hooks.job(j.id)).state for j in jobs} == {JobState.MODEL_READY}
+    # The budget is untouched: failed authentication still gets its full 150 before the 429s.
+    answers = [(await hooks.post(jobs[0].id, OTHER_SECRET, body("training_started"))).status_code for _ in range(151)]
+    assert answers == [404] * 150 + [429]
 
 
 async def test_rejections_never_log_the_secret(hooks: Harness, caplog: pytest.LogCaptureFixture) -> None:
@@ -341,6 +527,44 @@ async def test_healthz_reports_the_database_and_discord(hooks: Harness) -> None:
     response = await hooks.client.get("/healthz")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "database": True, "discord": "connected"}
+
+
+async def test_healthz_reports_background_tasks_and_is_503_when_one_is_unhealthy(hooks: Harness) -> None:
+    tasks: dict[str, dict[str, object]] = {
+        "outbox": {"healthy": True, "restarts": 0},
+        "reconciler": {"healthy": True, "last_run": "2026-01-01T00:00:00+00:00"},
+    }
+    hooks.server.tasks = lambda: tasks
+    response = await hooks.client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "database": True, "discord": "connected", "tasks": tasks}
+
+    tasks["reconciler"] = {"healthy": False, "error": "RuntimeError: boom"}
+    response = await hooks.client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json() == {"status": "degraded", "database": True, "discord": "connected", "tasks": tasks}
+
+    def broken() -> dict[str, dict[str, object]]:
+        raise RuntimeError("no task list")
+
+    hooks.server.tasks = broken
+    response = await hooks.client.get("/healthz")
+    assert (response.status_code, response.json()["status"]) == (503, "degraded")
+
+
+async def test_healthz_tasks_come_from_the_constructor(store: Store, settings, make_provider) -> None:
+    service = JobService(store, make_provider(no_provider_calls), settings)
+    server = WebhookServer(
+        service, store, max_body_bytes=MAX_BODY, rate_per_minute=600, tasks=lambda: {"outbox": {"healthy": False}}
+    )
+    await server.start("127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.get(f"http://127.0.0.1:{server.port}/healthz")
+        assert response.status_code == 503
+        assert response.json()["tasks"] == {"outbox": {"healthy": False}}
+    finally:
+        await server.stop()
 
 
 async def test_healthz_is_503_when_the_database_is_gone(tmp_path: Path, settings, make_provider, clock) -> None:
@@ -373,6 +597,19 @@ def test_rate_limiter_refills_over_time_per_address() -> None:
     assert limiter.allow("a") is False
     now[0] += 100.0  # refills to the burst, no further
     assert [limiter.allow("a") for _ in range(4)] == [True, True, True, False]
+
+
+def test_rate_limiter_exhausted_spends_nothing() -> None:
+    limiter = RateLimiter(rate_per_minute=60, burst=2, clock=lambda: 0.0)
+    assert limiter.exhausted("a") is False
+    assert limiter._buckets == {}  # asking remembers nothing
+    assert [limiter.allow("a"), limiter.exhausted("a"), limiter.allow("a"), limiter.exhausted("a")] == [
+        True,
+        False,
+        True,
+        True,
+    ]
+    assert limiter.exhausted("b") is False
 
 
 def test_rate_limiter_memory_is_bounded() -> None:

@@ -5,17 +5,19 @@ secret). Each gets its 8 documented statuses plus 2 duplicates, all shuffled wit
 they arrive out of order, sent by 50 concurrent connections while /healthz is polled every 20 ms.
 
 What must hold:
-- every webhook is answered 2xx, or 409 "job already finished" when it arrived after the job's
-  model_ready had been applied (terminal jobs reject without writing); no 5xx, no 429, no
-  connection error;
-- nothing lost: each status answered 2xx is in the job's events table (a repeated status is, by
-  the schema's UNIQUE (job_id, status), stored once);
+- every webhook is answered 2xx (the provider expects to send duplicates and late ones, and may
+  retry or hold a non-2xx against the endpoint); one that arrived after the job's model_ready had
+  been applied is answered 200 "ignored: job already finished" and writes nothing; no 409, no
+  5xx, no 429 (the server runs with the default per-address rate limit, 600 a minute: all 1000
+  come from one address, and authentic webhooks never spend that budget), no connection error;
+- nothing lost: each status answered 2xx (and not ignored) is in the job's events table (a
+  repeated status is, by the schema's UNIQUE (job_id, status), stored once);
 - each job ends in model_ready; the events that moved it are in strictly increasing rank order
   (the job never moved backwards);
 - exactly one DM outbox item per job (dm:{id}:model_ready), and one DM delivered per job;
 - every /healthz poll is answered 200 during the burst;
-- (second test, an expected failure: see its reason) a webhook arriving after its job's
-  model_ready was applied is rejected with 409 and writes nothing.
+- (second test) no event row is written after a job's model_ready was applied, although the late
+  webhooks for it were answered 200.
 """
 
 from __future__ import annotations
@@ -58,6 +60,11 @@ class Sent:
     @property
     def latency(self) -> float:
         return self.done_at - self.sent_at
+
+    @property
+    def ignored(self) -> bool:
+        """Answered 2xx as authentic but late: the job had already finished, nothing was written."""
+        return self.http_status == 200 and isinstance(self.body, dict) and "ignored" in self.body
 
 
 async def submitted_jobs(world: World, rng: random.Random) -> dict[int, tuple[str, str, int]]:
@@ -121,8 +128,8 @@ class WebhookBurst:
         return [i for i in self.deliveries if i.http_status is not None and 200 <= i.http_status < 300]
 
     @property
-    def rejected(self) -> list[Sent]:
-        return [i for i in self.deliveries if i.http_status == 409]
+    def ignored(self) -> list[Sent]:
+        return [i for i in self.deliveries if i.ignored]
 
     def after_terminal(self, job_id: int) -> list[JobEvent]:
         """Event rows written after the job's model_ready was applied."""
@@ -138,8 +145,8 @@ class WebhookBurst:
             "jobs": JOBS,
             "connections": CONNECTIONS,
             "answered_2xx": len(self.ok),
-            "answered_409": len(self.rejected),
-            "other_answers": len(self.deliveries) - len(self.ok) - len(self.rejected),
+            "answered_2xx_ignored_late": len(self.ignored),
+            "other_answers": len(self.deliveries) - len(self.ok),
             "recorded_after_terminal": sum(len(self.after_terminal(job_id)) for job_id in self.jobs),
             "burst_seconds": round(self.elapsed, 3),
             "throughput_per_s": round(len(self.deliveries) / self.elapsed, 1),
@@ -232,30 +239,35 @@ async def run_webhook_burst(world: World) -> WebhookBurst:
 
 
 async def test_webhook_burst_across_100_jobs(make_world: WorldFactory, record_property: Any) -> None:
-    world: World = await make_world(webhook_rate_limit_per_minute=10_000_000)
+    world: World = await make_world()  # the default per-address rate limit: 600 a minute, bursts of 150
+    assert world.settings.webhook_rate_limit_per_minute == 600
     burst = await run_webhook_burst(world)
     report(record_property, "webhook burst", burst.summary())
-    deliveries, ok, rejected = burst.deliveries, burst.ok, burst.rejected
+    deliveries, ok, ignored = burst.deliveries, burst.ok, burst.ignored
 
-    # -- the HTTP answers: 2xx, or 409 once the job is finished; no 5xx, 429 or connection error --
+    # -- the HTTP answers: all 2xx (late ones too); no 409, 5xx, 429 or connection error ----------
     codes = Counter(item.http_status for item in deliveries)
     errors = [f"job {i.job_id} {i.status}: {i.error}" for i in deliveries if i.error]
     assert not errors, errors[:10]
-    assert len(ok) + len(rejected) == len(deliveries), f"only 2xx and 409 allowed, got {dict(codes)}"
-    assert all(i.body == {"error": "job already finished"} for i in rejected), [i.body for i in rejected][:5]
-    # A 409 only after that job's model_ready was applied: model_ready must have been answered 2xx,
-    # and sent before the 409 came back.
+    assert len(ok) == len(deliveries), f"only 2xx allowed, got {dict(codes)}"
+    finished = {"ok": True, "state": JobState.MODEL_READY.value, "ignored": "job already finished"}
+    assert all(i.body == finished for i in ignored), [i.body for i in ignored][:5]
+    # Ignored only after that job's model_ready was applied: model_ready must have been answered
+    # (not ignored), and sent before the ignored answer came back.
     ready_sent: dict[int, float] = {}
     for item in ok:
-        if item.status == JobState.MODEL_READY.value:
+        if item.status == JobState.MODEL_READY.value and not item.ignored:
             ready_sent[item.job_id] = min(item.sent_at, ready_sent.get(item.job_id, item.sent_at))
-    early = [i for i in rejected if i.job_id not in ready_sent or i.done_at < ready_sent[i.job_id]]
+    early = [i for i in ignored if i.job_id not in ready_sent or i.done_at < ready_sent[i.job_id]]
     assert not early, [(i.job_id, i.status) for i in early][:10]
+    # The seeded shuffle puts statuses after model_ready for most jobs: the late path was exercised.
+    assert len(ignored) >= 50, len(ignored)
 
     # -- the database: nothing lost, each status once, applied in rank order, model_ready last --
     accepted_statuses: dict[int, set[str]] = defaultdict(set)
     for item in ok:
-        accepted_statuses[item.job_id].add(item.status)
+        if not item.ignored:
+            accepted_statuses[item.job_id].add(item.status)
     for job_id, (_secret, training_id, _owner) in burst.jobs.items():
         job = burst.final[job_id]
         assert job.state is JobState.MODEL_READY, f"job {job_id} ended {job.state}"
@@ -283,13 +295,14 @@ async def test_webhook_burst_across_100_jobs(make_world: WorldFactory, record_pr
     assert len(burst.health_latencies) >= 5
 
 
-async def test_webhooks_after_model_ready_are_rejected_without_writing(
+async def test_webhooks_after_model_ready_are_answered_without_writing(
     make_world: WorldFactory, record_property: Any
 ) -> None:
-    world: World = await make_world(webhook_rate_limit_per_minute=10_000_000)
+    world: World = await make_world()
     burst = await run_webhook_burst(world)
     report(record_property, "webhook burst (after terminal)", burst.summary())
     assert all(burst.final[job_id].state is JobState.MODEL_READY for job_id in burst.jobs)
+    assert burst.ignored, "no webhook arrived after its job had finished: the test exercised nothing"
     written = {job_id: [e.status for e in burst.after_terminal(job_id)] for job_id in burst.jobs}
     written = {job_id: statuses for job_id, statuses in written.items() if statuses}
     assert not written, (
