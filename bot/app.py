@@ -12,9 +12,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import aiohttp
 import discord
@@ -30,6 +28,7 @@ from bot.logging_setup import redactor
 from bot.messenger import Messenger
 from bot.provider.client import ProviderClient
 from bot.store import Database, Store
+from bot.supervisor import Supervisor
 from bot.webhooks import WebhookServer
 
 log = logging.getLogger(__name__)
@@ -71,16 +70,15 @@ class Application:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stop_event = asyncio.Event()
-        self._tasks: list[asyncio.Task[Any]] = []
+        # Every background task runs under it: one that dies is logged and restarted, and
+        # /healthz shows which keep dying.
+        self.supervisor = Supervisor()
+        self._logged_in = False
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        task.add_done_callback(self._task_done)
-        self._tasks.append(task)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task %s died", task.get_name(), exc_info=task.exception())
+    @property
+    def _tasks(self) -> list[asyncio.Task[None]]:
+        """The supervised long-lived tasks ("discord", "notifier", "reconciler"); tests cancel one by name."""
+        return self.supervisor.tasks()
 
     async def run(self) -> None:
         """Start everything, wait for SIGTERM / Ctrl-C, stop cleanly."""
@@ -124,6 +122,7 @@ class Application:
                 image_limits(settings),
                 TrainingStarter(self.store, self.service, messenger, settings),
                 self.executor,
+                self.supervisor,
             )
         )
         self.webhooks = WebhookServer(
@@ -132,6 +131,7 @@ class Application:
             max_body_bytes=settings.webhook_max_body_bytes,
             rate_per_minute=settings.webhook_rate_limit_per_minute,
             discord_status=self.bot.connection_status,
+            tasks=self.supervisor.health,
         )
         self.reconciler = Reconciler(
             self.store,
@@ -145,7 +145,7 @@ class Application:
         expired = await self.service.expire_stale_previews(all_previews=True)
         if settled or expired:
             log.info("start-up recovery: %d interrupted submissions settled, %d previews expired", settled, expired)
-        self._spawn(self._run_discord(), "discord")
+        self.supervisor.supervise("discord", self._run_discord)
         # Everything imported and built so far lives as long as the process: move it out of the
         # collector's sight, so a full collection during a burst takes ~1 ms instead of ~100 ms.
         gc.collect()
@@ -156,9 +156,7 @@ class Application:
         if not hasattr(self, "db"):
             return
         await self.webhooks.stop()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.supervisor.stop()
         if not self.bot.is_closed():
             await self.bot.close()
         await self.provider.aclose()
@@ -168,18 +166,32 @@ class Application:
         log.info("stopped cleanly")
 
     async def _run_discord(self) -> None:
-        """Log in (retrying while Discord is unreachable), start the workers, stay connected."""
+        """Log in (retrying while Discord is unreachable), start the workers, stay connected.
+
+        Supervised: if the connection dies with an error, this runs again and reconnects without
+        logging in again. A rejected token is a deliberate stop: it returns, and is not restarted.
+        """
+        if not self._logged_in:
+            if not await self._login():
+                return
+            self._logged_in = True
+            self.supervisor.supervise("notifier", self.notifier.run)
+            self.supervisor.supervise("reconciler", self.reconciler.run)
+        await self.bot.connect(reconnect=True)
+
+    async def _login(self) -> bool:
+        """Log in, retrying while Discord is unreachable; False when Discord rejected the token."""
         bot = self.bot
         token = self.settings.discord_token.get_secret_value()
         delay = 1.0
         while True:
             try:
                 await bot.login(token)
-                break
+                return True
             except discord.LoginFailure:
                 log.critical("Discord rejected DISCORD_TOKEN; stopping")
                 self.stop_event.set()
-                return
+                return False
             except (aiohttp.ClientError, discord.HTTPException, OSError, TimeoutError) as error:
                 log.warning("cannot reach Discord (%s); retrying in %.0f s", type(error).__name__, delay)
                 # Each login attempt opens a new HTTP session: close it, and let the next attempt
@@ -188,6 +200,3 @@ class Application:
                 bot.http.connector = discord.utils.MISSING
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
-        self._spawn(self.notifier.run(), "notifier")
-        self._spawn(self.reconciler.run(), "reconciler")
-        await bot.connect(reconnect=True)

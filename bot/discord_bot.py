@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import discord
 import yarl
@@ -20,6 +20,7 @@ from bot.jobs.submission import TrainingStarter
 from bot.messenger import Messenger
 from bot.provider.client import ProviderClient
 from bot.store import Store
+from bot.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class Services:
     image_limits: ImageLimits
     starter: TrainingStarter
     executor: Executor | None = None
+    supervisor: Supervisor = field(default_factory=Supervisor)  # runs the cogs' background tasks
 
 
 def point_discord_at(api_base: str, gateway_url: str) -> None:

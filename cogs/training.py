@@ -18,7 +18,9 @@ from bot.images import PreparedImage
 from bot.jobs.limits import Requester, check_can_train
 from bot.jobs.photos import collect_photos, preview_grid
 from bot.jobs.service import TrainingParams
+from bot.jobs.states import JobState
 from bot.render import preview_embed, problems_text, start_outcome
+from bot.store import JobNotFound
 from cogs.errors import report_error, user_message
 
 if TYPE_CHECKING:
@@ -30,6 +32,9 @@ Choice = app_commands.Choice
 BASE_MODELS = [Choice(name="SDXL", value="sdxl"), Choice(name="Stable Diffusion 1.5 (normal)", value="normal")]
 SUBJECTS = [Choice(name=n, value=n) for n in ("man", "woman", "couple", "object")]
 LORA_TYPES = [Choice(name="LoRA", value="lora"), Choice(name="LyCORIS", value="lycoris")]
+NO_LONGER_ACTIVE = "This preview is no longer active (it expired, or the bot restarted). Run /train again."
+#: The supervisor's name for the previews' background work (expiry timers, clean-ups).
+PREVIEW_TASKS = "preview-timers"
 
 
 @dataclass
@@ -118,6 +123,7 @@ class Training(commands.Cog):
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(PreviewButton)
+        self.bot.services.jobs.add_forget_listener(self.forget_previews)
 
     async def cog_unload(self) -> None:
         self.bot.remove_dynamic_items(PreviewButton)
@@ -212,7 +218,9 @@ class Training(commands.Cog):
             job.id, interaction.user.id, job.channel_id, batch.images, card_in_dms, interaction, expires_at
         )
         self.previews[job.id] = preview
-        preview.timer = asyncio.create_task(self._expire_later(preview), name=f"preview-{job.id}")
+        preview.timer = services.supervisor.spawn(
+            PREVIEW_TASKS, self._expire_later(preview), task_name=f"preview-{job.id}"
+        )
         await interaction.edit_original_response(
             embed=embed,
             attachments=[discord.File(io.BytesIO(grid), filename="preview.jpg")],
@@ -223,7 +231,10 @@ class Training(commands.Cog):
         await asyncio.sleep(max(0.0, (preview.expires_at - discord.utils.utcnow()).total_seconds()))
         if self.previews.pop(preview.job_id, None) is None:
             return
-        await self.bot.services.jobs.expire_preview(preview.job_id, "The preview timed out.")
+        try:
+            await self.bot.services.jobs.expire_preview(preview.job_id, "The preview timed out.")
+        except JobNotFound:  # deleted with /forgetme in the meantime: nothing left to expire
+            return
         try:
             await preview.interaction.edit_original_response(
                 content="This preview expired; nothing was sent. Run /train again when you're ready.",
@@ -244,16 +255,15 @@ class Training(commands.Cog):
             if job is not None and job.owner_id != interaction.user.id:
                 await interaction.response.send_message("This preview isn't yours.", ephemeral=True)
                 return
-            await interaction.response.edit_message(
-                content="This preview is no longer active (it expired, or the bot restarted). Run /train again.",
-                embed=None,
-                attachments=[],
-                view=None,
-            )
+            await self._no_longer_active(interaction)
             return
         del self.previews[job_id]
         if preview.timer:
             preview.timer.cancel()
+        job = await self.bot.services.store.get_job(job_id)
+        if job is None or job.state is not JobState.PREVIEW:  # deleted (/forgetme) or settled meanwhile
+            await self._no_longer_active(interaction)
+            return
         if action == "drop":
             await self.bot.services.jobs.expire_preview(job_id, "Cancelled from the preview.")
             await interaction.response.edit_message(
@@ -263,6 +273,8 @@ class Training(commands.Cog):
         await interaction.response.edit_message(content="Submitting your training...", view=None)
         try:
             message = await self.start(interaction, preview)
+        except JobNotFound:  # deleted with /forgetme between the click and the submission
+            message = NO_LONGER_ACTIVE
         except Exception as error:
             refusal = user_message(error)  # a refusal replaces "Submitting..." rather than hiding below it
             if refusal is None:
@@ -273,6 +285,30 @@ class Training(commands.Cog):
         except discord.HTTPException as error:
             # The job is submitted and its card is posted; only this ephemeral note is lost.
             log.info("job %s: could not update the preview message (%s %s)", preview.job_id, error.status, error.code)
+
+    @staticmethod
+    async def _no_longer_active(interaction: discord.Interaction) -> None:
+        await interaction.response.edit_message(content=NO_LONGER_ACTIVE, embed=None, attachments=[], view=None)
+
+    def forget_previews(self, user_id: int) -> None:
+        """/forgetme: drop the user's previews (their crops are the user's photos) and clear them from
+        the preview messages too."""
+        for preview in [p for p in self.previews.values() if p.owner_id == user_id]:
+            del self.previews[preview.job_id]
+            if preview.timer:
+                preview.timer.cancel()
+            self.bot.services.supervisor.spawn(
+                PREVIEW_TASKS, self._clear_preview(preview), task_name=f"preview-{preview.job_id}-forget"
+            )
+
+    @staticmethod
+    async def _clear_preview(preview: PendingPreview) -> None:
+        try:
+            await preview.interaction.edit_original_response(
+                content=NO_LONGER_ACTIVE, embed=None, attachments=[], view=None
+            )
+        except discord.HTTPException as error:  # e.g. the interaction token expired
+            log.info("job %s: could not clear the forgotten preview (%s)", preview.job_id, error.status)
 
     async def start(self, interaction: discord.Interaction, preview: PendingPreview) -> str:
         """Submit a confirmed preview; returns the message for the owner."""

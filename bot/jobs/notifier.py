@@ -1,5 +1,8 @@
 """Delivers the outbox to Discord: card edits (coalesced) and the owner's DMs.
 
+The card never lags behind the DM: an edit for a job that has reached a terminal state is not
+coalesced, and a job's pending card edit is delivered before any DM about that job.
+
 Items were written in the same transaction as the state change that caused them. Delivery is
 at least once: an item is marked done only after Discord accepted it, and repeats are harmless
 because a card edit renders the current state, and a DM carries a nonce derived from its key
@@ -39,6 +42,7 @@ class Notifier:
         self.edit_interval = timedelta(seconds=edit_interval)
         self._wake = asyncio.Event()
         self._last_edit: dict[int, datetime] = {}
+        self._flushed: set[int] = set()  # card items delivered ahead of a DM in the current pass
 
     def wake(self) -> None:
         self._wake.set()
@@ -70,7 +74,10 @@ class Notifier:
     async def deliver_due(self) -> int:
         """One pass over the due items; returns how many were delivered."""
         delivered = 0
+        self._flushed.clear()
         for item in await self.store.due_outbox():
+            if item.id in self._flushed:  # already delivered in this pass, ahead of its job's DM
+                continue
             try:
                 if await self.deliver(item):
                     delivered += 1
@@ -84,7 +91,7 @@ class Notifier:
                 log.exception("outbox %s: delivery failed%s", item.dedupe_key, "; giving up" if give_up else "")
                 retry = None if give_up else retry_delay(item.attempts)
                 await self.store.mark_failed(item, type(error).__name__, retry)
-        return delivered
+        return delivered + len(self._flushed)
 
     async def deliver(self, item: OutboxItem) -> bool:
         job = await self.store.get_job(item.job_id) if item.job_id else None
@@ -93,12 +100,37 @@ class Notifier:
             return False
         if item.kind == "card":
             return await self._deliver_card(item, job)
+        if await self._card_before_dm(job):
+            job = await self.store.get_job(job.id) or job  # the card may have been re-posted
         return await self._deliver_dm(item, job)
 
-    async def _deliver_card(self, item: OutboxItem, job: Job) -> bool:
+    async def _card_before_dm(self, job: Job) -> bool:
+        """Deliver the job's pending card edit (due or postponed) now, so the owner never reads
+        an outcome in a DM that the card doesn't show yet. Returns whether it was delivered.
+
+        Discord unavailable: raised, so the DM waits too and the pass backs off. Any other failure
+        stays the card item's own (it is retried or given up in its own turn); the DM still goes.
+        """
+        card = await self.store.pending_card_item(job.id)
+        if card is None:
+            return False
+        try:
+            delivered = await self._deliver_card(card, job, urgent=True)
+        except DiscordUnavailable:
+            raise
+        except Exception:
+            log.exception("job %s: could not update its card before the DM; sending the DM anyway", job.id)
+            return False
+        if delivered:
+            self._flushed.add(card.id)
+        return delivered
+
+    async def _deliver_card(self, item: OutboxItem, job: Job, *, urgent: bool = False) -> bool:
         last = self._last_edit.get(job.id)
         now = self.store.now()
-        if last is not None and now - last < self.edit_interval:
+        # A terminal state is the last edit a card gets: show it at once, never after the DM.
+        coalesce = not urgent and not job.state.is_terminal
+        if coalesce and last is not None and now - last < self.edit_interval:
             await self.store.postpone(item, last + self.edit_interval)  # coalesce bursts into one edit
             return False
         embed = job_card(job, await self.store.events_for_job(job.id))
@@ -112,7 +144,10 @@ class Notifier:
             log.warning("job %s: cannot edit its card (%s); giving up on this edit", job.id, error)
             await self.store.mark_failed(item, str(error), None)
             return False
-        self._last_edit[job.id] = now
+        if job.state.is_terminal:
+            self._last_edit.pop(job.id, None)  # no more edits to space out
+        else:
+            self._last_edit[job.id] = now
         await self.store.mark_delivered(item)
         return True
 

@@ -141,3 +141,80 @@ async def test_cannot_post_on_a_card_edit_gives_up_on_that_edit(store: Store) ->
     await running_job(store)
     await notifier.deliver_due()
     assert await store.pending_outbox_count() == 0
+
+
+# -- the card never lags behind the DM ------------------------------------------------------------
+
+
+async def test_the_card_shows_the_outcome_before_the_dm_is_sent(store: Store, clock) -> None:
+    messenger = ScriptedMessenger()
+    notifier = Notifier(store, messenger, edit_interval=30)  # type: ignore[arg-type]
+    job = await running_job(store)
+    assert await notifier.deliver_due() == 1
+    await store.apply_event(job.id, webhook("training_started"), plan_transition)
+    assert await notifier.deliver_due() == 0  # a non-terminal edit still waits out the interval
+    await store.apply_event(job.id, webhook("model_ready"), plan_transition)
+    clock.advance(1)
+    assert await notifier.deliver_due() == 2  # the postponed card edit, then the DM
+    assert [call[0] for call in messenger.calls] == ["edit", "edit", "dm"]
+    assert "ready" in messenger.calls[1][2].lower()
+    assert await store.pending_outbox_count() == 0
+    clock.advance(60)
+    assert await notifier.deliver_due() == 0 and len(messenger.calls) == 3  # nothing sent twice
+
+
+async def test_a_terminal_edit_is_not_delayed_by_the_interval(store: Store, clock) -> None:
+    messenger = ScriptedMessenger()
+    notifier = Notifier(store, messenger, edit_interval=30)  # type: ignore[arg-type]
+    job = await running_job(store)
+    await notifier.deliver_due()
+    await store.apply_event(job.id, webhook("training_started"), plan_transition)
+    await notifier.deliver_due()
+    assert len(messenger.ops("edit")) == 1  # coalesced: postponed until the interval is over
+    await store.apply_event(job.id, webhook("training_failed"), plan_transition)
+    card = await store.pending_card_item(job.id)
+    assert card is not None and card.next_attempt_at > store.now()
+    assert await notifier.deliver(card)  # on its own, without the DM: still not postponed
+    assert len(messenger.ops("edit")) == 2 and await store.pending_card_item(job.id) is None
+
+
+async def test_the_dm_waits_while_discord_cannot_take_the_card_edit(store: Store, clock) -> None:
+    messenger = ScriptedMessenger()
+    notifier = Notifier(store, messenger, edit_interval=30)  # type: ignore[arg-type]
+    job = await running_job(store)
+    await notifier.deliver_due()
+    await store.apply_event(job.id, webhook("training_started"), plan_transition)
+    await store.apply_event(job.id, webhook("model_ready"), plan_transition)
+    messenger.errors["edit"] = [DiscordUnavailable("503")]
+    assert await notifier.deliver_due() == 0
+    assert messenger.ops("dm") == [] and await store.pending_outbox_count() == 2
+    assert await store.retry_outbox_now() >= 1  # Discord is back
+    assert await notifier.deliver_due() == 2
+    assert [call[0] for call in messenger.calls] == ["edit", "edit", "edit", "dm"]
+
+
+async def test_the_dm_still_goes_when_the_card_cannot_be_edited(store: Store) -> None:
+    messenger = ScriptedMessenger()
+    notifier = Notifier(store, messenger, edit_interval=30)  # type: ignore[arg-type]
+    job = await running_job(store)
+    await notifier.deliver_due()
+    await store.apply_event(job.id, webhook("training_started"), plan_transition)
+    await store.apply_event(job.id, webhook("model_ready"), plan_transition)
+    messenger.errors["edit"] = [CannotPost("403 50013")]
+    await notifier.deliver_due()
+    assert [call[0] for call in messenger.calls] == ["edit", "edit", "dm"]
+    assert await store.pending_outbox_count() == 0  # the edit was given up, the DM delivered
+
+
+async def test_the_dm_still_goes_when_the_card_edit_hits_a_bug(store: Store) -> None:
+    messenger = ScriptedMessenger()
+    notifier = Notifier(store, messenger, edit_interval=30)  # type: ignore[arg-type]
+    job = await running_job(store)
+    await notifier.deliver_due()
+    await store.apply_event(job.id, webhook("training_started"), plan_transition)
+    await notifier.deliver_due()  # postponed: the interval is not over
+    await store.apply_event(job.id, webhook("model_ready"), plan_transition)
+    messenger.errors["edit"] = [RuntimeError("bug")]
+    await notifier.deliver_due()
+    assert [call[0] for call in messenger.calls] == ["edit", "edit", "dm"]
+    assert await store.pending_card_item(job.id) is not None  # retried in its own turn
