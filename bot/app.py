@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import aiohttp
 import discord
 
-from bot.config import Settings
+from bot.config import ConfigError, Settings
 from bot.discord_bot import LoraBot, Services, point_discord_at
 from bot.images import ImageLimits
 from bot.jobs.notifier import Notifier
@@ -27,6 +27,7 @@ from bot.jobs.submission import TrainingStarter
 from bot.logging_setup import redactor
 from bot.messenger import Messenger
 from bot.provider.client import ProviderClient
+from bot.provider.errors import InvalidApiKey, ProviderError, ProviderMisconfigured
 from bot.store import Database, Store
 from bot.supervisor import Supervisor
 from bot.webhooks import WebhookServer
@@ -75,11 +76,6 @@ class Application:
         self.supervisor = Supervisor()
         self._logged_in = False
 
-    @property
-    def _tasks(self) -> list[asyncio.Task[None]]:
-        """The supervised long-lived tasks ("discord", "notifier", "reconciler"); tests cancel one by name."""
-        return self.supervisor.tasks()
-
     async def run(self) -> None:
         """Start everything, wait for SIGTERM / Ctrl-C, stop cleanly."""
         loop = asyncio.get_running_loop()
@@ -106,6 +102,13 @@ class Application:
             timeout=settings.sdapi_timeout_seconds,
             submit_timeout=settings.sdapi_submit_timeout_seconds,
         )
+        try:
+            await self._check_provider()
+        except ConfigError:
+            await self.provider.aclose()
+            await self.db.close()
+            del self.db
+            raise
         self.bot = LoraBot(settings)
         messenger = Messenger(self.bot)
         self.notifier = Notifier(self.store, messenger, edit_interval=settings.card_edit_interval_seconds)
@@ -150,6 +153,27 @@ class Application:
         # collector's sight, so a full collection during a burst takes ~1 ms instead of ~100 ms.
         gc.collect()
         gc.freeze()
+
+    async def _check_provider(self) -> None:
+        """One read-only call to the provider before anything else starts.
+
+        A base URL that answers a POST with a redirect the bot must not follow is a
+        configuration error that stops the bot; anything else (the provider down, a bad key) is
+        logged and the bot carries on, since the webhook server and Discord work without it.
+        """
+        try:
+            await self.provider.probe(seconds=5.0)
+        except ProviderMisconfigured as error:
+            raise ConfigError(
+                "Invalid configuration:\n"
+                f"  - SDAPI_BASE_URL: {self.settings.sdapi_base_url} answers with a redirect "
+                f"(HTTP {error.status_code}) to {error.location}, which would drop the request's body; "
+                "set SDAPI_BASE_URL to the provider's current address"
+            ) from None
+        except InvalidApiKey:
+            log.error("the provider refused SDAPI_KEY; trainings will fail until it is fixed")
+        except ProviderError as error:
+            log.warning("could not reach the provider at start-up (%s); carrying on", type(error).__name__)
 
     async def stop(self) -> None:
         """Stop taking webhooks, let in-flight writes finish, close Discord and the database."""

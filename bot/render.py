@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import discord
 
@@ -181,6 +181,15 @@ def job_list_embed(jobs: Sequence[Job], *, page: int, pages: int, total: int) ->
         )
     embed.set_footer(text=f"Page {page + 1} of {max(pages, 1)} · {total} trainings")
     return embed
+
+
+def queue_wait_text(seconds: float) -> str:
+    """What the owner reads while the submission waits for the provider's full queue."""
+    when = timestamp(discord.utils.utcnow() + timedelta(seconds=seconds), "R")
+    return (
+        "The image service's queue is full right now, so it didn't take the training yet (nothing has been "
+        f"charged). Trying again {when}..."
+    )
 
 
 def start_outcome(job: Job) -> str:

@@ -19,7 +19,7 @@ from bot.jobs.limits import Requester, check_can_train
 from bot.jobs.photos import collect_photos, preview_grid
 from bot.jobs.service import TrainingParams
 from bot.jobs.states import JobState
-from bot.render import preview_embed, problems_text, start_outcome
+from bot.render import preview_embed, problems_text, queue_wait_text, start_outcome
 from bot.store import JobNotFound
 from cogs.errors import report_error, user_message
 
@@ -312,12 +312,20 @@ class Training(commands.Cog):
 
     async def start(self, interaction: discord.Interaction, preview: PendingPreview) -> str:
         """Submit a confirmed preview; returns the message for the owner."""
+
+        async def queue_full(seconds: float) -> None:
+            try:
+                await interaction.edit_original_response(content=queue_wait_text(seconds))
+            except discord.HTTPException as error:  # only the note is lost; the submission goes on
+                log.info("job %s: could not show the queue wait (%s)", preview.job_id, error.status)
+
         job = await self.bot.services.starter.start(
             preview.job_id,
             requester(interaction),
             channel_id=preview.channel_id,
             images=preview.images,
             card_in_dms=preview.card_in_dms,
+            on_queue_wait=queue_full,
         )
         return start_outcome(job)
 

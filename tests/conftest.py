@@ -102,6 +102,7 @@ async def make_provider(settings: Settings) -> AsyncIterator[Callable[[Handler],
             transport=httpx.MockTransport(handler),
             max_attempts=2,
             sleep=no_sleep,
+            duplicate_window=0,
         )
         clients.append(client)
         return client

@@ -103,6 +103,8 @@ _CALL_FAILURE: Final = re.compile(
     r"server\s+error|unavailable|timed?\s*out|try\s+again\s+later|^failed,?\s*try\s+again\.?$|"
     r"too\s+many|maintenance|overloaded"
 )
+#: The provider refuses a request identical to one it received this many seconds before.
+DUPLICATE_WINDOW_SECONDS: Final = 30.0
 #: Redirect codes that keep the method and the body (RFC 9110), so a POST may follow them.
 _BODY_KEEPING_REDIRECTS: Final = frozenset({307, 308})
 _MAX_REDIRECTS: Final = 3
@@ -217,6 +219,8 @@ class ProviderClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         max_rate_limit_wait: float = 60.0,
+        duplicate_window: float = DUPLICATE_WINDOW_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if timeout <= 0 or submit_timeout <= 0:
             raise ValueError("timeouts must be positive")
@@ -236,6 +240,10 @@ class ProviderClient:
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
         self._cancel_endpoints: tuple[str, str] = _CANCEL_ENDPOINTS
+        self._duplicate_window = duplicate_window
+        self._clock = clock
+        #: Recent answers of read-only calls, by endpoint: see `_read_only`.
+        self._recent: dict[str, tuple[float, dict[str, Any] | list[Any]]] = {}
         self._http = httpx.AsyncClient(
             transport=transport,
             timeout=self._timeout,
@@ -263,6 +271,7 @@ class ProviderClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        self._recent.clear()
         await self._http.aclose()
 
     # ------------------------------------------------------------------ endpoints
@@ -270,6 +279,7 @@ class ProviderClient:
     async def submit_training(self, request: TrainingRequest) -> SubmitResult:
         """``POST /api/v3/lora_fine_tune``. Never retried; see the module docstring."""
         endpoint = "lora_fine_tune"
+        self._recent.pop("finetune_list", None)  # whatever the outcome, the account's list may change
         try:
             response = await self._post(endpoint, request.to_body(self._key.reveal()), self._submit_timeout)
         except _NOT_SENT_ERRORS as exc:
@@ -365,7 +375,7 @@ class ProviderClient:
 
         Used at start-up to catch a base URL that redirects, and by checks of the setup.
         """
-        await self._attempt("finetune_list", {}, "list", limits=_make_timeout(seconds))
+        await self._read_only("finetune_list", {}, "list", limits=_make_timeout(seconds))
 
     async def crop_image(self, image: bytes, mime: str = "image/png", *, crop: bool = True) -> str:
         """``POST /api/v3/base64_crop``: upload an image as a data URI; returns the hosted link."""
@@ -404,7 +414,7 @@ class ProviderClient:
         while True:
             attempt += 1
             try:
-                return await self._attempt(endpoint, extra, op)
+                return await self._read_only(endpoint, extra, op)
             except RateLimited as error:
                 wait = error.retry_after if error.retry_after is not None else self._backoff(attempt)
                 if wait > self._max_rate_limit_wait:
@@ -431,6 +441,28 @@ class ProviderClient:
                 wait,
             )
             await self._sleep(wait)
+
+    async def _read_only(
+        self, endpoint: str, extra: Mapping[str, object], op: _Operation, *, limits: httpx.Timeout | None = None
+    ) -> dict[str, Any] | list[Any]:
+        """One attempt; a status or list call answered within the duplicate window is not sent again.
+
+        The provider refuses a request identical to one it got in the last 30 s (its spam
+        filter, which then asks for a 30 s wait). A poll and a /status, or two listings, can
+        easily collide, so their successful answers are reused within that window instead.
+        """
+        cacheable = op in ("status", "list") and not extra and self._duplicate_window > 0
+        now = self._clock()
+        if cacheable:
+            recent = self._recent.get(endpoint)
+            if recent is not None and now - recent[0] < self._duplicate_window:
+                return recent[1]
+        payload = await self._attempt(endpoint, extra, op, limits=limits)
+        if cacheable:
+            if len(self._recent) > 10_000:
+                self._recent = {k: v for k, v in self._recent.items() if now - v[0] < self._duplicate_window}
+            self._recent[endpoint] = (self._clock(), payload)
+        return payload
 
     async def _attempt(
         self, endpoint: str, extra: Mapping[str, object], op: _Operation, *, limits: httpx.Timeout | None = None

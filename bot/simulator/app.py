@@ -323,7 +323,7 @@ async def lora_fine_tune(request: web.Request) -> web.StreamResponse:
     )
     answer = {
         "status": "success",
-        "messege": "deploying_gpu",
+        "messege": sim.faults.create_status_word or "deploying_gpu",
         "data": CREATE_ETA_TEXT,
         "training_id": training.training_id,
     }

@@ -169,6 +169,9 @@ class Faults:
     #: right after `unknown_status_after` (which may be `model_ready`: a late step after the end).
     unknown_status_word: str | None = None
     unknown_status_after: str = "deploying_gpu"
+    #: While set, the `lora_fine_tune` success answer carries this word as its `messege` instead
+    #: of `deploying_gpu` (the training itself is created and walks as usual).
+    create_status_word: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -324,6 +327,7 @@ _PARSERS: Final[dict[str, Any]] = {
     "list_item_shape": lambda v: _choice("list_item_shape", v, LIST_ITEM_SHAPES),
     "unknown_status_word": _optional_word,
     "unknown_status_after": lambda v: _status("unknown_status_after", v),
+    "create_status_word": lambda v: None if v is None or v == "" else _str("create_status_word", v),
 }
 assert set(_PARSERS) == FAULT_NAMES, "every fault switch needs a parser"
 

@@ -91,7 +91,7 @@ async def test_a_dm_interrupted_before_it_was_marked_sent_is_not_repeated(world:
         await real_mark(item)
 
     store.mark_delivered = die_before_marking
-    for task in world.app._tasks:  # deliver by hand below, as the dying and the restarted process would
+    for task in world.app.supervisor.tasks():  # deliver by hand below, as the dying and the restarted process would
         if task.get_name() == "notifier":
             task.cancel()
     job = await world.start_training()

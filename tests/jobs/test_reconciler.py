@@ -239,7 +239,7 @@ async def test_a_failure_only_polling_reveals_fails_the_job_at_once_with_the_rea
 
 
 async def test_one_job_that_vanishes_mid_pass_does_not_end_the_pass(build, store: Store, clock) -> None:
-    reconciler, service, provider = build(status_answer("training_started"))
+    reconciler, _service, _provider = build(status_answer("training_started"))
     first = await running_job(store, "FIRST00001", owner=1)
     second = await running_job(store, "SECOND0002", owner=2)
     real_check = reconciler.check
@@ -318,7 +318,7 @@ async def test_a_job_without_a_baseline_listing_is_never_matched(build, store: S
 async def test_an_unconfirmed_submission_fails_at_the_deadline_saying_the_outcome_is_unknown(
     build, store: Store, clock
 ) -> None:
-    reconciler, _, provider = build()
+    reconciler, _, _provider = build()
     job = await uncertain_job(store, 1, baseline=[])
     clock.advance(DEADLINE + 1)
     await reconciler.run_once()

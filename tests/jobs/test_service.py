@@ -451,7 +451,7 @@ async def test_forget_user_deletes_finished_models_and_tolerates_models_already_
             return ok({"status": "error", "messege": "Training ID does not exist"}, 404)
         return ok({"status": "success", "messege": "Model deleted successfully"})
 
-    service, provider, _ = build(finetune=delete)
+    service, _provider, _ = build(finetune=delete)
     for training_id in ("READY1", "GONE"):
         job = await training(service, training_id, owner=1)
         await service.record(job.id, Event(Action.PROVIDER_STATUS, EventSource.WEBHOOK, status="model_ready"))
@@ -632,6 +632,6 @@ async def test_the_accounts_models_are_listed_before_each_submission(build, stor
 
 
 async def test_a_failed_listing_does_not_stop_the_submission(build) -> None:
-    service, provider, _ = build(lora_fine_tune=ok(ACCEPTED), finetune_list=httpx.Response(500))
+    service, _provider, _ = build(lora_fine_tune=ok(ACCEPTED), finetune_list=httpx.Response(500))
     after = await service.submit(await submitting(service), URLS)
     assert after.training_id == TID and after.baseline_listing is None

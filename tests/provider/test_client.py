@@ -98,6 +98,7 @@ async def make(sleeper: Sleeper) -> AsyncIterator[MakeClient]:
         script = Script(*steps)
         options.setdefault("rng", MaxRandom())
         options.setdefault("sleep", sleeper)
+        options.setdefault("duplicate_window", 0)  # every call goes out; the reuse has its own tests
         client = ProviderClient(options.pop("base_url", BASE), KEY, transport=httpx.MockTransport(script), **options)
         clients.append(client)
         return client, script
@@ -958,3 +959,45 @@ async def test_redirect_loops_stop(make: MakeClient) -> None:
     with pytest.raises(ProviderMisconfigured):
         await client.probe()
     assert len(script.requests) == 4
+
+
+# -- the duplicate window ---------------------------------------------------------------------------
+
+
+class Ticks:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_status_and_list_answers_are_reused_within_the_duplicate_window(make: MakeClient) -> None:
+    ticks = Ticks()
+    listed = ok({"status": "success", "messege": "model list", "data": ["A1"]})
+    client, script = make(ok(STATUS_OK), listed, ok(STATUS_OK), duplicate_window=30.0, clock=ticks)
+    assert (await client.training_status(TID)).status == "model_ready"
+    assert await client.list_trainings() == ["A1"]
+    ticks.now += 29
+    await client.training_status(TID)  # identical within 30 s: the provider would refuse it
+    assert await client.list_trainings() == ["A1"]
+    assert len(script.requests) == 2
+    ticks.now += 2
+    await client.training_status(TID)
+    assert len(script.requests) == 3
+
+
+async def test_failed_calls_and_other_trainings_are_not_reused(make: MakeClient, sleeper: Sleeper) -> None:
+    ticks = Ticks()
+    client, script = make(
+        ok({"status": "error", "messege": "Training ID does not exist"}, 404),
+        ok(STATUS_OK),
+        ok(STATUS_OK),
+        duplicate_window=30.0,
+        clock=ticks,
+    )
+    with pytest.raises(TrainingNotFound):
+        await client.training_status(TID)
+    await client.training_status(TID)
+    await client.training_status("OTHER00001")
+    assert len(script.requests) == 3

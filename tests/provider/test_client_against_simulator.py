@@ -84,7 +84,14 @@ def sleeps() -> Sleeps:
 @pytest.fixture
 async def client(running, sleeps):
     async with ProviderClient(
-        running.url, KEY, timeout=2.0, submit_timeout=5.0, max_attempts=4, backoff_base=0.01, sleep=sleeps
+        running.url,
+        KEY,
+        timeout=2.0,
+        submit_timeout=5.0,
+        max_attempts=4,
+        backoff_base=0.01,
+        sleep=sleeps,
+        duplicate_window=0,  # these tests watch the walk call by call
     ) as provider:
         yield provider
 
