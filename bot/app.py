@@ -136,6 +136,8 @@ class Application:
             discord_status=self.bot.connection_status,
             tasks=self.supervisor.health,
         )
+        # A forgotten user's webhooks are unknown from then on (404), not answered from memory.
+        self.service.add_forget_listener(self.webhooks.forget_owner)
         self.reconciler = Reconciler(
             self.store,
             self.service,

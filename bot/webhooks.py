@@ -88,11 +88,12 @@ class KnownJob:
 
     Neither the secret hash nor the training id changes after that (a new secret is made only
     for a new submission attempt, before the provider's answer), and a terminal state is sticky,
-    so none of these can go stale; only deletion (/forgetme) can, and the write path notices it.
+    so none of these can go stale; only deletion (/forgetme) can: see `WebhookServer.forget_owner`.
     """
 
     secret_hash: str
     training_id: str
+    owner_id: int
     finished: str | None = None  #: the terminal state, once the job is known to have finished
 
 
@@ -287,6 +288,11 @@ class WebhookServer:
         self._remember(result.after)
         return web.json_response({"ok": True, "state": result.after.state.value})
 
+    def forget_owner(self, owner_id: int) -> None:
+        """Drop what is remembered of a user's jobs (their data was deleted with /forgetme)."""
+        for job_id in [job_id for job_id, known in self._known.items() if known.owner_id == owner_id]:
+            del self._known[job_id]
+
     def _remember(self, job: Job) -> KnownJob | None:
         """Remember a job that has a training id (and whether it finished); None if it has none."""
         if not job.training_id or not job.webhook_secret_hash:
@@ -295,7 +301,7 @@ class WebhookServer:
         if known is None:
             if len(self._known) >= _KNOWN_JOBS_SIZE:
                 self._known.pop(next(iter(self._known)))
-            known = self._known[job.id] = KnownJob(job.webhook_secret_hash, job.training_id)
+            known = self._known[job.id] = KnownJob(job.webhook_secret_hash, job.training_id, job.owner_id)
         if job.state.is_terminal:
             known.finished = job.state.value
         return known

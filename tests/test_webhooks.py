@@ -329,7 +329,7 @@ async def test_a_late_webhook_for_a_job_not_in_memory_reads_it_once_and_writes_n
     response, calls = await assert_answered_without_writes(hooks, job.id, SECRET, body("training_started"))
     assert response.json() == {**FINISHED, "state": "cancelled"}
     assert calls == ["get_job", "fetchone", "fetchall"]  # one read, no transaction
-    assert hooks.server._known[job.id] == KnownJob(hash_secret(SECRET), TID, "cancelled")
+    assert hooks.server._known[job.id] == KnownJob(hash_secret(SECRET), TID, 1, "cancelled")
     _response, calls = await assert_answered_without_writes(hooks, job.id, SECRET, body("model_ready"))
     assert calls == []
 
@@ -375,7 +375,7 @@ async def test_a_secret_is_read_again_until_the_job_has_a_training_id(hooks: Har
     assert (await hooks.post(job.id, SECRET, body("deploying_gpu"))).status_code == 404
     response = await hooks.post(job.id, OTHER_SECRET, body("deploying_gpu"))
     assert response.status_code == 200, response.text
-    assert hooks.server._known[job.id] == KnownJob(hash_secret(OTHER_SECRET), TID, None)
+    assert hooks.server._known[job.id] == KnownJob(hash_secret(OTHER_SECRET), TID, 1, None)
 
 
 async def test_a_job_deleted_since_it_was_remembered_is_404_and_forgotten(hooks: Harness) -> None:
@@ -634,3 +634,20 @@ def test_status_word() -> None:
     assert status_word({"status": "success"}) is None
     assert status_word({"training_status": "", "status": "error"}) == "error"
     assert status_word({"training_status": 5}) is None
+
+
+async def test_a_forgotten_owners_jobs_are_no_longer_answered_from_memory(hooks: Harness) -> None:
+    from bot.jobs.transitions import plan_transition
+
+    mine = await make_job(hooks.store, owner=1)
+    theirs = await make_job(hooks.store, secret=OTHER_SECRET, training_id="OTHERTRAIN", owner=2)
+    for job in (mine, theirs):
+        cancel = Event(Action.CANCEL, EventSource.USER, detail="Cancelled by its owner.")
+        await hooks.store.apply_event(job.id, cancel, plan_transition)
+    assert (await hooks.post(mine.id, SECRET, body("model_ready"))).status_code == 200
+    assert (await hooks.post(theirs.id, OTHER_SECRET, body("model_ready", "OTHERTRAIN"))).status_code == 200
+    assert {mine.id, theirs.id} <= set(hooks.server._known)
+    await hooks.store.forget_user(1)
+    hooks.server.forget_owner(1)
+    assert mine.id not in hooks.server._known and theirs.id in hooks.server._known
+    assert (await hooks.post(mine.id, SECRET, body("model_ready"))).status_code == 404

@@ -62,9 +62,9 @@ async def test_an_expired_interaction_token_does_not_stop_the_training(world: Wo
     job_id = job_id_of(preview)
     submit = world.app.service.submit
 
-    async def submit_after_token_death(job, urls):  # the click's token dies while we submit
+    async def submit_after_token_death(job, urls, **options):  # the click's token dies while we submit
         world.fake.expire_interaction_tokens()
-        return await submit(job, urls)
+        return await submit(job, urls, **options)
 
     world.app.service.submit = submit_after_token_death  # type: ignore[method-assign]
     click = await world.click(preview, f"lorabot:preview:start:{job_id}")

@@ -564,3 +564,13 @@ async def test_serve_applies_its_faults_at_start(http):
         output.append(rest.decode())
     assert proc.returncode == 0, "".join(output)
     assert "fault switches at start" in "".join(output)
+
+
+async def test_create_status_word_changes_only_the_create_answer(running, host, http):
+    running.simulator.set_faults(create_status_word="queued")
+    response = await post(http, running, "lora_fine_tune", page_body(host, count=1))
+    data = response.json()
+    assert (data["status"], data["messege"]) == ("success", "queued") and data["training_id"]
+    assert data["training_id"] in running.simulator.trainings
+    running.simulator.set_faults(create_status_word=None)
+    assert (await post(http, running, "lora_fine_tune", page_body(host, count=1))).json()["messege"] == "deploying_gpu"
