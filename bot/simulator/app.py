@@ -4,10 +4,15 @@ Provider endpoints, all `POST` with a JSON body carrying `key`, under `/api/v3/`
 `/api/sandbox/v3/`:
 `lora_fine_tune`, `fine_tune_status/{id}`, `cancle_training/{id}` and `cancel_training/{id}`,
 `finetune_list`, `finetune/delete/{id}`, `base64_crop`; plus `GET /generations/{name}.png` for
-the links `base64_crop` returns. The same endpoints are also served under `/relocated/api/v3/`
-and `/relocated/api/sandbox/v3/`: where a "moved" provider (fault `redirect_status`) points.
+the links `base64_crop` returns. The v6 image generation, under `/api/v6/`: `images/text2img`
+(with a trained LoRA as `lora_model`), `images/fetch` (`request_id` in the body) and
+`images/fetch/{id}`; the pictures are served at `GET /generations/img/{name}.png` until they
+expire (`image_ttl_seconds`). The simulator never calls a generation's `webhook`: clients fetch.
+The same endpoints are also served under `/relocated/api/v3/`, `/relocated/api/sandbox/v3/` and
+`/relocated/api/v6/`: where a "moved" provider (fault `redirect_status`) points.
 
-Two fault switches act on every provider endpoint before its handler runs (`_provider_gate`):
+Two fault switches act on every provider endpoint (not the picture downloads) before its handler
+runs (`_provider_gate`):
 `redirect_status` (answer a 3xx with a `Location` and do nothing) and `duplicate_window_seconds`
 (refuse a request identical to a recent one with the spam-filter body). Every provider request,
 refused or not, is recorded in `Simulator.requests` with its HTTP status and outcome.
@@ -39,20 +44,27 @@ from bot.simulator.faults import FAILED, FaultError, check_settings
 from bot.simulator.images import ImageRejected, crop_to_png, fetch_images, parse_data_uri
 from bot.simulator.state import (
     CREATE_ETA_TEXT,
+    GENERATION_FAILED,
+    GENERATION_PROCESSING,
     Generation,
+    ImageGeneration,
     RequestRecord,
     Simulator,
     SimulatorConfig,
     Training,
     key_owner,
 )
-from bot.simulator.validation import Errors, summarize_errors, validate_lora_request
+from bot.simulator.validation import Errors, summarize_errors, validate_lora_request, validate_text2img_request
 
 log = logging.getLogger("bot.simulator")
 
 SIMULATOR_KEY: Final = web.AppKey("simulator", Simulator)
 
 API_PREFIXES: Final[tuple[str, ...]] = ("/api/v3", "/api/sandbox/v3")
+#: The v6 image generation API.
+V6_PREFIX: Final = "/api/v6"
+#: Where `text2img` links its pictures (the `base64_crop` links stay at `/generations/<name>.png`).
+PICTURES_PATH: Final = "/generations/img"
 #: Where the "moved" provider lives (fault `redirect_status`); never redirected itself.
 RELOCATED_PREFIX: Final = "/relocated"
 
@@ -98,6 +110,10 @@ NOT_FOUND_HTML: Final = (
     "<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n"
     "<center><h1>404 Not Found</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
 )
+#: The v6 `processing` answer's fixed texts (the docs' examples).
+PROCESSING_TIP: Final = "for faster speed, keep resolution upto 512x512"
+PROCESSING_MESSAGE: Final = "Try to fetch request after given estimated time"
+REQUEST_NOT_FOUND_MESSAGE: Final = "Request not found"
 REDIRECT_REASONS: Final[dict[int, str]] = {
     301: "301 Moved Permanently",
     302: "302 Found",
@@ -108,6 +124,8 @@ REDIRECT_REASONS: Final[dict[int, str]] = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: Set by `_provider_gate` on a request it refused; `_record_requests` puts it in the outcome.
 _REFUSED: Final = web.RequestKey("sim_refused", str)
+#: Set by the v6 handlers: the generation id a request named or created (`RequestRecord.request_id`).
+_REQUEST_ID: Final = web.RequestKey("sim_request_id", str)
 
 
 def _sim(request: web.Request) -> Simulator:
@@ -213,6 +231,7 @@ async def _record_requests(request: web.Request, handler: Handler) -> web.Stream
         path=request.path,
         at=time.time(),
         training_id=request.match_info.get("training_id"),
+        request_id=request.match_info.get("request_id"),
     )
     sim.requests.append(record)
     try:
@@ -223,6 +242,8 @@ async def _record_requests(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("simulator: unexpected error in %s", name)
         response = web.json_response(dict(INTERNAL_ERROR_BODY), status=500)
+    finally:
+        record.request_id = request.get(_REQUEST_ID, record.request_id)
     record.http_status = response.status
     record.outcome, created_id = _outcome(response)
     refused = request.get(_REFUSED)
@@ -260,7 +281,8 @@ def _fingerprint(path: str, raw: bytes) -> str:
 @web.middleware
 async def _provider_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Faults that answer for every provider endpoint, before the handler runs."""
-    if _ENDPOINT_NAMES.get(request.match_info.route.handler) is None:
+    name = _ENDPOINT_NAMES.get(request.match_info.route.handler)
+    if name is None or name in _UNGATED_ENDPOINTS:
         return await handler(request)
     sim = _sim(request)
     redirect = _redirect(sim, request)
@@ -500,6 +522,187 @@ async def generation(request: web.Request) -> web.StreamResponse:
     return web.Response(body=stored.data, content_type="image/png")
 
 
+# -- v6 image generation -------------------------------------------------------------------------
+
+
+def _v6_validation_error(sim: Simulator, errors: Errors) -> web.Response:
+    """The v6 validation error: `message` (not `messege`), an object or one string."""
+    message: Errors | str = errors
+    if sim.faults.validation_error_shape == "string":
+        message = summarize_errors(errors)
+    return _error(sim, {"status": "error", "message": message}, 400)
+
+
+def _model_not_found(sim: Simulator, name: str) -> web.Response:
+    return _error(sim, {"status": "error", "message": f"Model not found: {name}"}, 400)
+
+
+def _t2i_failure(sim: Simulator, body: dict[str, Any]) -> web.Response:
+    faults = sim.faults
+    kind = faults.t2i_fail_kind
+    message = faults.t2i_fail_message
+    if kind == "invalid_key":
+        return _invalid_key(sim)
+    if kind == "insufficient_credits":
+        return _error(sim, dict(INSUFFICIENT_CREDITS_BODY), 402)
+    if kind == "queue_full":
+        return _error(sim, _queue_full_body(faults.queue_retry_after), 429)
+    if kind == "spam_filter":
+        return _error(sim, dict(SPAM_FILTER_BODY), 429)
+    if kind == "model_not_found":
+        name = next((v for v in (body.get("lora_model"), body.get("model_id")) if isinstance(v, str) and v), "")
+        return _model_not_found(sim, name)
+    if kind == "error_object":
+        return _error(sim, {"status": "error", "message": {"prompt": [message]}}, 400)
+    if kind == "failed":
+        return _error(sim, {"status": "failed", "id": "", "message": message, "output": ""}, 400)
+    return _error(sim, {"status": "error", "message": message}, 400)
+
+
+def _lora_ready(sim: Simulator, name: str, owner: str) -> bool:
+    """`name` is a training of this key that reached `model_ready` and was not deleted."""
+    training = sim.find(name, owner)
+    return training is not None and training.reached("model_ready")
+
+
+def _generation_answer(sim: Simulator, request: web.Request, generation: ImageGeneration) -> dict[str, Any]:
+    """The `text2img` / fetch answer for the generation's current state."""
+    if generation.status == GENERATION_FAILED:
+        return {"status": "failed", "id": generation.id, "message": generation.failure_message, "output": []}
+    origin = _origin(sim, request)
+    links = [f"{origin}{PICTURES_PATH}/{name}.png" for name in generation.image_names]
+    meta = {
+        "model_id": generation.model_id,
+        "prompt": generation.prompt,
+        "negative_prompt": generation.negative_prompt,
+        "W": generation.width,
+        "H": generation.height,
+        "n_samples": generation.samples,
+        "seed": generation.seed,
+        "lora": generation.lora_model,
+        "lora_strength": generation.lora_strength,
+        "safety_checker": generation.safety_checker,
+    }
+    if generation.status == GENERATION_PROCESSING:
+        # A provider that moved names its own (relocated) fetch URL.
+        base = origin + (RELOCATED_PREFIX if request.path.startswith(RELOCATED_PREFIX + "/") else "")
+        return {
+            "status": "processing",
+            "tip": PROCESSING_TIP,
+            "eta": sim.faults.t2i_eta,
+            "message": PROCESSING_MESSAGE,
+            "fetch_result": f"{base}{V6_PREFIX}/images/fetch/{generation.id}",
+            "id": generation.id,
+            "output": [],
+            "future_links": links,
+            "meta": meta,
+        }
+    return {
+        "status": "success",
+        "generationTime": generation.generation_time,
+        "id": generation.id,
+        "output": links,
+        "proxy_links": list(links),
+        "nsfw_content_detected": generation.nsfw_content_detected,
+        "meta": meta,
+    }
+
+
+async def text2img(request: web.Request) -> web.StreamResponse:
+    sim = _sim(request)
+    body = await _read_json(request)
+    owner = None if body is None else _owner(sim, body)
+    if body is None or owner is None:
+        return _invalid_key(sim)
+    if sim.take("t2i_fail"):
+        log.info("text2img: failing (fault %s)", sim.faults.t2i_fail_kind)
+        return _t2i_failure(sim, body)
+    checked = validate_text2img_request(body)
+    if isinstance(checked, dict):
+        return _v6_validation_error(sim, checked)
+    missing = next((name for name in checked.loras if not _lora_ready(sim, name, owner)), None)
+    if missing is not None:
+        log.info("text2img: lora_model %s is not a ready model of this key", missing)
+        return _model_not_found(sim, missing)
+    generation = sim.create_generation(owner=owner, request=checked)
+    request[_REQUEST_ID] = str(generation.id)
+    await sim.answer_generation(generation)
+    if sim.take("t2i_hold"):
+        generation.answer_held = True
+        log.info("generation %d: holding the answer %.1fs (fault)", generation.id, sim.faults.t2i_hold_seconds)
+        await sim.hold(sim.faults.t2i_hold_seconds)
+    return web.json_response(_generation_answer(sim, request, generation))
+
+
+def _generation_id(value: Any) -> int | None:
+    """The id of a fetch: an integer, or its decimal text (`request_id` is sent as a string)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def _fetch_form_missing(sim: Simulator, form: str) -> web.Response | None:
+    """The unsupported fetch form (fault `fetch_forms`): a 404 page, as for an unknown route."""
+    if sim.faults.fetch_forms in ("both", form):
+        return None
+    return web.Response(text=NOT_FOUND_HTML, status=404, content_type="text/html")
+
+
+async def _fetch(sim: Simulator, request: web.Request, owner: str, raw_id: Any) -> web.Response:
+    generation_id = _generation_id(raw_id)
+    generation = None if generation_id is None else sim.find_generation(generation_id, owner)
+    if generation is None:
+        return _error(sim, {"status": "error", "message": REQUEST_NOT_FOUND_MESSAGE}, 404)
+    generation.fetch_count += 1
+    await sim.answer_generation(generation)
+    return web.json_response(_generation_answer(sim, request, generation))
+
+
+async def images_fetch_body(request: web.Request) -> web.StreamResponse:
+    """`images/fetch` with `{"key", "request_id"}` (the docs' form)."""
+    sim = _sim(request)
+    missing = _fetch_form_missing(sim, "body")
+    if missing is not None:
+        return missing
+    body = await _read_json(request)
+    owner = None if body is None else _owner(sim, body)
+    if body is None or owner is None:
+        return _invalid_key(sim)
+    raw_id = body.get("request_id")
+    if raw_id is None or raw_id == "":
+        return _v6_validation_error(sim, {"request_id": ["The request id field is required."]})
+    request[_REQUEST_ID] = str(raw_id)
+    return await _fetch(sim, request, owner, raw_id)
+
+
+async def images_fetch_path(request: web.Request) -> web.StreamResponse:
+    """`images/fetch/{id}` with `{"key"}` (the SDK's form, and the `fetch_result` link)."""
+    sim = _sim(request)
+    missing = _fetch_form_missing(sim, "path")
+    if missing is not None:
+        return missing
+    auth = await _authenticated(request)
+    if isinstance(auth, web.Response):
+        return auth
+    sim, owner = auth
+    return await _fetch(sim, request, owner, request.match_info["request_id"])
+
+
+async def generated_picture(request: web.Request) -> web.StreamResponse:
+    """A `text2img` picture; 404 before it is drawn, and once it expired."""
+    found = _sim(request).picture(request.match_info["name"])
+    if found is not None:
+        generation, data = found
+        request[_REQUEST_ID] = str(generation.id)
+        if data is not None:
+            return web.Response(body=data, content_type="image/png")
+    return web.Response(text="404: Not Found", status=404)
+
+
 # -- control endpoints ---------------------------------------------------------------------------
 
 
@@ -553,6 +756,11 @@ _PROVIDER_ROUTES: Final[tuple[tuple[str, Handler], ...]] = (
     ("/finetune/delete/{training_id}", finetune_delete),
     ("/base64_crop", base64_crop),
 )
+_V6_ROUTES: Final[tuple[tuple[str, Handler], ...]] = (
+    ("/images/text2img", text2img),
+    ("/images/fetch", images_fetch_body),
+    ("/images/fetch/{request_id}", images_fetch_path),
+)
 #: Provider handlers and the endpoint names recorded in `Simulator.requests`.
 _ENDPOINT_NAMES: Final[dict[Any, str]] = {
     lora_fine_tune: "lora_fine_tune",
@@ -561,7 +769,13 @@ _ENDPOINT_NAMES: Final[dict[Any, str]] = {
     finetune_list: "finetune_list",
     finetune_delete: "finetune_delete",
     base64_crop: "base64_crop",
+    text2img: "text2img",
+    images_fetch_body: "images_fetch",
+    images_fetch_path: "images_fetch",
+    generated_picture: "image_download",
 }
+#: Recorded, but neither redirected nor duplicate-filtered (picture downloads are plain GETs).
+_UNGATED_ENDPOINTS: Final[frozenset[str]] = frozenset({"image_download"})
 
 
 # -- application ---------------------------------------------------------------------------------
@@ -589,7 +803,11 @@ def create_app(config: SimulatorConfig) -> web.Application:
     for prefix in (*API_PREFIXES, *(RELOCATED_PREFIX + p for p in API_PREFIXES)):
         for path, handler in _PROVIDER_ROUTES:
             app.router.add_post(prefix + path, handler)
+    for prefix in (V6_PREFIX, RELOCATED_PREFIX + V6_PREFIX):
+        for path, handler in _V6_ROUTES:
+            app.router.add_post(prefix + path, handler)
     app.router.add_get("/generations/{name}.png", generation)
+    app.router.add_get(PICTURES_PATH + "/{name}.png", generated_picture)
     app.router.add_get("/_sim/state", sim_state)
     app.router.add_get("/_sim/faults", sim_get_faults)
     app.router.add_post("/_sim/faults", sim_set_faults)

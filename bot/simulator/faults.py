@@ -13,7 +13,8 @@ training that exists, the two kinds of "Rate limit exceeded" refusal (a full que
 `retry_after`, and a duplicate-request spam filter, also enforced for real with
 `duplicate_window_seconds`), failures that only polling reveals, in three status shapes, only one
 accepted spelling of the women training type, validation errors as an object or a plain string, a
-provider that moved (3xx to `/relocated`) and the shapes of the trained model list.
+provider that moved (3xx to `/relocated`) and the shapes of the trained model list. The `t2i_*`
+switches, `fetch_forms` and `image_ttl_seconds` act on the v6 image generation endpoints.
 
 `parse_fault_assignments` turns `NAME=VALUE` strings (the command line) into the same updates.
 """
@@ -45,6 +46,18 @@ WomanSpelling = Literal["both", "female", "women"]
 ValidationErrorShape = Literal["object", "string"]
 ListShows = Literal["all", "ready"]
 ListItemShape = Literal["string", "object"]
+T2IFailureKind = Literal[
+    "error_string",
+    "error_object",
+    "failed",
+    "queue_full",
+    "spam_filter",
+    "invalid_key",
+    "insufficient_credits",
+    "model_not_found",
+]
+NsfwMode = Literal["none", "all", "first"]
+FetchForms = Literal["both", "body", "path"]
 
 SUBMISSION_FAILURE_KINDS: Final[tuple[str, ...]] = get_args(SubmissionFailureKind)
 REORDER_MODES: Final[tuple[str, ...]] = get_args(ReorderMode)
@@ -55,6 +68,9 @@ WOMAN_SPELLINGS: Final[tuple[str, ...]] = get_args(WomanSpelling)
 VALIDATION_ERROR_SHAPES: Final[tuple[str, ...]] = get_args(ValidationErrorShape)
 LIST_SHOWS: Final[tuple[str, ...]] = get_args(ListShows)
 LIST_ITEM_SHAPES: Final[tuple[str, ...]] = get_args(ListItemShape)
+T2I_FAILURE_KINDS: Final[tuple[str, ...]] = get_args(T2IFailureKind)
+NSFW_MODES: Final[tuple[str, ...]] = get_args(NsfwMode)
+FETCH_FORMS: Final[tuple[str, ...]] = get_args(FetchForms)
 #: The redirect codes `redirect_status` takes (301/302 turn a POST into a GET in most clients).
 REDIRECT_STATUSES: Final[tuple[int, ...]] = (301, 302, 307, 308)
 #: Names `Simulator.set_faults`, `POST /_sim/faults` and `serve(faults=...)` take besides the switches.
@@ -172,6 +188,46 @@ class Faults:
     #: While set, the `lora_fine_tune` success answer carries this word as its `messege` instead
     #: of `deploying_gpu` (the training itself is created and walks as usual).
     create_status_word: str | None = None
+
+    # -- v6 image generation (`images/text2img`, `images/fetch`) --------------------------------
+
+    #: How many `processing` answers a generation gives before `success`: the first is the
+    #: `text2img` answer itself, the rest are fetches. 0 = `text2img` answers `success` at once.
+    t2i_processing_steps: int = 1
+    #: The `eta` (seconds) of `processing` answers.
+    t2i_eta: float = 2.0
+    #: The next N `text2img` calls (after the key check) answer an error of `t2i_fail_kind` and
+    #: create nothing. `error_string`: `{"status":"error","message":<message>}`; `error_object`:
+    #: `{"status":"error","message":{"prompt":[<message>]}}`; `failed`: `{"status":"failed","id":"",
+    #: "message":<message>,"output":""}`; `queue_full`: the queue-limit refusal with `retry_after`
+    #: from `queue_retry_after`; `spam_filter`: the duplicate-request refusal; `invalid_key` and
+    #: `insufficient_credits`: those documented bodies; `model_not_found`: `{"status":"error",
+    #: "message":"Model not found: <lora_model or model_id>"}`. HTTP 400/400/400/429/429/401/402/400
+    #: when `error_http_status`.
+    t2i_fail: int = 0
+    t2i_fail_kind: T2IFailureKind = "error_string"
+    t2i_fail_message: str = "Failed, Try Again"
+    #: The next N generations fail while processing: the answer that would have been `success`
+    #: (a fetch, or `text2img` itself with no processing steps) is `{"status":"failed","id":<id>,
+    #: "message":<t2i_fail_processing_message>,"output":[]}`, and so is every later fetch.
+    t2i_fail_processing: int = 0
+    t2i_fail_processing_message: str = "Image generation failed. Please try again."
+    #: Outputs of new generations flagged NSFW: `none` (`nsfw_content_detected: false`), `all`
+    #: (`true`) or `first` (a list of booleans, only the first image flagged). Flagged images are
+    #: still served as they are, whatever `safety_checker` says (the docs do not say what happens).
+    t2i_nsfw: NsfwMode = "none"
+    #: The next N generations stay `processing` for ever (every fetch answers `processing`).
+    t2i_never_finishes: int = 0
+    #: Seconds an output link (`/generations/img/<name>.png`) lives after its generation
+    #: finished; then it answers 404 and the image is dropped from memory.
+    image_ttl_seconds: float = 3600.0
+    #: Which fetch form is served: `both`, `body` (`images/fetch` with `request_id` in the body)
+    #: or `path` (`images/fetch/{id}`). The other form answers HTTP 404 with an nginx HTML page.
+    fetch_forms: FetchForms = "both"
+    #: The next N `text2img` calls create the generation but hold the HTTP answer for
+    #: `t2i_hold_seconds` (so a client times out and does not know whether it was accepted).
+    t2i_hold: int = 0
+    t2i_hold_seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -328,6 +384,19 @@ _PARSERS: Final[dict[str, Any]] = {
     "unknown_status_word": _optional_word,
     "unknown_status_after": lambda v: _status("unknown_status_after", v),
     "create_status_word": lambda v: None if v is None or v == "" else _str("create_status_word", v),
+    "t2i_processing_steps": lambda v: _int("t2i_processing_steps", v),
+    "t2i_eta": lambda v: _float("t2i_eta", v),
+    "t2i_fail": lambda v: _int("t2i_fail", v),
+    "t2i_fail_kind": lambda v: _choice("t2i_fail_kind", v, T2I_FAILURE_KINDS),
+    "t2i_fail_message": lambda v: _str("t2i_fail_message", v),
+    "t2i_fail_processing": lambda v: _int("t2i_fail_processing", v),
+    "t2i_fail_processing_message": lambda v: _str("t2i_fail_processing_message", v),
+    "t2i_nsfw": lambda v: _choice("t2i_nsfw", v, NSFW_MODES),
+    "t2i_never_finishes": lambda v: _int("t2i_never_finishes", v),
+    "image_ttl_seconds": lambda v: _float("image_ttl_seconds", v),
+    "fetch_forms": lambda v: _choice("fetch_forms", v, FETCH_FORMS),
+    "t2i_hold": lambda v: _int("t2i_hold", v),
+    "t2i_hold_seconds": lambda v: _float("t2i_hold_seconds", v),
 }
 assert set(_PARSERS) == FAULT_NAMES, "every fault switch needs a parser"
 

@@ -1,4 +1,5 @@
-"""Image work of the simulator: fetching training images by URL and the `base64_crop` crop."""
+"""Image work of the simulator: fetching training images by URL, the `base64_crop` crop, and the
+pictures the v6 `text2img` endpoint "generates"."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import base64
 import binascii
 import hashlib
 import io
+import random
 from dataclasses import dataclass
 
 import httpx
@@ -144,3 +146,27 @@ def crop_to_png(data: bytes, *, crop: bool, size: int) -> CropResult:
         out = io.BytesIO()
         image.save(out, format="PNG")
         return CropResult(out.getvalue(), image.width, image.height, source_format)
+
+
+def render_png(width: int, height: int, seed: int, index: int) -> bytes:
+    """A `width`x`height` PNG standing in for a generated picture (blocking; a few ms).
+
+    A two-colour vertical gradient under a coarse noise pattern, both drawn from `seed` and
+    `index`, so every picture of a generation differs and the same seed gives the same pictures.
+    """
+    rng = random.Random(f"{seed}:{index}")
+    size = (width, height)
+    top = Image.new("RGB", size, (rng.randrange(256), rng.randrange(256), rng.randrange(256)))
+    bottom = Image.new("RGB", size, (rng.randrange(256), rng.randrange(256), rng.randrange(256)))
+    image = Image.composite(bottom, top, Image.linear_gradient("L").resize(size))
+    cells = (max(1, width // 8), max(1, height // 8))
+    noise = Image.frombytes("RGB", cells, rng.randbytes(cells[0] * cells[1] * 3))
+    image = Image.blend(image, noise.resize(size, Image.Resampling.NEAREST), 0.3)
+    out = io.BytesIO()
+    image.save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def render_pngs(width: int, height: int, seed: int, count: int) -> list[bytes]:
+    """`count` pictures of one generation (blocking: run it in a thread)."""
+    return [render_png(width, height, seed, index) for index in range(count)]

@@ -1,8 +1,10 @@
-"""The simulated provider's state: trainings, their status walk, webhook deliveries, crops.
+"""The simulated provider's state: trainings, their status walk, webhook deliveries, crops, and
+v6 image generations with their (expiring) pictures.
 
 `Simulator` is the engine behind the HTTP app. Everything is kept in memory; nothing is
-persisted. Time stamps in records are wall-clock seconds (`time.time()`); the walk itself and the
-duplicate-request window (`Simulator.is_duplicate`) use the event loop's monotonic clock.
+persisted. Time stamps in records are wall-clock seconds (`time.time()`); the walk itself, the
+duplicate-request window (`Simulator.is_duplicate`) and the lifetime of generated pictures use the
+event loop's monotonic clock.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Final
 import httpx
 
 from bot.simulator.faults import FAILED, STATUSES, Faults, apply_fault_updates, check_step_seconds
+from bot.simulator.validation import Text2ImgRequest
 
 log = logging.getLogger("bot.simulator")
 
@@ -58,6 +61,14 @@ CANCELLED_STATUS: Final = "training_success"
 CANCELLED_LOG_LINE: Final = "Training stopped by user request"
 
 _ID_ALPHABET: Final = string.ascii_letters + string.digits
+
+#: The statuses of a v6 image generation (`ImageGeneration.status`).
+GENERATION_PROCESSING: Final = "processing"
+GENERATION_SUCCESS: Final = "success"
+GENERATION_FAILED: Final = "failed"
+#: The id of the first v6 image generation; ids then increase by one and are never reused
+#: (not even after `Simulator.reset`).
+FIRST_GENERATION_ID: Final = 100_001
 
 
 @dataclass(frozen=True)
@@ -179,6 +190,9 @@ class RequestRecord:
     training_id: str | None = None
     http_status: int | None = None
     outcome: str | None = None
+    #: The v6 image generation id the request named or created (`text2img`, `images_fetch`,
+    #: `image_download`), as text.
+    request_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -186,6 +200,7 @@ class RequestRecord:
             "path": self.path,
             "at": self.at,
             "training_id": self.training_id,
+            "request_id": self.request_id,
             "http_status": self.http_status,
             "outcome": self.outcome,
         }
@@ -212,6 +227,89 @@ class Generation:
             "source_format": self.source_format,
             "cropped": self.cropped,
             "created_at": self.created_at,
+        }
+
+
+@dataclass
+class ImageGeneration:
+    """One v6 `text2img` generation and everything the simulator observed about it."""
+
+    id: int
+    owner: str
+    created_at: float
+    #: The request body without its key.
+    request: dict[str, Any]
+    model_id: str
+    prompt: str
+    negative_prompt: str | None
+    #: `lora_model` as sent (None without one) and its ids.
+    lora_model: str | None
+    loras: tuple[str, ...]
+    #: `meta.lora_strength`: a number, or the comma-separated values of several LoRAs.
+    lora_strength: float | str
+    width: int
+    height: int
+    samples: int
+    #: The seed used (drawn at random when the request sent null).
+    seed: int
+    safety_checker: str
+    #: Names of the pictures, served at `/generations/img/<name>.png` once finished.
+    image_names: list[str]
+    #: Per picture: flagged NSFW (fault `t2i_nsfw`).
+    nsfw: list[bool]
+    #: `processing` answers still to give before the generation finishes.
+    processing_left: int
+    #: `t2i_nsfw` when it was created: how `nsfw_content_detected` is shaped.
+    nsfw_mode: str = "none"
+    never_finishes: bool = False
+    #: Set when the generation will fail (or failed) while processing.
+    failure_message: str | None = None
+    status: str = GENERATION_PROCESSING
+    finished_at: float | None = None
+    #: Seconds it took to draw the pictures (`generationTime`).
+    generation_time: float | None = None
+    fetch_count: int = 0
+    #: The `text2img` answer was held (fault `t2i_hold`).
+    answer_held: bool = False
+    #: The pictures outlived `image_ttl_seconds` and were dropped.
+    expired: bool = False
+    # Runtime machinery, not part of the snapshot.
+    images: dict[str, bytes] = field(default_factory=dict, repr=False)
+    finished_monotonic: float | None = field(default=None, repr=False)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+    @property
+    def nsfw_content_detected(self) -> bool | list[bool]:
+        if self.nsfw_mode == "first":
+            return list(self.nsfw)
+        return any(self.nsfw)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "created_at": self.created_at,
+            "status": self.status,
+            "request": self.request,
+            "model_id": self.model_id,
+            "prompt": self.prompt,
+            "lora_model": self.lora_model,
+            "lora_strength": self.lora_strength,
+            "width": self.width,
+            "height": self.height,
+            "samples": self.samples,
+            "seed": self.seed,
+            "safety_checker": self.safety_checker,
+            "image_names": list(self.image_names),
+            "images_stored": len(self.images),
+            "nsfw": list(self.nsfw),
+            "processing_left": self.processing_left,
+            "never_finishes": self.never_finishes,
+            "failure_message": self.failure_message,
+            "finished_at": self.finished_at,
+            "generation_time": self.generation_time,
+            "fetch_count": self.fetch_count,
+            "answer_held": self.answer_held,
+            "expired": self.expired,
         }
 
 
@@ -297,7 +395,13 @@ class Simulator:
         self.faults = Faults()
         self.trainings: dict[str, Training] = {}
         self.generations: dict[str, Generation] = {}
+        #: v6 `text2img` generations by id.
+        self.generations_v6: dict[int, ImageGeneration] = {}
         self.requests: list[RequestRecord] = []
+        #: Picture name -> the id of the generation it belongs to.
+        self._image_names: dict[str, int] = {}
+        self._next_generation_id = FIRST_GENERATION_ID
+        self._expiry: asyncio.TimerHandle | None = None
         #: Fingerprints of recently accepted provider requests -> loop time (duplicate filter).
         self._recent_requests: dict[str, float] = {}
         self._step_seconds = config.step_seconds
@@ -336,6 +440,7 @@ class Simulator:
 
     async def close(self) -> None:
         self.begin_shutdown()
+        self._cancel_expiry()
         await self._stop_all()
         if self._http is not None:
             await self._http.aclose()
@@ -378,12 +483,17 @@ class Simulator:
             self._rng = random.Random(self.faults.drop_seed)
         if step is not None:
             self.step_seconds = float(step)
+        if "image_ttl_seconds" in updates:
+            self.expire_images()
 
     async def reset(self) -> None:
-        """Forget every training, crop and request; restore default faults and step."""
+        """Forget every training, crop, generation and request; restore default faults and step."""
         await self._stop_all()
+        self._cancel_expiry()
         self.trainings.clear()
         self.generations.clear()
+        self.generations_v6.clear()
+        self._image_names.clear()
         self.requests.clear()
         self._recent_requests.clear()
         self.faults = Faults()
@@ -527,6 +637,142 @@ class Simulator:
     async def _stop_all(self) -> None:
         for training in list(self.trainings.values()):
             await self._stop(training)
+
+    # -- v6 image generations ----------------------------------------------------------------
+
+    def create_generation(self, *, owner: str, request: Text2ImgRequest) -> ImageGeneration:
+        """Register a generation (the `t2i_*` switches for new generations are taken here)."""
+        faults = self.faults
+        generation_id = self._next_generation_id
+        self._next_generation_id += 1
+        seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
+        strengths = request.lora_strengths
+        strength: float | str
+        if len(strengths) == 1:
+            strength = int(strengths[0]) if strengths[0].is_integer() else strengths[0]
+        else:
+            strength = ",".join(f"{value:g}" for value in strengths)
+        mode = faults.t2i_nsfw
+        nsfw = [mode == "all" or (mode == "first" and index == 0) for index in range(request.samples)]
+        generation = ImageGeneration(
+            id=generation_id,
+            owner=owner,
+            created_at=time.time(),
+            request=request.echo,
+            model_id=request.model_id,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            lora_model=request.lora_model,
+            loras=request.loras,
+            lora_strength=strength,
+            width=request.width,
+            height=request.height,
+            samples=request.samples,
+            seed=seed,
+            safety_checker=request.safety_checker,
+            image_names=[secrets.token_hex(12) for _ in range(request.samples)],
+            nsfw=nsfw,
+            nsfw_mode=mode,
+            processing_left=faults.t2i_processing_steps,
+            never_finishes=self.take("t2i_never_finishes"),
+        )
+        if self.take("t2i_fail_processing"):
+            generation.failure_message = faults.t2i_fail_processing_message
+        self.generations_v6[generation_id] = generation
+        for name in generation.image_names:
+            self._image_names[name] = generation_id
+        log.info(
+            "generation %d created: %d picture(s) %dx%d, lora %s, %d processing answer(s)%s",
+            generation_id,
+            request.samples,
+            request.width,
+            request.height,
+            request.lora_model or "none",
+            generation.processing_left,
+            " (never finishes)" if generation.never_finishes else " (will fail)" if generation.failure_message else "",
+        )
+        self._notify()
+        return generation
+
+    def find_generation(self, generation_id: int, owner: str) -> ImageGeneration | None:
+        generation = self.generations_v6.get(generation_id)
+        if generation is None or generation.owner != owner:
+            return None
+        return generation
+
+    async def answer_generation(self, generation: ImageGeneration) -> None:
+        """One answer about `generation` is due (`text2img`, then each fetch): move it on.
+
+        While `processing_left` > 0 the answer is `processing` (one is used up); then the
+        generation finishes: it fails (`t2i_fail_processing`) or its pictures are drawn (in a
+        thread) and it succeeds. A finished generation does not change any more, and one that
+        never finishes stays `processing`.
+        """
+        async with generation.lock:
+            if generation.status != GENERATION_PROCESSING or generation.never_finishes:
+                return
+            if generation.processing_left > 0:
+                generation.processing_left -= 1
+                return
+            if generation.failure_message is not None:
+                generation.status = GENERATION_FAILED
+                generation.finished_at = time.time()
+                log.info("generation %d failed (fault)", generation.id)
+                self._notify()
+                return
+            # Imported here: images.py imports this module for ImageInfo.
+            from bot.simulator.images import render_pngs
+
+            started = time.monotonic()
+            pictures = await asyncio.to_thread(
+                render_pngs, generation.width, generation.height, generation.seed, generation.samples
+            )
+            generation.generation_time = round(time.monotonic() - started, 3)
+            generation.images = dict(zip(generation.image_names, pictures, strict=True))
+            generation.status = GENERATION_SUCCESS
+            generation.finished_at = time.time()
+            generation.finished_monotonic = time.monotonic()
+            log.info("generation %d finished: %d picture(s)", generation.id, len(pictures))
+            self._notify()
+        self.expire_images()
+
+    def picture(self, name: str) -> tuple[ImageGeneration, bytes | None] | None:
+        """The generation a picture name belongs to and its PNG (None once expired or not drawn yet)."""
+        generation_id = self._image_names.get(name)
+        generation = None if generation_id is None else self.generations_v6.get(generation_id)
+        if generation is None:
+            return None
+        self.expire_images()
+        return generation, generation.images.get(name)
+
+    def expire_images(self) -> None:
+        """Drop the pictures older than `image_ttl_seconds`; schedule the next drop."""
+        ttl = self.faults.image_ttl_seconds
+        now = time.monotonic()
+        next_due: float | None = None
+        for generation in self.generations_v6.values():
+            if not generation.images or generation.finished_monotonic is None:
+                continue
+            due = generation.finished_monotonic + ttl
+            if due <= now:
+                generation.images.clear()
+                generation.expired = True
+                log.info("generation %d: pictures expired", generation.id)
+                self._notify()
+            elif next_due is None or due < next_due:
+                next_due = due
+        self._cancel_expiry()
+        if next_due is not None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no loop (set_faults outside one): the next access sweeps
+            self._expiry = loop.call_later(max(0.0, next_due - now) + 0.001, self.expire_images)
+
+    def _cancel_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
 
     # -- the walk ----------------------------------------------------------------------------
 
@@ -730,6 +976,18 @@ class Simulator:
         await self.wait_for(reached, within)
         return self.trainings[training_id]
 
+    async def wait_for_generation(
+        self, generation_id: int, status: str = GENERATION_SUCCESS, within: float = 10.0
+    ) -> ImageGeneration:
+        """Wait until a v6 generation has `status` (`processing`, `success` or `failed`)."""
+
+        def reached() -> bool:
+            g = self.generations_v6.get(generation_id)
+            return g is not None and g.status == status
+
+        await self.wait_for(reached, within)
+        return self.generations_v6[generation_id]
+
     async def wait_for_webhooks(self, training_id: str, count: int, within: float = 10.0) -> Training:
         """Wait until `count` webhook HTTP attempts of a training have completed."""
 
@@ -757,10 +1015,12 @@ class Simulator:
 
     def snapshot(self) -> dict[str, Any]:
         """Everything observable, JSON-ready (the answer of `GET /_sim/state`)."""
+        self.expire_images()
         return {
             "step_seconds": self._step_seconds,
             "faults": self.faults.to_json(),
             "trainings": [t.to_json() for t in self.trainings.values()],
             "generations": [g.to_json() for g in self.generations.values()],
+            "generations_v6": [g.to_json() for g in self.generations_v6.values()],
             "requests": [r.to_json() for r in self.requests],
         }

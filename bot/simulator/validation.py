@@ -1,4 +1,4 @@
-"""Request validation for `lora_fine_tune` and `base64_crop`, with Laravel-style messages.
+"""Request validation for `lora_fine_tune`, `base64_crop` and v6 `text2img`, with Laravel-style messages.
 
 The provider is a Laravel (PHP) application; its documented validation error is
 `{"status":"error","message":{"prompt":["The prompt field is required."]}}`. The simulator answers
@@ -206,4 +206,158 @@ def validate_lora_request(body: dict[str, Any], *, woman_spelling: str = "both")
         negative_prompt=negative_prompt,
         echo={k: v for k, v in body.items() if k != "key"},
         warnings=tuple(warnings),
+    )
+
+
+# -- v6 text2img ----------------------------------------------------------------------------------
+
+#: Largest `width`/`height` and `samples` the v6 text2img docs allow.
+MAX_T2I_SIDE: Final = 1024
+MAX_T2I_SAMPLES: Final = 4
+LORA_STRENGTH_RANGE: Final = (0.1, 1.0)
+SAFETY_CHECKER_VALUES: Final[tuple[str, ...]] = ("yes", "no")
+
+
+@dataclass(frozen=True)
+class Text2ImgRequest:
+    """A validated v6 `images/text2img` body."""
+
+    model_id: str
+    prompt: str
+    negative_prompt: str | None
+    #: The `lora_model` ids (a comma-separated list in the body), empty without one.
+    loras: tuple[str, ...]
+    #: `lora_model` as sent (None when absent or empty).
+    lora_model: str | None
+    #: One strength per value sent (one value may cover several LoRAs); default 1.
+    lora_strengths: tuple[float, ...]
+    width: int
+    height: int
+    samples: int
+    safety_checker: str
+    #: None = random (the simulator picks one and reports it in `meta.seed`).
+    seed: int | None
+    webhook: str | None
+    track_id: Any
+    #: The body as received, without `key`.
+    echo: dict[str, Any]
+
+
+def _whole_number(body: dict[str, Any], field: str, default: int, low: int, high: int, errors: Errors) -> int:
+    """An integer sent as a JSON number or a numeric string (the docs send `"512"`)."""
+    raw = body.get(field)
+    if raw is None or raw == "":
+        return default
+    label = _label(field)
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        _add(errors, field, f"The {label} must be a number.")
+        return default
+    text = str(int(raw)) if isinstance(raw, float) and raw.is_integer() else str(raw).strip()
+    if not _NUMBER.fullmatch(text):
+        _add(errors, field, f"The {label} must be a number.")
+        return default
+    if not _INTEGER.fullmatch(text):
+        _add(errors, field, f"The {label} must be an integer.")
+        return default
+    value = int(text)
+    if value < low:
+        _add(errors, field, f"The {label} must be at least {low}.")
+    elif value > high:
+        _add(errors, field, f"The {label} must not be greater than {high}.")
+    return value
+
+
+def _lora_strengths(raw: Any, errors: Errors) -> tuple[float, ...]:
+    """`lora_strength`: a number or a string of one or more comma-separated numbers, each 0.1-1."""
+    if raw is None or raw == "":
+        return (1.0,)
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        _add(errors, "lora_strength", "The lora strength must be a number.")
+        return (1.0,)
+    parts = [p.strip() for p in raw.split(",")] if isinstance(raw, str) else [str(raw)]
+    values: list[float] = []
+    for part in parts:
+        if not _NUMBER.fullmatch(part):
+            _add(errors, "lora_strength", "The lora strength must be a number.")
+            return (1.0,)
+        values.append(float(part))
+    low, high = LORA_STRENGTH_RANGE
+    if any(not low <= v <= high for v in values):
+        _add(errors, "lora_strength", f"The lora strength must be between {low:g} and {high:g}.")
+    return tuple(values)
+
+
+def validate_text2img_request(body: dict[str, Any]) -> Text2ImgRequest | Errors:
+    """Check a v6 `images/text2img` body as the docs describe; return the errors or the request.
+
+    Numbers may come as strings (the docs) or as JSON numbers (the SDKs). Fields the simulator
+    does not act on (`num_inference_steps`, `guidance_scale`, `scheduler`, ...) are only echoed.
+    """
+    errors: Errors = {}
+    model_id = _required_string(body, "model_id", errors)
+    prompt = _required_string(body, "prompt", errors)
+
+    negative_prompt: str | None = None
+    raw_negative = body.get("negative_prompt")
+    if raw_negative is not None:
+        if not isinstance(raw_negative, str):
+            _add(errors, "negative_prompt", "The negative prompt must be a string.")
+        else:
+            negative_prompt = raw_negative
+
+    loras: tuple[str, ...] = ()
+    lora_model: str | None = None
+    raw_lora = body.get("lora_model")
+    if raw_lora is not None and raw_lora != "":
+        if not isinstance(raw_lora, str):
+            _add(errors, "lora_model", "The lora model must be a string.")
+        else:
+            loras = tuple(name.strip() for name in raw_lora.split(",") if name.strip())
+            if not loras:
+                _add(errors, "lora_model", "The lora model must be a string.")
+            lora_model = raw_lora
+    strengths = _lora_strengths(body.get("lora_strength"), errors)
+    if loras and len(strengths) not in (1, len(loras)):
+        _add(errors, "lora_strength", "The lora strength must have one value, or one per lora model.")
+
+    width = _whole_number(body, "width", 512, 1, MAX_T2I_SIDE, errors)
+    height = _whole_number(body, "height", 512, 1, MAX_T2I_SIDE, errors)
+    samples = _whole_number(body, "samples", 1, 1, MAX_T2I_SAMPLES, errors)
+    safety_checker = _choice(body, "safety_checker", SAFETY_CHECKER_VALUES, "yes", errors)
+
+    seed: int | None = None
+    raw_seed = body.get("seed")
+    if raw_seed is not None and raw_seed != "":
+        if isinstance(raw_seed, bool) or not isinstance(raw_seed, (str, int)):
+            _add(errors, "seed", "The seed must be an integer.")
+        elif _INTEGER.fullmatch(str(raw_seed).strip()):
+            seed = int(str(raw_seed).strip())
+        else:
+            _add(errors, "seed", "The seed must be an integer.")
+
+    webhook: str | None = None
+    raw_webhook = body.get("webhook")
+    if raw_webhook is not None and raw_webhook != "":
+        if not isinstance(raw_webhook, str) or not is_http_url(raw_webhook):
+            _add(errors, "webhook", "The webhook must be a valid URL.")
+        else:
+            webhook = raw_webhook
+
+    if errors:
+        return errors
+    return Text2ImgRequest(
+        model_id=model_id,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        loras=loras,
+        lora_model=lora_model,
+        lora_strengths=strengths,
+        width=width,
+        height=height,
+        samples=samples,
+        safety_checker=safety_checker,
+        seed=seed,
+        webhook=webhook,
+        track_id=body.get("track_id"),
+        echo={k: v for k, v in body.items() if k != "key"},
     )
