@@ -1,7 +1,15 @@
-"""Adapter for the Stable Diffusion API (ModelsLab) v3 LoRA training endpoints."""
+"""Adapter for the Stable Diffusion API (ModelsLab): v3 LoRA training and v6 generation with a LoRA."""
 
-from bot.provider.client import MAX_CROP_IMAGE_BYTES, ProviderClient, normalize_api_root
+from bot.provider.client import (
+    MAX_CROP_IMAGE_BYTES,
+    MAX_DOWNLOAD_BYTES,
+    ProviderClient,
+    image_api_root,
+    normalize_api_root,
+)
 from bot.provider.errors import (
+    GenerationFailed,
+    ImageDownloadFailed,
     InsufficientCredits,
     InvalidApiKey,
     ProviderError,
@@ -11,6 +19,15 @@ from bot.provider.errors import (
     RequestRejected,
     SubmissionUncertain,
     TrainingNotFound,
+)
+from bot.provider.generation import (
+    MAX_IMAGE_SIDE,
+    MAX_LORA_STRENGTH,
+    MAX_SAMPLES,
+    MIN_LORA_STRENGTH,
+    GenerationAnswer,
+    GenerationRequest,
+    GenerationStatus,
 )
 from bot.provider.models import (
     DEFAULT_NEGATIVE_PROMPT,
@@ -26,7 +43,17 @@ __all__ = [
     "DEFAULT_NEGATIVE_PROMPT",
     "KNOWN_TRAINING_STATUSES",
     "MAX_CROP_IMAGE_BYTES",
+    "MAX_DOWNLOAD_BYTES",
+    "MAX_IMAGE_SIDE",
+    "MAX_LORA_STRENGTH",
+    "MAX_SAMPLES",
+    "MIN_LORA_STRENGTH",
     "UNKNOWN_STATUS",
+    "GenerationAnswer",
+    "GenerationFailed",
+    "GenerationRequest",
+    "GenerationStatus",
+    "ImageDownloadFailed",
     "InsufficientCredits",
     "InvalidApiKey",
     "ProviderClient",
@@ -41,5 +68,6 @@ __all__ = [
     "TrainingRequest",
     "TrainingStatus",
     "TrainingType",
+    "image_api_root",
     "normalize_api_root",
 ]

@@ -1,8 +1,10 @@
-"""Async client for the Stable Diffusion API (ModelsLab) v3 LoRA training endpoints.
+"""Async client for the Stable Diffusion API (ModelsLab): v3 LoRA training and v6 generation.
 
-Every call is ``POST {api_root}/<endpoint>`` with a JSON body that carries the API key as
-``"key"``. Every endpoint, its quirks and the bot's answer to each are described in
-``docs/provider.md``.
+Every call is ``POST {api_root}/<endpoint>`` (training, ``…/api/v3``) or
+``POST {origin}/api/v6/images/<endpoint>`` (generating pictures with a trained LoRA) with a JSON
+body that carries the API key as ``"key"``. ``{origin}`` is the API root without its ``/api/v3``
+(or ``/api/sandbox/v3``). Every endpoint, its quirks and the bot's answer to each are described
+in ``docs/provider.md``.
 
 Retry policy:
 
@@ -15,6 +17,7 @@ Retry policy:
   :class:`RateLimited` only when the provider certainly did not take the request (its queue is
   full); the duplicate-request filter, or a rate limit that does not say which, means an
   identical request may already be in, so it raises :class:`SubmissionUncertain`.
+  ``text2img`` (it may start, and bill, a generation) follows the same rules.
 * The other calls are safe to repeat (cancelling twice is harmless) and are retried on 5xx,
   timeouts, network errors and non-JSON bodies, with exponential backoff and full jitter, up to
   ``max_attempts`` attempts in all. A 429 waits the provider's ``retry_after`` (from the body, the
@@ -24,10 +27,17 @@ Retry policy:
   ``status == "failed"`` and the provider's reason): a failure body at HTTP 2xx is the training's
   failure unless it is a call-level error (key, rate limit, credits, not found, a validation
   object, or a generic server error).
+* ``fetch_generation`` is retried like the other read-only calls, but its answers are never
+  reused. A failure body at HTTP 2xx that is not about the call, or "not found" (the provider
+  lost the request), raises :class:`GenerationFailed`. The ``fetch_result`` link of an answer is
+  never followed: the key goes to the configured provider only.
+* ``download_image`` GETs an output link with a separate HTTP client that carries neither the
+  key nor the provider's headers, and retries a 5xx or a network failure twice.
 
 Redirects: a 307/308 keeps the method and body, so it is followed, but only to the configured
 host or the provider's own domains over https (the key travels in the body); the new address is
-used from then on. Any other redirect of a POST raises :class:`ProviderMisconfigured`.
+used from then on (a v3 move applies to v6 too, a v6 move to v6 only). Any other redirect of a
+POST raises :class:`ProviderMisconfigured`.
 
 The key is kept out of ``repr``, logs, exceptions and stored payloads.
 """
@@ -52,6 +62,8 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import httpx
 
 from bot.provider.errors import (
+    GenerationFailed,
+    ImageDownloadFailed,
     InsufficientCredits,
     InvalidApiKey,
     ProviderError,
@@ -63,6 +75,7 @@ from bot.provider.errors import (
     SubmissionUncertain,
     TrainingNotFound,
 )
+from bot.provider.generation import GenerationAnswer, GenerationRequest, valid_request_id
 from bot.provider.models import (
     FAILURE_BODY_STATUSES,
     SubmitResult,
@@ -78,7 +91,12 @@ from bot.provider.models import (
 
 logger = logging.getLogger(__name__)
 
-_Operation = Literal["submit", "status", "cancel", "list", "delete", "crop"]
+_Operation = Literal["submit", "status", "cancel", "list", "delete", "crop", "generate", "fetch"]
+#: Which API family an endpoint belongs to: v3 (training, under the API root) or v6 (images).
+_Api = Literal["v3", "v6"]
+#: The two spellings of the v6 fetch: ``images/fetch`` with ``request_id`` in the body (the
+#: provider's documentation), ``images/fetch/{id}`` (its SDK). The other one is tried on 404/405.
+_FetchForm = Literal["body", "path"]
 #: Operations whose path names a training: a 404 or "not found" there means TrainingNotFound.
 _TRAINING_OPERATIONS: Final = frozenset({"status", "cancel", "delete"})
 
@@ -87,6 +105,25 @@ _CANCEL_ENDPOINTS: Final = ("cancle_training", "cancel_training")
 
 #: ``base64_crop`` accepts at most 5 MB (SDA miscs page, ModelsLab general API).
 MAX_CROP_IMAGE_BYTES: Final = 5 * 1024 * 1024
+#: ``download_image`` refuses pictures larger than this by default.
+MAX_DOWNLOAD_BYTES: Final = 20 * 1024 * 1024
+#: ``download_image`` tries a link this many times in all when it fails transiently.
+_DOWNLOAD_ATTEMPTS: Final = 3
+_DOWNLOAD_MAX_REDIRECTS: Final = 3
+#: An output link answering one of these is gone (output links are temporary).
+_EXPIRED_LINK: Final = frozenset({403, 404, 410})
+#: Image types that may arrive as ``application/octet-stream``: recognised by their first bytes.
+_MAGIC: Final = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+)
+_UNTYPED: Final = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+_GENERATION_UNCERTAIN: Final = (
+    "The image service did not confirm whether it started making the pictures. "
+    "Please don't ask again yet; the bot will check on it."
+)
 
 #: Gateway answers: the request may have reached the provider behind the gateway.
 _GATEWAY_ERRORS: Final = frozenset({502, 504})
@@ -167,6 +204,33 @@ def normalize_api_root(base_url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, root, "", ""))
 
 
+def image_api_root(api_root: str) -> str:
+    """The v6 image API root next to a v3 API root: ``https://host/api/v3`` -> ``https://host/api/v6``.
+
+    The ``/api/v3`` or ``/api/sandbox/v3`` end is replaced by ``/api/v6``; a root with neither
+    end (a move to an unusual address) gives ``{scheme}://{host}/api/v6``.
+    """
+    parts = urlsplit(api_root)
+    path = parts.path.rstrip("/")
+    lowered = path.lower()
+    for suffix in ("/api/sandbox/v3", "/api/v3"):
+        if lowered.endswith(suffix):
+            path = path[: -len(suffix)]
+            break
+    else:
+        path = ""
+    return urlunsplit((parts.scheme, parts.netloc, f"{path}/api/v6", "", ""))
+
+
+def _sniff_image(data: bytes) -> str | None:
+    for magic, mime in _MAGIC:
+        if data.startswith(magic):
+            return mime
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
 def _make_timeout(seconds: float) -> httpx.Timeout:
     return httpx.Timeout(connect=min(seconds, 10.0), read=seconds, write=seconds, pool=seconds)
 
@@ -203,7 +267,11 @@ def _redacted_location(url: str) -> str:
 
 
 class ProviderClient:
-    """The provider's v3 training API: submit, status, cancel, list, delete, crop."""
+    """The provider's v3 training API (submit, status, cancel, list, delete, crop) and v6 generation.
+
+    ``image_transport`` is the transport of the separate client that downloads pictures
+    (``download_image``); it defaults to ``transport``.
+    """
 
     def __init__(
         self,
@@ -221,6 +289,7 @@ class ProviderClient:
         max_rate_limit_wait: float = 60.0,
         duplicate_window: float = DUPLICATE_WINDOW_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        image_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if timeout <= 0 or submit_timeout <= 0:
             raise ValueError("timeouts must be positive")
@@ -240,6 +309,9 @@ class ProviderClient:
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
         self._cancel_endpoints: tuple[str, str] = _CANCEL_ENDPOINTS
+        self._fetch_forms: tuple[_FetchForm, _FetchForm] = ("body", "path")
+        #: The v6 root a redirect of a v6 call taught; else it follows the v3 root.
+        self._v6_root: str | None = None
         self._duplicate_window = duplicate_window
         self._clock = clock
         #: Recent answers of read-only calls, by endpoint: see `_read_only`.
@@ -250,6 +322,10 @@ class ProviderClient:
             follow_redirects=False,  # never resend the key to wherever a redirect points
             headers={"Content-Type": "application/json", "Accept": "application/json"},
         )
+        #: Downloads pictures: no key, no provider headers; made on first use.
+        self._images: httpx.AsyncClient | None = None
+        self._image_transport = image_transport if image_transport is not None else transport
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"ProviderClient(api_root={self._api_root!r}, max_attempts={self._max_attempts})"
@@ -258,6 +334,11 @@ class ProviderClient:
     def api_root(self) -> str:
         """The normalized API root, e.g. ``https://stablediffusionapi.com/api/v3``."""
         return self._api_root
+
+    @property
+    def image_api_root(self) -> str:
+        """The v6 image API root, e.g. ``https://stablediffusionapi.com/api/v6``."""
+        return self._root("v6")
 
     async def __aenter__(self) -> ProviderClient:
         return self
@@ -271,50 +352,30 @@ class ProviderClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        self._closed = True
         self._recent.clear()
-        await self._http.aclose()
+        images, self._images = self._images, None
+        try:
+            await self._http.aclose()
+        finally:
+            if images is not None:
+                await images.aclose()
 
     # ------------------------------------------------------------------ endpoints
 
     async def submit_training(self, request: TrainingRequest) -> SubmitResult:
         """``POST /api/v3/lora_fine_tune``. Never retried; see the module docstring."""
-        endpoint = "lora_fine_tune"
         self._recent.pop("finetune_list", None)  # whatever the outcome, the account's list may change
+        status, clean = await self._send_once(
+            "lora_fine_tune", request.to_body(self._key.reveal()), "submit", "v3", "Training submission"
+        )
         try:
-            response = await self._post(endpoint, request.to_body(self._key.reveal()), self._submit_timeout)
-        except _NOT_SENT_ERRORS as exc:
-            raise ProviderUnavailable() from exc
-        except httpx.RequestError as exc:
-            logger.warning("Training submission got no answer (%s); it may have started", type(exc).__name__)
-            raise SubmissionUncertain() from exc
-
-        status = response.status_code
-        if 300 <= status < 400:
-            raise self._redirected(endpoint, response)
-        payload = self._decode(response)
-        if status in _GATEWAY_ERRORS:
-            # A proxy gave up waiting on the provider, which may well have started the training.
-            logger.warning("Training submission answered HTTP %d from a gateway; it may have started", status)
-            raise SubmissionUncertain(status_code=status)
-        if isinstance(payload, dict):
-            error = self._classify(status, payload, response.headers, "submit")
-            if error is not None:
-                raise self._submission_error(error)
-            clean = redact(payload, self._key.reveal())
-            try:
-                result = SubmitResult.from_payload(clean)
-            except ValueError:
-                logger.warning("Training submission answered HTTP %d without a training id", status)
-                raise SubmissionUncertain(provider_message=message_text(clean), status_code=status) from None
-            logger.info("Training %s submitted (%d images)", result.training_id, len(request.images))
-            return result
-        if 400 <= status < 500:
-            # Refused before processing; the status code alone decides the error.
-            error = self._classify(status, {}, response.headers, "submit")
-            if error is not None:
-                raise self._submission_error(error)
-        logger.warning("Training submission answered HTTP %d without a JSON object", status)
-        raise SubmissionUncertain(status_code=status)
+            result = SubmitResult.from_payload(clean)
+        except ValueError:
+            logger.warning("Training submission answered HTTP %d without a training id", status)
+            raise SubmissionUncertain(provider_message=message_text(clean), status_code=status) from None
+        logger.info("Training %s submitted (%d images)", result.training_id, len(request.images))
+        return result
 
     async def training_status(self, training_id: str) -> TrainingStatus:
         """``POST /api/v3/fine_tune_status/{id}``.
@@ -370,6 +431,118 @@ class ProviderClient:
         payload = await self._call_object(f"finetune/delete/{training_id}", {}, "delete")
         return self._reply_text(payload)
 
+    async def text2img(self, request: GenerationRequest) -> GenerationAnswer:
+        """``POST {origin}/api/v6/images/text2img``: generate pictures with a trained LoRA.
+
+        Never retried once it may have reached the provider (a generation is billed), exactly
+        like ``submit_training``: see the module docstring. Returns a ``success`` answer with the
+        picture links, or a ``processing`` one to fetch with ``fetch_generation``. A failure body
+        that carries the request's id (the provider took it, and the generation failed at once)
+        raises :class:`GenerationFailed`; other refusals raise the classified error.
+        """
+        status, clean = await self._send_once(
+            "images/text2img",
+            request.to_body(self._key.reveal()),
+            "generate",
+            "v6",
+            "Image generation request",
+            uncertain_message=_GENERATION_UNCERTAIN,
+        )
+        try:
+            answer = GenerationAnswer.from_payload(clean)
+        except ValueError:
+            logger.warning("Image generation request answered HTTP %d without pictures or a request id", status)
+            raise SubmissionUncertain(
+                _GENERATION_UNCERTAIN, provider_message=message_text(clean), status_code=status
+            ) from None
+        logger.info(
+            "Image generation %s: %s (%d pictures asked, %d links)",
+            answer.request_id or "without id",
+            answer.status,
+            request.samples,
+            len(answer.image_urls),
+        )
+        return answer
+
+    async def fetch_generation(self, request_id: str) -> GenerationAnswer:
+        """``POST {origin}/api/v6/images/fetch`` with ``request_id``; ``images/fetch/{id}`` on 404/405.
+
+        The form that worked is tried first from then on. Retried on 5xx, timeouts, network
+        errors and bodies that are not JSON; answers are never reused. Raises
+        :class:`GenerationFailed` when the generation failed or the provider no longer knows
+        the request. The answer's ``fetch_result`` link is never called.
+        """
+        request_id = str(request_id).strip()
+        if not valid_request_id(request_id):
+            raise ValueError("request_id is not a generation request id")
+        first, second = self._fetch_forms
+        try:
+            payload = await self._fetch_once(first, request_id)
+        except (GenerationFailed, RequestRejected) as error:
+            if error.status_code not in (404, 405):
+                raise
+            logger.info(
+                "The %s form of images/fetch answered HTTP %d; trying the %s form", first, error.status_code, second
+            )
+            try:
+                payload = await self._fetch_once(second, request_id)
+            except (GenerationFailed, RequestRejected) as fallback_error:
+                if fallback_error.status_code in (404, 405):
+                    raise error from None
+                if isinstance(fallback_error, GenerationFailed):
+                    self._fetch_forms = (second, first)  # that form answered: it exists
+                raise
+            self._fetch_forms = (second, first)
+        try:
+            return GenerationAnswer.from_payload(payload, request_id=request_id)
+        except ValueError:
+            logger.warning("images/fetch answered a body without pictures or a known status")
+            raise ProviderUnavailable(
+                "The image service sent an answer the bot does not understand.",
+                provider_message=message_text(payload),
+                retryable=False,
+            ) from None
+
+    async def download_image(self, url: str, *, max_bytes: int = MAX_DOWNLOAD_BYTES) -> tuple[bytes, str]:
+        """GET a picture from an output link; returns its bytes and its content type.
+
+        Uses a separate HTTP client without the key or the provider's headers, follows at most
+        3 redirects, and stops reading past ``max_bytes``. A 5xx, 429, timeout or network error
+        is retried twice with backoff. Raises :class:`ImageDownloadFailed` (``expired`` for a
+        403/404/410 link) for anything that does not yield an image.
+        """
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be positive")
+        url = url.strip()
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ImageDownloadFailed("The picture's link is not a web address.")
+        if self._closed:
+            raise RuntimeError("The provider client has been closed.")
+        if self._images is None:
+            self._images = httpx.AsyncClient(
+                transport=self._image_transport,
+                timeout=self._timeout,
+                follow_redirects=True,
+                max_redirects=_DOWNLOAD_MAX_REDIRECTS,
+                headers={"Accept": "image/*"},
+            )
+        where = _redacted_location(url)  # a signed link's query is a credential of sorts
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._download_once(self._images, url, where, max_bytes)
+            except ImageDownloadFailed as error:
+                if not error.retryable or attempt >= _DOWNLOAD_ATTEMPTS:
+                    raise
+                reason = self._describe(error)
+            wait = self._backoff(attempt)
+            logger.warning(
+                "GET %s failed (%s); retry %d of %d in %.2f s", where, reason, attempt, _DOWNLOAD_ATTEMPTS - 1, wait
+            )
+            await self._sleep(wait)
+
     async def probe(self, *, seconds: float = 10.0) -> None:
         """One read-only call (``finetune_list``) without retries: raises whatever it meets.
 
@@ -401,20 +574,120 @@ class ProviderClient:
 
     # ------------------------------------------------------------------ plumbing
 
-    async def _call_object(self, endpoint: str, extra: Mapping[str, object], op: _Operation) -> dict[str, Any]:
-        payload = await self._call(endpoint, extra, op)
+    async def _send_once(
+        self,
+        endpoint: str,
+        body: Mapping[str, object],
+        op: _Operation,
+        api: _Api,
+        what: str,
+        *,
+        uncertain_message: str | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        """POST a request that may start (and bill) work: never retried; see the module docstring.
+
+        Returns the HTTP status and the redacted JSON object of an answer that is not an error.
+        """
+        try:
+            response = await self._post(endpoint, body, self._submit_timeout, api=api)
+        except _NOT_SENT_ERRORS as exc:
+            raise ProviderUnavailable() from exc
+        except httpx.RequestError as exc:
+            logger.warning("%s got no answer (%s); it may have started", what, type(exc).__name__)
+            raise SubmissionUncertain(uncertain_message) from exc
+
+        status = response.status_code
+        if 300 <= status < 400:
+            raise self._redirected(endpoint, response, api)
+        payload = self._decode(response)
+        if status in _GATEWAY_ERRORS:
+            # A proxy gave up waiting on the provider, which may well have started the work.
+            logger.warning("%s answered HTTP %d from a gateway; it may have started", what, status)
+            raise SubmissionUncertain(uncertain_message, status_code=status)
+        if isinstance(payload, dict):
+            error = self._classify(status, payload, response.headers, op)
+            if error is not None:
+                raise self._submission_error(error, what, uncertain_message)
+            clean: dict[str, Any] = redact(payload, self._key.reveal())
+            return status, clean
+        if 400 <= status < 500:
+            # Refused before processing; the status code alone decides the error.
+            error = self._classify(status, {}, response.headers, op)
+            if error is not None:
+                raise self._submission_error(error, what, uncertain_message)
+        logger.warning("%s answered HTTP %d without a JSON object", what, status)
+        raise SubmissionUncertain(uncertain_message, status_code=status)
+
+    async def _fetch_once(self, form: _FetchForm, request_id: str) -> dict[str, Any]:
+        if form == "body":
+            return await self._call_object("images/fetch", {"request_id": request_id}, "fetch", api="v6")
+        return await self._call_object(f"images/fetch/{request_id}", {}, "fetch", api="v6")
+
+    async def _download_once(
+        self, client: httpx.AsyncClient, url: str, where: str, max_bytes: int
+    ) -> tuple[bytes, str]:
+        """One GET of a picture. Raises :class:`ImageDownloadFailed` (``retryable`` when transient)."""
+        started = time.perf_counter()
+        try:
+            async with client.stream("GET", url) as response:
+                status = response.status_code
+                logger.debug("GET %s -> %d in %.0f ms", where, status, (time.perf_counter() - started) * 1000)
+                if status in _EXPIRED_LINK:
+                    raise ImageDownloadFailed(status_code=status, expired=True)
+                if status == 429 or status >= 500:
+                    raise ImageDownloadFailed(status_code=status, retryable=True)
+                if not 200 <= status < 300:
+                    raise ImageDownloadFailed(status_code=status)
+                mime = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+                if mime not in _UNTYPED and (not _IMAGE_MIME.fullmatch(mime) or mime == "image/svg+xml"):
+                    raise ImageDownloadFailed("The image service's link did not lead to a picture.", status_code=status)
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > max_bytes:
+                    raise ImageDownloadFailed("The picture is too large to download.", status_code=status)
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise ImageDownloadFailed("The picture is too large to download.", status_code=status)
+                    chunks.append(chunk)
+        except httpx.TooManyRedirects as exc:
+            raise ImageDownloadFailed("The picture's link redirects too often.") from exc
+        except httpx.UnsupportedProtocol as exc:
+            raise ImageDownloadFailed("The picture's link redirects to something that is not a web address.") from exc
+        except httpx.TransportError as exc:
+            logger.debug("GET %s failed: %s", where, type(exc).__name__)
+            raise ImageDownloadFailed(retryable=True) from exc
+        except (httpx.RequestError, httpx.InvalidURL) as exc:
+            raise ImageDownloadFailed() from exc
+        data = b"".join(chunks)
+        if not data:
+            raise ImageDownloadFailed("The image service's link gave an empty picture.", status_code=status)
+        if mime in _UNTYPED:
+            sniffed = _sniff_image(data)
+            if sniffed is None:
+                raise ImageDownloadFailed("The image service's link did not lead to a picture.", status_code=status)
+            mime = sniffed
+        return data, mime
+
+    async def _call_object(
+        self, endpoint: str, extra: Mapping[str, object], op: _Operation, *, api: _Api = "v3"
+    ) -> dict[str, Any]:
+        payload = await self._call(endpoint, extra, op, api=api)
         if isinstance(payload, dict):
             return payload
         raise ProviderUnavailable("The image service sent an answer the bot does not understand.", retryable=False)
 
-    async def _call(self, endpoint: str, extra: Mapping[str, object], op: _Operation) -> dict[str, Any] | list[Any]:
+    async def _call(
+        self, endpoint: str, extra: Mapping[str, object], op: _Operation, *, api: _Api = "v3"
+    ) -> dict[str, Any] | list[Any]:
         """One read-only (repeatable) call with retries. Returns the redacted JSON body."""
-        path = f"{self._root_path}/{endpoint}"
         attempt = 0
         while True:
             attempt += 1
+            path = self._path(endpoint, api)
             try:
-                return await self._read_only(endpoint, extra, op)
+                return await self._read_only(endpoint, extra, op, api=api)
             except RateLimited as error:
                 wait = error.retry_after if error.retry_after is not None else self._backoff(attempt)
                 if wait > self._max_rate_limit_wait:
@@ -443,7 +716,13 @@ class ProviderClient:
             await self._sleep(wait)
 
     async def _read_only(
-        self, endpoint: str, extra: Mapping[str, object], op: _Operation, *, limits: httpx.Timeout | None = None
+        self,
+        endpoint: str,
+        extra: Mapping[str, object],
+        op: _Operation,
+        *,
+        limits: httpx.Timeout | None = None,
+        api: _Api = "v3",
     ) -> dict[str, Any] | list[Any]:
         """One attempt; a status or list call answered within the duplicate window is not sent again.
 
@@ -451,13 +730,13 @@ class ProviderClient:
         filter, which then asks for a 30 s wait). A poll and a /status, or two listings, can
         easily collide, so their successful answers are reused within that window instead.
         """
-        cacheable = op in ("status", "list") and not extra and self._duplicate_window > 0
+        cacheable = op in ("status", "list") and api == "v3" and not extra and self._duplicate_window > 0
         now = self._clock()
         if cacheable:
             recent = self._recent.get(endpoint)
             if recent is not None and now - recent[0] < self._duplicate_window:
                 return recent[1]
-        payload = await self._attempt(endpoint, extra, op, limits=limits)
+        payload = await self._attempt(endpoint, extra, op, limits=limits, api=api)
         if cacheable:
             if len(self._recent) > 10_000:
                 self._recent = {k: v for k, v in self._recent.items() if now - v[0] < self._duplicate_window}
@@ -465,16 +744,22 @@ class ProviderClient:
         return payload
 
     async def _attempt(
-        self, endpoint: str, extra: Mapping[str, object], op: _Operation, *, limits: httpx.Timeout | None = None
+        self,
+        endpoint: str,
+        extra: Mapping[str, object],
+        op: _Operation,
+        *,
+        limits: httpx.Timeout | None = None,
+        api: _Api = "v3",
     ) -> dict[str, Any] | list[Any]:
         body = {"key": self._key.reveal(), **extra}
         try:
-            response = await self._post(endpoint, body, limits or self._timeout)
+            response = await self._post(endpoint, body, limits or self._timeout, api=api)
         except httpx.RequestError as exc:
             raise ProviderUnavailable() from exc
         status = response.status_code
         if 300 <= status < 400:
-            raise self._redirected(endpoint, response)
+            raise self._redirected(endpoint, response, api)
         payload = self._decode(response)
         error = self._classify(status, payload if isinstance(payload, dict) else {}, response.headers, op)
         if error is not None:
@@ -488,9 +773,20 @@ class ProviderClient:
             "The image service sent an answer the bot does not understand.", status_code=status, retryable=False
         )
 
-    async def _post(self, endpoint: str, body: Mapping[str, object], limits: httpx.Timeout) -> httpx.Response:
+    def _root(self, api: _Api) -> str:
+        """The current root of an API family: v6 follows the (possibly moved) v3 root unless it moved itself."""
+        if api == "v3":
+            return self._api_root
+        return self._v6_root or image_api_root(self._api_root)
+
+    def _path(self, endpoint: str, api: _Api) -> str:
+        return f"{urlsplit(self._root(api)).path}/{endpoint}"
+
+    async def _post(
+        self, endpoint: str, body: Mapping[str, object], limits: httpx.Timeout, *, api: _Api = "v3"
+    ) -> httpx.Response:
         """POST, following a 307/308 (method and body kept) to the provider's own hosts only."""
-        url = f"{self._api_root}/{endpoint}"
+        url = f"{self._root(api)}/{endpoint}"
         for hop in range(_MAX_REDIRECTS + 1):
             path = urlsplit(url).path
             started = time.perf_counter()
@@ -506,29 +802,37 @@ class ProviderClient:
             if status not in _BODY_KEEPING_REDIRECTS or "location" not in response.headers:
                 return response
             target = urljoin(url, response.headers["location"])
-            if hop == _MAX_REDIRECTS or not self._may_follow(target):
-                raise self._redirected(endpoint, response)
-            self._moved(endpoint, target)
+            if hop == _MAX_REDIRECTS or not self._may_follow(target, api):
+                raise self._redirected(endpoint, response, api)
+            self._moved(endpoint, target, api)
             url = target
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _may_follow(self, target: str) -> bool:
+    def _may_follow(self, target: str, api: _Api = "v3") -> bool:
         """A redirect target the key may be sent to: the configured host, or the provider's domains."""
-        parts, configured = urlsplit(target), urlsplit(self._api_root)
+        parts, configured = urlsplit(target), urlsplit(self._root(api))
         host = (parts.hostname or "").lower()
         if host == (configured.hostname or "").lower():
             return parts.scheme == "https" or parts.scheme == configured.scheme
         provider = any(host == domain or host.endswith("." + domain) for domain in _PROVIDER_DOMAINS)
         return provider and parts.scheme == "https"
 
-    def _moved(self, endpoint: str, target: str) -> None:
+    def _moved(self, endpoint: str, target: str, api: _Api = "v3") -> None:
         """Use the address a permanent or temporary redirect named from now on, and say so once."""
         parts = urlsplit(target)
         suffix = f"/{endpoint}"
         if parts.query or not parts.path.endswith(suffix):
             return  # not the same endpoint at a new root: follow this time, learn nothing
         root = urlunsplit((parts.scheme, parts.netloc, parts.path[: -len(suffix)], "", ""))
-        if root == self._api_root:
+        if root == self._root(api):
+            return
+        if api == "v6":
+            logger.warning(
+                "The provider's image API moved from %s to %s; following the redirect.",
+                _redacted_location(self._root(api)),
+                _redacted_location(root),
+            )
+            self._v6_root = root
             return
         logger.warning(
             "The provider's API moved from %s to %s; following the redirect. Set SDAPI_BASE_URL to the new "
@@ -580,20 +884,38 @@ class ProviderClient:
             return ProviderUnavailable(provider_message=message, status_code=status)
         if op in _TRAINING_OPERATIONS and (status == 404 or _NOT_FOUND.search(lowered)):
             return TrainingNotFound(provider_message=message, status_code=status)
+        #: A request-validation object (``{"prompt": ["…required."]}``) is always about the call.
+        validation = isinstance(payload.get("message", payload.get("messege")), Mapping)
+        if op == "fetch":
+            if _NOT_FOUND.search(lowered):
+                return GenerationFailed(provider_message=message, status_code=status)  # the request is lost
+            if status < 400:
+                # A failure body at HTTP 2xx from a fetch: about the call, or the generation?
+                if _CALL_FAILURE.search(lowered):
+                    return ProviderUnavailable(provider_message=message, status_code=status)
+                if not validation:
+                    return GenerationFailed(provider_message=message, status_code=status)
+        if op == "generate" and status < 400 and id_text(payload.get("id")) is not None and not validation:
+            # The provider took the request (it has an id) and says at once that it failed.
+            return GenerationFailed(provider_message=message, status_code=status)
         if op == "status" and status < 400:
             # A failure body at HTTP 2xx from fine_tune_status: about the call, or the training?
             if _CALL_FAILURE.search(lowered):
                 return ProviderUnavailable(provider_message=message, status_code=status)
-            if not isinstance(payload.get("message", payload.get("messege")), Mapping):
+            if not validation:
                 return None  # the training failed; TrainingStatus.from_payload reads the reason
         return RequestRejected(provider_message=message, status_code=status)
 
     @staticmethod
-    def _submission_error(error: ProviderError) -> ProviderError:
+    def _submission_error(
+        error: ProviderError, what: str = "Training submission", uncertain_message: str | None = None
+    ) -> ProviderError:
         """A rate limit that does not prove the submission was refused makes it uncertain."""
         if isinstance(error, RateLimited) and not error.definitely_not_accepted:
-            logger.warning("Training submission hit the provider's duplicate filter or an unexplained rate limit")
-            return SubmissionUncertain(provider_message=error.provider_message, status_code=error.status_code)
+            logger.warning("%s hit the provider's duplicate filter or an unexplained rate limit", what)
+            return SubmissionUncertain(
+                uncertain_message, provider_message=error.provider_message, status_code=error.status_code
+            )
         return error
 
     @staticmethod
@@ -614,13 +936,12 @@ class ProviderClient:
                 return float(match.group(1))
         return None
 
-    def _redirected(self, endpoint: str, response: httpx.Response) -> ProviderMisconfigured:
+    def _redirected(self, endpoint: str, response: httpx.Response, api: _Api = "v3") -> ProviderMisconfigured:
         location = response.headers.get("location", "")
         target = _redacted_location(urljoin(str(response.request.url), location)) if location else "nowhere"
         logger.warning(
-            "POST %s/%s was redirected (HTTP %d) to %s; check SDAPI_BASE_URL",
-            self._root_path,
-            endpoint,
+            "POST %s was redirected (HTTP %d) to %s; check SDAPI_BASE_URL",
+            self._path(endpoint, api),
             response.status_code,
             target,
         )

@@ -193,10 +193,11 @@ class ProviderMisconfigured(ProviderUnavailable):
 
 
 class SubmissionUncertain(ProviderError):
-    """A submission may have reached the provider, but no usable answer came back.
+    """A submission (a training, or a text2img request) may have reached the provider, but no
+    usable answer came back.
 
-    Do not resubmit automatically: a second training costs money. Reconcile first (for example
-    with ``list_trainings``, or wait for the webhook).
+    Do not resubmit automatically: a second training or generation costs money. Reconcile first
+    (for example with ``list_trainings``, or wait for the webhook).
     """
 
     default_user_message = (
@@ -205,7 +206,58 @@ class SubmissionUncertain(ProviderError):
     )
 
 
+class GenerationFailed(ProviderError):
+    """The provider says the image generation itself failed, or no longer knows the request.
+
+    Raised by ``fetch_generation`` for a failure body that is not about the call (key, rate
+    limit, credits, a server error), and for "not found": the provider lost the request, so
+    fetching it again will not help. Also raised by ``text2img`` when the provider took the
+    request (it answers with the request's id) and reports at once that it failed.
+    ``provider_message`` holds the provider's reason, when it gave one.
+    """
+
+    def _default_user_message(self) -> str:
+        if self.provider_message:
+            return f"The image service could not make these pictures: {_shorten(self.provider_message)}"
+        return "The image service could not make these pictures."
+
+
+class ImageDownloadFailed(ProviderError):
+    """A generated picture could not be downloaded from the provider's output link.
+
+    ``expired`` is true when the link answered 403, 404 or 410 (output links are temporary), and
+    ``retryable`` when trying again later may help (a 5xx, a timeout or a network error that
+    outlasted the client's own retries). A picture that is too large or is not an image, and a
+    link that is not http(s), are neither.
+    """
+
+    default_user_message = "A picture could not be downloaded from the image service."
+
+    expired: bool
+    retryable: bool
+
+    def __init__(
+        self,
+        user_message: str | None = None,
+        *,
+        provider_message: str | None = None,
+        status_code: int | None = None,
+        expired: bool = False,
+        retryable: bool = False,
+    ) -> None:
+        self.expired = expired
+        self.retryable = retryable
+        super().__init__(user_message, provider_message=provider_message, status_code=status_code)
+
+    def _default_user_message(self) -> str:
+        if self.expired:
+            return "The picture's link at the image service has expired."
+        return self.default_user_message
+
+
 __all__ = [
+    "GenerationFailed",
+    "ImageDownloadFailed",
     "InsufficientCredits",
     "InvalidApiKey",
     "ProviderError",
