@@ -20,7 +20,9 @@ import discord
 from bot.config import ConfigError, Settings
 from bot.discord_bot import LoraBot, Services, point_discord_at
 from bot.images import ImageLimits
+from bot.jobs.generations import GenerationRunner, GenerationService
 from bot.jobs.notifier import Notifier
+from bot.jobs.picture_delivery import PictureDelivery
 from bot.jobs.reconciler import Reconciler
 from bot.jobs.service import JobService
 from bot.jobs.submission import TrainingStarter
@@ -29,6 +31,7 @@ from bot.messenger import Messenger
 from bot.provider.client import ProviderClient
 from bot.provider.errors import InvalidApiKey, ProviderError, ProviderMisconfigured
 from bot.store import Database, Store
+from bot.store.generations import GenerationStore
 from bot.supervisor import Supervisor
 from bot.webhooks import WebhookServer
 
@@ -111,7 +114,24 @@ class Application:
             raise
         self.bot = LoraBot(settings)
         messenger = Messenger(self.bot)
-        self.notifier = Notifier(self.store, messenger, edit_interval=settings.card_edit_interval_seconds)
+        self.generations = GenerationService(
+            self.store,
+            GenerationStore(self.db, now=self.store.now),
+            self.provider,
+            settings,
+            on_outbox=lambda: self.notifier.wake(),
+            on_queued=lambda: self.generation_runner.wake(),
+        )
+        self.generation_runner = GenerationRunner(
+            self.generations, spawn=lambda name, work: self.supervisor.spawn("generations", work, task_name=name)
+        )
+        self.notifier = Notifier(
+            self.store,
+            messenger,
+            edit_interval=settings.card_edit_interval_seconds,
+            pictures=PictureDelivery(self.store, self.generations, messenger),
+            samples_deadline=settings.ready_samples_deadline_seconds,
+        )
         self.service = JobService(self.store, self.provider, settings, on_outbox=self.notifier.wake)
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="images")
         self.bot.attach(
@@ -124,6 +144,7 @@ class Application:
                 messenger,
                 image_limits(settings),
                 TrainingStarter(self.store, self.service, messenger, settings),
+                self.generations,
                 self.executor,
                 self.supervisor,
             )
@@ -203,6 +224,7 @@ class Application:
             self._logged_in = True
             self.supervisor.supervise("notifier", self.notifier.run)
             self.supervisor.supervise("reconciler", self.reconciler.run)
+            self.supervisor.supervise("generation-runner", self.generation_runner.run)
         await self.bot.connect(reconnect=True)
 
     async def _login(self) -> bool:

@@ -74,6 +74,26 @@ class Settings(BaseSettings):
     #: How long a submission may wait, in all, for the provider's full queue to free up.
     sdapi_queue_retry_seconds: int = Field(default=600, ge=0, le=3600)
 
+    # Pictures (/imagine): the base checkpoints a trained LoRA is used on, by the job's base model.
+    #: Defaults are the pairings the provider's docs show (docs/provider.md); never a Flux base,
+    #: which refuses LoRAs trained on SD models.
+    sdapi_base_model_sdxl: str = "tamarin-xl-v1"
+    sdapi_base_model_sd15: str = "f222-diffusion"
+    #: A generation not finished this long after /imagine is given up, and the member told.
+    imagine_deadline_seconds: int = Field(default=600, ge=30, le=3600)
+    #: At most this many generations at the provider at once, across all members. The provider's
+    #: queue (5 on the smallest plan) is shared with trainings, so at most 4: one stays free.
+    max_concurrent_generations: int = Field(default=3, ge=1, le=4)
+    #: Seconds a member waits between two /imagine; pictures per member per rolling 24 h (0: no limit).
+    imagine_cooldown_seconds: int = Field(default=30, ge=0)
+    max_pictures_per_user_per_day: int = Field(default=40, ge=0)
+    #: true: /imagine turns the provider's safety checker off, but only in age-restricted channels.
+    imagine_safety_checker_off_in_nsfw_channels: bool = False
+    #: Pictures made with a model when it becomes ready, sent with the ready DM (they cost credits).
+    ready_samples: int = Field(default=0, ge=0, le=4)
+    #: The ready DM waits at most this long for those pictures; later ones follow as a reply.
+    ready_samples_deadline_seconds: int = Field(default=300, ge=10, le=1800)
+
     # Webhook server
     public_url: str
     webhook_host: str = "127.0.0.1"

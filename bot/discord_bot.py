@@ -14,6 +14,7 @@ from discord.ext import commands
 
 from bot.config import Settings
 from bot.images import ImageLimits
+from bot.jobs.generations import GenerationService
 from bot.jobs.notifier import Notifier
 from bot.jobs.service import JobService
 from bot.jobs.submission import TrainingStarter
@@ -24,7 +25,7 @@ from bot.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.errors", "cogs.training", "cogs.jobs")
+EXTENSIONS = ("cogs.errors", "cogs.training", "cogs.jobs", "cogs.imagine")
 COMMANDS_HASH_KEY = "commands_hash"
 
 
@@ -40,6 +41,7 @@ class Services:
     messenger: Messenger
     image_limits: ImageLimits
     starter: TrainingStarter
+    generations: GenerationService
     executor: Executor | None = None
     supervisor: Supervisor = field(default_factory=Supervisor)  # runs the cogs' background tasks
 

@@ -85,12 +85,21 @@ class Messenger:
         files: Sequence[tuple[str, bytes]] = (),
         mention_user: int | None = None,
         nonce_key: str | None = None,
+        view: discord.ui.View | None = None,
+        reply_to: int | None = None,
     ) -> Posted:
         channel = self.client.get_partial_messageable(channel_id)
         mentions = discord.AllowedMentions(users=[discord.Object(mention_user)] if mention_user else False)
         extra: dict[str, Any] = {"nonce": nonce_for(nonce_key)} if nonce_key else {}
         if embed is not None:
             extra["embed"] = embed
+        if view is not None:
+            extra["view"] = view
+        if reply_to is not None:
+            # A reply that still posts if the message it answers is gone.
+            extra["reference"] = discord.MessageReference(
+                message_id=reply_to, channel_id=channel_id, fail_if_not_exists=False
+            )
         try:
             message = await channel.send(
                 content=content,
@@ -102,10 +111,13 @@ class Messenger:
             raise _translate(error) from error
         return Posted(message.channel.id, message.id, tuple(a.url for a in message.attachments))
 
-    async def edit(self, channel_id: int, message_id: int, *, embed: discord.Embed) -> None:
+    async def edit(
+        self, channel_id: int, message_id: int, *, embed: discord.Embed, view: discord.ui.View | None = None
+    ) -> None:
         message = self.client.get_partial_messageable(channel_id).get_partial_message(message_id)
+        extra: dict[str, Any] = {"view": view} if view is not None else {}
         try:
-            await message.edit(embed=embed)
+            await message.edit(embed=embed, **extra)
         except _TRANSIENT as error:
             raise _translate(error) from error
 
@@ -124,6 +136,10 @@ class Messenger:
         embed: discord.Embed | None = None,
         files: Sequence[tuple[str, bytes]] = (),
         nonce_key: str | None = None,
+        view: discord.ui.View | None = None,
+        reply_to: int | None = None,
     ) -> Posted:
         channel_id = await self.dm_channel(user_id)
-        return await self.post(channel_id, content=content, embed=embed, files=files, nonce_key=nonce_key)
+        return await self.post(
+            channel_id, content=content, embed=embed, files=files, nonce_key=nonce_key, view=view, reply_to=reply_to
+        )

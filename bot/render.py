@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 import discord
 
 from bot.jobs.states import JobState, parse_provider_word
 from bot.store import Job, JobEvent
+from bot.store.generations import Generation, GenerationState, StoredPicture
+
+#: Buttons whose clicks the /imagine cog handles (its DynamicItem templates match these ids).
+GENERATE_BUTTON_ID = "lorabot:imagine:open:{job_id}"
+AGAIN_BUTTON_ID = "lorabot:imagine:again:{generation_id}"
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
 
 COLOURS = {
     JobState.MODEL_READY: discord.Colour.green(),
@@ -95,9 +101,8 @@ def outcome_message(job: Job, state: JobState) -> str:
         return (
             f"Your LoRA **{job.name}** (job #{job.id}) is ready.\n"
             f"Model id: `{job.training_id}`\n"
-            f"Use it by putting your instance prompt in your prompts: `{prompt}`\n"
-            f"With the Stable Diffusion API, pass `{job.training_id}` as `lora_model` to a text2img request "
-            f"on a {job.params.get('base_model', 'sdxl')} base model.{where}"
+            f"Make pictures with it: press **Generate** below, or use `/imagine` (your trigger words "
+            f"`{prompt}` are added for you).{where}"
         )
     if state is JobState.FAILED:
         reason = job.last_error or "The provider reported a failure."
@@ -168,7 +173,9 @@ def preview_embed(
     return embed
 
 
-def job_list_embed(jobs: Sequence[Job], *, page: int, pages: int, total: int) -> discord.Embed:
+def job_list_embed(
+    jobs: Sequence[Job], *, page: int, pages: int, total: int, pictures: Mapping[int, int] | None = None
+) -> discord.Embed:
     embed = discord.Embed(title="Your LoRA trainings", colour=discord.Colour.blurple())
     if not jobs:
         embed.description = "You have no trainings yet. Start one with /train."
@@ -176,7 +183,7 @@ def job_list_embed(jobs: Sequence[Job], *, page: int, pages: int, total: int) ->
         model = f"`{job.training_id}`" if job.training_id else "no model id"
         embed.add_field(
             name=f"#{job.id} · {job.name}"[:256],
-            value=f"{status_text(job)} · {model} · created {timestamp(job.created_at, 'f')}",
+            value=f"{status_text(job)} · {model}{_pictures(job, pictures)} · created {timestamp(job.created_at, 'f')}",
             inline=False,
         )
     embed.set_footer(text=f"Page {page + 1} of {max(pages, 1)} · {total} trainings")
@@ -192,6 +199,13 @@ def queue_wait_text(seconds: float) -> str:
     )
 
 
+def _pictures(job: Job, pictures: Mapping[int, int] | None) -> str:
+    if pictures is None or job.state is not JobState.MODEL_READY:
+        return ""
+    made = pictures.get(job.id, 0)
+    return f" · {made} picture{'' if made == 1 else 's'} made"
+
+
 def start_outcome(job: Job) -> str:
     """What the owner reads in the preview once Start has done its work."""
     link = card_link(job) or ""
@@ -203,3 +217,81 @@ def start_outcome(job: Job) -> str:
             f"will update if it does, and it won't be sent twice.\n{link}"
         )
     return f"Training submitted! Follow it on its card: {link}\nI'll DM you when the model is ready."
+
+
+# -- pictures (/imagine) ---------------------------------------------------------------------------
+
+
+def generate_view(job_id: int) -> discord.ui.View:
+    """The Generate button of a ready model (on its card and its ready DM)."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(
+        discord.ui.Button(
+            label="Generate", style=discord.ButtonStyle.primary, custom_id=GENERATE_BUTTON_ID.format(job_id=job_id)
+        )
+    )
+    return view
+
+
+def again_view(generation_id: int) -> discord.ui.View:
+    """The Again button under a result: the same settings with a new seed."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(
+        discord.ui.Button(
+            label="Again",
+            style=discord.ButtonStyle.secondary,
+            custom_id=AGAIN_BUTTON_ID.format(generation_id=generation_id),
+        )
+    )
+    return view
+
+
+def generation_summary(generation: Generation, job: Job | None) -> str:
+    """Prompt, model, strength and seed: what a member needs to make the same picture again."""
+    model = f"**{job.name}**" if job is not None else "a deleted model"
+    prompt = discord.utils.escape_markdown(generation.user_prompt)[:600]
+    return f"*{prompt}*\nModel {model} · strength {generation.strength:g} · seed {generation.seed}"
+
+
+def result_files(
+    generation: Generation, pictures: Sequence[StoredPicture]
+) -> tuple[list[tuple[str, bytes]], list[int], int]:
+    """The files to post, the positions they came from, and how many were withheld.
+
+    A picture the provider's safety checker flagged is posted as a spoiler in an age-restricted
+    channel, and withheld anywhere else (DMs included).
+    """
+    files: list[tuple[str, bytes]] = []
+    positions: list[int] = []
+    withheld = 0
+    for picture in pictures:
+        if picture.data is None:
+            continue
+        if picture.nsfw and not generation.age_restricted:
+            withheld += 1
+            continue
+        name = f"lorabot-{generation.id}-{picture.position + 1}.{_EXTENSIONS.get(picture.content_type, 'png')}"
+        files.append((f"SPOILER_{name}" if picture.nsfw else name, picture.data))
+        positions.append(picture.position)
+    return files, positions, withheld
+
+
+def withheld_note(withheld: int) -> str:
+    if not withheld:
+        return ""
+    return (
+        f"\n{withheld} picture(s) withheld: the image service's safety checker flagged them, and this isn't an "
+        "age-restricted channel."
+    )
+
+
+def generation_message(generation: Generation, job: Job | None, posted: int, withheld: int) -> str:
+    """The text of a result: the pictures' summary, or why there are none."""
+    who = f"<@{generation.owner_id}>"
+    summary = generation_summary(generation, job)
+    if generation.state is GenerationState.READY:
+        if posted == 0 and withheld == 0:
+            return f"{who} the image service sent no pictures.\n{summary}"
+        return f"{who} {summary}{withheld_note(withheld)}"
+    reason = generation.last_error or "The image service could not make these pictures."
+    return f"{who} I couldn't make your pictures: {reason}\n{summary}"

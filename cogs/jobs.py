@@ -221,7 +221,8 @@ class Jobs(commands.Cog):
         view = discord.ui.View(timeout=None)
         view.add_item(PageButton(user_id, max(page - 1, 0), "prev", disabled=page == 0))
         view.add_item(PageButton(user_id, page + 1, "next", disabled=page >= pages - 1))
-        return job_list_embed(jobs, page=page, pages=pages, total=total), view
+        pictures = await self.bot.services.generations.pictures_per_model([job.id for job in jobs])
+        return job_list_embed(jobs, page=page, pages=pages, total=total, pictures=pictures), view
 
     # -- /forgetme --------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ class Requester:
     manages_guild: bool = False
 
 
-def _when(moment: datetime) -> str:
+def when(moment: datetime) -> str:
     return f"<t:{int(moment.timestamp())}:R>"
 
 
@@ -53,7 +53,7 @@ async def check_can_train(store: Store, settings: Settings, who: Requester) -> N
         retry_at = _quota_reopens(await store.submissions_since(since, owner_id=who.user_id), user_limit)
         if retry_at is not None:
             raise LimitReached(
-                f"You have used your {user_limit} trainings for today. You can train again {_when(retry_at)}.",
+                f"You have used your {user_limit} trainings for today. You can train again {when(retry_at)}.",
                 retry_at,
             )
     guild_limit = settings.max_trainings_per_guild_per_day
@@ -61,7 +61,7 @@ async def check_can_train(store: Store, settings: Settings, who: Requester) -> N
         retry_at = _quota_reopens(await store.submissions_since(since, guild_id=who.guild_id), guild_limit)
         if retry_at is not None:
             raise LimitReached(
-                f"This server has used its {guild_limit} trainings for today. Trainings open again {_when(retry_at)}.",
+                f"This server has used its {guild_limit} trainings for today. Trainings open again {when(retry_at)}.",
                 retry_at,
             )
 

@@ -19,9 +19,10 @@ from datetime import datetime, timedelta
 
 import discord
 
+from bot.jobs.picture_delivery import PictureDelivery, ReadyDmPictures
 from bot.jobs.states import JobState
 from bot.messenger import CannotPost, DiscordUnavailable, DmsClosed, MessageGone, Messenger
-from bot.render import job_card, outcome_message
+from bot.render import generate_view, job_card, outcome_message
 from bot.store import Job, OutboxItem, Store
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,21 @@ def retry_delay(attempts: int) -> timedelta:
 
 
 class Notifier:
-    def __init__(self, store: Store, messenger: Messenger, *, edit_interval: float = 3.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        messenger: Messenger,
+        *,
+        edit_interval: float = 3.0,
+        pictures: PictureDelivery | None = None,
+        samples_deadline: float = 300.0,
+    ) -> None:
         self.store = store
         self.messenger = messenger
         self.edit_interval = timedelta(seconds=edit_interval)
+        #: Generations' results, and the sample pictures of the ready DM (None: no /imagine).
+        self.pictures = pictures
+        self.samples_deadline = timedelta(seconds=samples_deadline)
         self._wake = asyncio.Event()
         self._last_edit: dict[int, datetime] = {}
         self._flushed: set[int] = set()  # card items delivered ahead of a DM in the current pass
@@ -100,6 +112,11 @@ class Notifier:
             return False
         if item.kind == "card":
             return await self._deliver_card(item, job)
+        if item.kind == "generation":
+            if self.pictures is None:
+                await self.store.mark_delivered(item)
+                return False
+            return await self.pictures.deliver(item, job)
         if await self._card_before_dm(job):
             job = await self.store.get_job(job.id) or job  # the card may have been re-posted
         return await self._deliver_dm(item, job)
@@ -137,7 +154,7 @@ class Notifier:
         try:
             if job.card_channel_id is None or job.card_message_id is None:
                 raise MessageGone("no card yet")
-            await self.messenger.edit(job.card_channel_id, job.card_message_id, embed=embed)
+            await self.messenger.edit(job.card_channel_id, job.card_message_id, embed=embed, view=self._card_view(job))
         except MessageGone:
             await self._repost_card(job, embed)
         except CannotPost as error:
@@ -155,28 +172,49 @@ class Notifier:
         """The card was deleted: post a new one where it was (or in the owner's DMs) and keep going."""
         channel_id = job.card_channel_id or job.channel_id
         try:
-            posted = await self.messenger.post(channel_id, embed=embed)
+            posted = await self.messenger.post(channel_id, embed=embed, view=self._card_view(job))
         except (MessageGone, CannotPost):
-            posted = await self.messenger.dm(job.owner_id, embed=embed)
+            posted = await self.messenger.dm(job.owner_id, embed=embed, view=self._card_view(job))
         await self.store.set_card(job.id, posted.channel_id, posted.message_id)
         log.info("job %s: card re-posted as message %s", job.id, posted.message_id)
+
+    def _card_view(self, job: Job) -> discord.ui.View | None:
+        """A ready model's card carries the Generate button (when /imagine is on)."""
+        if self.pictures is None or job.state is not JobState.MODEL_READY:
+            return None
+        return generate_view(job.id)
 
     async def _deliver_dm(self, item: OutboxItem, job: Job) -> bool:
         state = JobState(str(item.payload.get("state", job.state.value)))
         text = outcome_message(job, state)
+        pictures = ReadyDmPictures([], [], 0, None)
+        view = None
+        if state is JobState.MODEL_READY and self.pictures is not None:
+            view = generate_view(job.id)
+            pictures = await self.pictures.for_ready_dm(job, self.samples_deadline)
+            if pictures.wait_until is not None:  # the sample pictures are on their way
+                await self.store.postpone(item, pictures.wait_until)
+                return False
+            text += self._samples_note(pictures)
         if not await self.store.dms_closed(job.owner_id):
             try:
-                await self.messenger.dm(job.owner_id, content=text, nonce_key=item.dedupe_key)
+                posted = await self.messenger.dm(
+                    job.owner_id, content=text, files=pictures.files, view=view, nonce_key=item.dedupe_key
+                )
             except DmsClosed:
                 log.info("job %s: owner's DMs are closed; mentioning them in the channel instead", job.id)
                 await self.store.mark_dms_closed(job.owner_id)
             else:
+                if self.pictures is not None:
+                    await self.pictures.after_ready_dm(pictures, posted)
                 await self.store.mark_delivered(item)
                 return True
         try:
-            await self.messenger.post(
+            posted = await self.messenger.post(
                 job.channel_id,
                 content=f"<@{job.owner_id}> {text}\n(I could not DM you.)",
+                files=pictures.files,
+                view=view,
                 mention_user=job.owner_id,
                 nonce_key=item.dedupe_key + ":channel",
             )
@@ -185,5 +223,21 @@ class Notifier:
             give_up = item.attempts + 1 >= MAX_ATTEMPTS
             await self.store.mark_failed(item, str(error), None if give_up else retry_delay(item.attempts))
             return False
+        if self.pictures is not None:
+            await self.pictures.after_ready_dm(pictures, posted)
         await self.store.mark_delivered(item)
         return True
+
+    @staticmethod
+    def _samples_note(pictures: ReadyDmPictures) -> str:
+        samples = pictures.samples
+        if samples is None:
+            return ""
+        if pictures.files or pictures.withheld:
+            note = f"\nHere is what it makes (*{samples.user_prompt}*, seed {samples.seed}):"
+            if pictures.withheld:
+                note += f" {pictures.withheld} picture(s) withheld because the safety checker flagged them."
+            return note
+        if not samples.state.is_terminal:
+            return "\nA few sample pictures are still being made; they'll follow in a moment."
+        return ""

@@ -36,11 +36,33 @@ class JobNotFound(LookupError):
     pass
 
 
-def _iso(moment: datetime) -> str:
+def iso(moment: datetime) -> str:
     if moment.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware")
     # Always stored in UTC: timestamps are compared as text, which only works with one offset.
     return moment.astimezone(UTC).isoformat()
+
+
+def write_outbox(conn: sqlite3.Connection, job_id: int | None, draft: OutboxDraft, now: str) -> None:
+    """Queue an outbox item inside the caller's transaction (the one place outbox rows are written)."""
+    payload = json.dumps(dict(draft.payload), sort_keys=True)
+    if draft.coalesce:
+        conn.execute(
+            "INSERT INTO outbox (job_id, kind, dedupe_key, payload, created_at, next_attempt_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO UPDATE SET"
+            " payload = excluded.payload, attempts = 0, last_error = NULL,"
+            " next_attempt_at = CASE WHEN outbox.delivered_at IS NULL"
+            "   THEN outbox.next_attempt_at ELSE excluded.next_attempt_at END,"
+            " delivered_at = NULL",
+            (job_id, draft.kind, draft.dedupe_key, payload, now, now),
+        )
+    else:
+        conn.execute(
+            # A repeated key is skipped (at most once); a bad row fails the whole transaction.
+            "INSERT INTO outbox (job_id, kind, dedupe_key, payload, created_at, next_attempt_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING",
+            (job_id, draft.kind, draft.dedupe_key, payload, now, now),
+        )
 
 
 class Store:
@@ -63,7 +85,7 @@ class Store:
         image_count: int,
     ) -> Job:
         """A new job in `preview`: it exists before anything is sent anywhere."""
-        now = _iso(self.now())
+        now = iso(self.now())
         async with self.db.transaction() as conn:
             cursor = await conn.execute(
                 "INSERT INTO jobs (owner_id, guild_id, channel_id, name, state, params, image_count,"
@@ -113,9 +135,10 @@ class Store:
         return int(row[0]) if row else 0
 
     async def search_owner_jobs(
-        self, owner_id: int, text: str, *, limit: int = 25, window: int = AUTOCOMPLETE_WINDOW
+        self, owner_id: int, text: str, *, limit: int = 25, window: int = AUTOCOMPLETE_WINDOW, ready: bool = False
     ) -> list[Job]:
-        """Autocomplete: the owner's newest jobs whose name or id contains `text`.
+        """Autocomplete: the owner's newest jobs whose name or id contains `text` (only the ready
+        models, with a training id, when `ready`).
 
         Only the owner's newest `window` jobs are searched, so a user with thousands of jobs
         still gets an answer within Discord's 3 seconds (and ours: milliseconds).
@@ -124,10 +147,11 @@ class Store:
         rows = await self.db.fetchall(
             "SELECT * FROM (SELECT * FROM jobs WHERE owner_id = ? AND state != 'preview'"
             "               ORDER BY id DESC LIMIT ?)"
-            " WHERE ? = '%%' OR name LIKE ? ESCAPE '\\' OR CAST(id AS TEXT) LIKE ? ESCAPE '\\'"
-            "      OR training_id LIKE ? ESCAPE '\\'"
+            " WHERE (? = '%%' OR name LIKE ? ESCAPE '\\' OR CAST(id AS TEXT) LIKE ? ESCAPE '\\'"
+            "      OR training_id LIKE ? ESCAPE '\\')"
+            " AND (? = 0 OR (state = 'model_ready' AND training_id IS NOT NULL))"
             " ORDER BY id DESC LIMIT ?",
-            (owner_id, window, pattern, pattern, pattern, pattern, limit),
+            (owner_id, window, pattern, pattern, pattern, pattern, int(ready), limit),
         )
         return [Job.from_row(row) for row in rows]
 
@@ -148,7 +172,7 @@ class Store:
         rows = await self.db.fetchall(
             f"SELECT submitted_at FROM jobs WHERE {column} = ? AND submitted_at >= ?"  # noqa: S608
             " ORDER BY submitted_at",
-            (value, _iso(since)),
+            (value, iso(since)),
         )
         return [datetime.fromisoformat(row[0]) for row in rows]
 
@@ -157,7 +181,7 @@ class Store:
         rows = await self.db.fetchall(
             f"SELECT * FROM jobs WHERE state NOT IN ({_TERMINAL_SQL}) AND updated_at < ?"  # noqa: S608
             " ORDER BY updated_at LIMIT ?",
-            (_iso(updated_before), limit),
+            (iso(updated_before), limit),
         )
         return [Job.from_row(row) for row in rows]
 
@@ -173,7 +197,7 @@ class Store:
         async with self.db.transaction() as conn:
             await conn.execute(
                 "UPDATE jobs SET image_urls = ?, webhook_secret_hash = ?, updated_at = ? WHERE id = ?",
-                (json.dumps(list(image_urls)), secret_hash, _iso(self.now()), job_id),
+                (json.dumps(list(image_urls)), secret_hash, iso(self.now()), job_id),
             )
 
     async def touch(self, job_id: int, *, eta_text: str | None = None) -> None:
@@ -181,7 +205,7 @@ class Store:
         async with self.db.transaction() as conn:
             await conn.execute(
                 "UPDATE jobs SET updated_at = ?, eta_text = COALESCE(?, eta_text) WHERE id = ?",
-                (_iso(self.now()), eta_text, job_id),
+                (iso(self.now()), eta_text, job_id),
             )
 
     # -- the one state-change path --------------------------------------------------------------
@@ -194,7 +218,7 @@ class Store:
         The state, the event row and the outbox items commit together or not at all, so a
         crash can neither lose a notification nor send one for a change that did not happen.
         """
-        now = _iso(self.now())
+        now = iso(self.now())
 
         def apply(conn: sqlite3.Connection) -> TransitionResult:
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -213,7 +237,7 @@ class Store:
             recorded = cursor.rowcount == 1
             self._update_job(conn, before, plan, now)
             for draft in plan.outbox:
-                self._enqueue(conn, job_id, draft, now)
+                write_outbox(conn, job_id, draft, now)
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             return TransitionResult(before, Job.from_row(row), plan, recorded)
 
@@ -242,27 +266,6 @@ class Store:
             (*columns.values(), before.id),
         )
 
-    @staticmethod
-    def _enqueue(conn: sqlite3.Connection, job_id: int | None, draft: OutboxDraft, now: str) -> None:
-        payload = json.dumps(dict(draft.payload), sort_keys=True)
-        if draft.coalesce:
-            conn.execute(
-                "INSERT INTO outbox (job_id, kind, dedupe_key, payload, created_at, next_attempt_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO UPDATE SET"
-                " payload = excluded.payload, attempts = 0, last_error = NULL,"
-                " next_attempt_at = CASE WHEN outbox.delivered_at IS NULL"
-                "   THEN outbox.next_attempt_at ELSE excluded.next_attempt_at END,"
-                " delivered_at = NULL",
-                (job_id, draft.kind, draft.dedupe_key, payload, now, now),
-            )
-        else:
-            conn.execute(
-                # A repeated key is skipped (at most once); a bad row fails the whole transaction.
-                "INSERT INTO outbox (job_id, kind, dedupe_key, payload, created_at, next_attempt_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING",
-                (job_id, draft.kind, draft.dedupe_key, payload, now, now),
-            )
-
     async def events_for_job(self, job_id: int) -> list[JobEvent]:
         rows = await self.db.fetchall("SELECT * FROM job_events WHERE job_id = ? ORDER BY id", (job_id,))
         return [JobEvent.from_row(row) for row in rows]
@@ -271,14 +274,14 @@ class Store:
 
     async def enqueue(self, job_id: int | None, draft: OutboxDraft) -> None:
         """Queue a notification outside a transition (e.g. re-posting a deleted card)."""
-        now = _iso(self.now())
-        await self.db.run_transaction(lambda conn: self._enqueue(conn, job_id, draft, now))
+        now = iso(self.now())
+        await self.db.run_transaction(lambda conn: write_outbox(conn, job_id, draft, now))
 
     async def due_outbox(self, *, limit: int = 50) -> list[OutboxItem]:
         rows = await self.db.fetchall(
             "SELECT * FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= ?"
             " ORDER BY next_attempt_at, id LIMIT ?",
-            (_iso(self.now()), limit),
+            (iso(self.now()), limit),
         )
         return [OutboxItem.from_row(row) for row in rows]
 
@@ -291,7 +294,7 @@ class Store:
         async with self.db.transaction() as conn:
             await conn.execute(
                 "UPDATE outbox SET delivered_at = ?, last_error = NULL WHERE id = ? AND payload = ?",
-                (_iso(self.now()), item.id, json.dumps(dict(item.payload), sort_keys=True)),
+                (iso(self.now()), item.id, json.dumps(dict(item.payload), sort_keys=True)),
             )
 
     async def mark_failed(self, item: OutboxItem, error: str, retry_in: timedelta | None) -> None:
@@ -301,12 +304,12 @@ class Store:
             if retry_in is None:
                 await conn.execute(
                     "UPDATE outbox SET attempts = attempts + 1, last_error = ?, delivered_at = ? WHERE id = ?",
-                    (error[:500], _iso(now), item.id),
+                    (error[:500], iso(now), item.id),
                 )
             else:
                 await conn.execute(
                     "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ?",
-                    (error[:500], _iso(now + retry_in), item.id),
+                    (error[:500], iso(now + retry_in), item.id),
                 )
 
     async def postpone(self, item: OutboxItem, until: datetime) -> None:
@@ -314,7 +317,7 @@ class Store:
         async with self.db.transaction() as conn:
             await conn.execute(
                 "UPDATE outbox SET next_attempt_at = ? WHERE id = ? AND delivered_at IS NULL",
-                (_iso(until), item.id),
+                (iso(until), item.id),
             )
 
     async def retry_outbox_now(self) -> int:
@@ -322,9 +325,22 @@ class Store:
         async with self.db.transaction() as conn:
             cursor = await conn.execute(
                 "UPDATE outbox SET next_attempt_at = ? WHERE delivered_at IS NULL AND next_attempt_at > ?",
-                (_iso(self.now()), _iso(self.now())),
+                (iso(self.now()), iso(self.now())),
             )
             return cursor.rowcount
+
+    async def outbox_delivered(self, dedupe_key: str) -> bool | None:
+        """Whether the item with this key was delivered; None when there is no such item."""
+        row = await self.db.fetchone("SELECT delivered_at FROM outbox WHERE dedupe_key = ?", (dedupe_key,))
+        return None if row is None else row[0] is not None
+
+    async def settle_outbox_key(self, dedupe_key: str) -> None:
+        """Mark an item delivered by another message (e.g. sample pictures sent with the ready DM)."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE outbox SET delivered_at = ? WHERE dedupe_key = ? AND delivered_at IS NULL",
+                (iso(self.now()), dedupe_key),
+            )
 
     async def pending_outbox_count(self) -> int:
         row = await self.db.fetchone("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL")
@@ -345,7 +361,7 @@ class Store:
             await conn.execute(
                 "INSERT INTO users (user_id, dms_closed_at) VALUES (?, ?)"
                 " ON CONFLICT (user_id) DO UPDATE SET dms_closed_at = excluded.dms_closed_at",
-                (user_id, _iso(self.now())),
+                (user_id, iso(self.now())),
             )
 
     async def dms_closed(self, user_id: int) -> bool:
@@ -384,7 +400,7 @@ class Store:
         """
 
         def record(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute("INSERT INTO provider_listings (listed_at) VALUES (?)", (_iso(self.now()),))
+            cursor = conn.execute("INSERT INTO provider_listings (listed_at) VALUES (?)", (iso(self.now()),))
             listing = int(cursor.lastrowid or 0)
             conn.executemany(
                 "INSERT INTO provider_models (training_id, first_listing) VALUES (?, ?)"

@@ -26,17 +26,19 @@ class ScriptedMessenger:
         if queue:
             raise queue.pop(0)
 
-    async def post(self, channel_id: int, *, content=None, embed=None, files=(), mention_user=None, nonce_key=None):
+    async def post(
+        self, channel_id: int, *, content=None, embed=None, files=(), mention_user=None, nonce_key=None, **_ui
+    ):
         self.calls.append(("post", channel_id, content or (embed.title if embed else "")))
         self._maybe_fail("post")
         self.next_id += 1
         return Posted(channel_id, self.next_id)
 
-    async def edit(self, channel_id: int, message_id: int, *, embed: discord.Embed) -> None:
+    async def edit(self, channel_id: int, message_id: int, *, embed: discord.Embed, view=None) -> None:
         self.calls.append(("edit", message_id, embed.description or ""))
         self._maybe_fail("edit")
 
-    async def dm(self, user_id: int, *, content=None, embed=None, files=(), nonce_key=None):
+    async def dm(self, user_id: int, *, content=None, embed=None, files=(), nonce_key=None, **_ui):
         self.calls.append(("dm", user_id, content or ""))
         self._maybe_fail("dm")
         self.next_id += 1

@@ -17,6 +17,7 @@ from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.transitions import plan_transition
 from bot.provider import ProviderError
 from bot.store import Job, OutboxDraft, Store, TransitionPlan
+from bot.store import repository as repository_module
 
 TID = "F5jvdzGnYi"
 URLS = [f"https://cdn.discordapp.com/attachments/1/2/crop{i}.png" for i in range(6)]
@@ -158,7 +159,7 @@ async def test_a_crash_in_the_planner_or_an_outbox_insert_writes_nothing(build, 
     monkeypatch.setattr(service_module, "plan_transition", plan_transition)
 
     calls = 0
-    original = Store._enqueue
+    original = repository_module.write_outbox
 
     def enqueue_then_crash(conn, job_id, draft, now):
         nonlocal calls
@@ -167,7 +168,7 @@ async def test_a_crash_in_the_planner_or_an_outbox_insert_writes_nothing(build, 
             raise sqlite3.OperationalError("disk I/O error")
         original(conn, job_id, draft, now)
 
-    monkeypatch.setattr(Store, "_enqueue", staticmethod(enqueue_then_crash))
+    monkeypatch.setattr(repository_module, "write_outbox", enqueue_then_crash)
     with pytest.raises(sqlite3.OperationalError):
         await service.record(job.id, webhook("model_ready"))
     assert calls == 2
@@ -176,7 +177,7 @@ async def test_a_crash_in_the_planner_or_an_outbox_insert_writes_nothing(build, 
     assert await store.require_job(job.id) == before_job
     assert wakeups == []
 
-    monkeypatch.setattr(Store, "_enqueue", staticmethod(original))  # after the "restart" the same webhook applies fully
+    monkeypatch.setattr(repository_module, "write_outbox", original)  # after the "restart" the webhook applies fully
     result = await service.record(job.id, webhook("model_ready"))
     assert result.after.state is JobState.MODEL_READY
     assert await outbox_keys(store) == [f"card:{job.id}", f"dm:{job.id}:model_ready"]

@@ -11,7 +11,7 @@ import pytest
 from bot.store import Database, MigrationError, load_migrations
 from bot.store.database import Migration, split_statements
 
-TABLES = {"jobs", "job_events", "outbox", "users", "kv", "provider_listings", "provider_models", "schema_migrations"}
+TABLES = {"generations", "generation_images", "jobs", "job_events", "outbox", "users", "kv", "provider_listings", "provider_models", "schema_migrations"}
 INDEXES = {
     "jobs_owner_newest",
     "jobs_guild_submitted",
@@ -41,7 +41,7 @@ async def raw_db(tmp_path: Path):
         await database.close()
 
 
-MIGRATIONS = [(1, "initial"), (2, "provider_models")]
+MIGRATIONS = [(1, "initial"), (2, "provider_models"), (3, "generations")]
 
 
 async def test_a_fresh_database_gets_every_migration_and_every_table(raw_db: Database) -> None:
