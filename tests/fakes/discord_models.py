@@ -118,6 +118,7 @@ class FakeChannel:
     topic: str | None = None
     recipient_id: int | None = None
     last_message_id: int | None = None
+    nsfw: bool = False  # age-restricted
 
     @property
     def is_dm(self) -> bool:

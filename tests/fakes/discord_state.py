@@ -232,6 +232,7 @@ class FakeState:
         name: str = "general",
         bot_can_send: bool = True,
         recipient_id: int | None = None,
+        nsfw: bool = False,
     ) -> FakeChannel:
         """Add a guild text channel (or, with ``guild_id=None``, a DM channel with ``recipient_id``)."""
         if guild_id is None:
@@ -244,7 +245,12 @@ class FakeState:
             return channel
         guild = self.guilds[guild_id]
         channel = FakeChannel(
-            id=channel_id, guild_id=guild_id, name=name, bot_can_send=bot_can_send, position=len(guild.channels)
+            id=channel_id,
+            guild_id=guild_id,
+            name=name,
+            bot_can_send=bot_can_send,
+            position=len(guild.channels),
+            nsfw=nsfw,
         )
         guild.channels[channel_id] = channel
         self.channels[channel_id] = channel
@@ -597,7 +603,7 @@ class FakeState:
             "permission_overwrites": overwrites,
             "parent_id": None,
             "topic": channel.topic,
-            "nsfw": False,
+            "nsfw": channel.nsfw,
             "rate_limit_per_user": 0,
             "last_message_id": last,
             "flags": 0,
