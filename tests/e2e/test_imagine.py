@@ -126,10 +126,14 @@ async def test_generate_on_the_ready_dm_asks_for_a_prompt_and_delivers(world: Wo
     click = await world.click(dm[0], generate, ALICE, guild_id=None, channel_id=dm[0].channel_id)
     await click.wait_callback()
     assert click.modal is not None
+    fields = [row["components"][0]["custom_id"] for row in click.modal["components"]]
     submit = world.fake.modal_submit_payload(
-        user_id=ALICE, guild_id=None, channel_id=dm[0].channel_id, modal=click.modal,
-        values={c["components"][0]["custom_id"]: v for c, v in zip(click.modal["components"], ["in the snow", "2"], strict=True)},
-    )  # fmt: skip
+        user_id=ALICE,
+        guild_id=None,
+        channel_id=dm[0].channel_id,
+        modal=click.modal,
+        values=dict(zip(fields, ["in the snow", "2"], strict=True)),
+    )
     rec = await world.fake.send_interaction(submit)
     await rec.wait_callback()
     in_dm = await world.wait_for(

@@ -11,7 +11,18 @@ import pytest
 from bot.store import Database, MigrationError, load_migrations
 from bot.store.database import Migration, split_statements
 
-TABLES = {"generations", "generation_images", "jobs", "job_events", "outbox", "users", "kv", "provider_listings", "provider_models", "schema_migrations"}
+TABLES = {
+    "jobs",
+    "job_events",
+    "outbox",
+    "users",
+    "kv",
+    "provider_listings",
+    "provider_models",
+    "generations",
+    "generation_images",
+    "schema_migrations",
+}
 INDEXES = {
     "jobs_owner_newest",
     "jobs_guild_submitted",
