@@ -247,14 +247,7 @@ class GenerationService:
         if existing is not None:
             return existing
         options = ImagineOptions(prompt=sample_prompt(job), count=count)
-        try:
-            return await self._create(job, options, Destination(job.guild_id, None), kind="sample")
-        except Exception:
-            # Created meanwhile by another pass (one sample set per job); anything else is raised.
-            existing = await self.generations.sample_set(job.id)
-            if existing is None:
-                raise
-            return existing
+        return await self._create(job, options, Destination(job.guild_id, None), kind="sample")
 
     async def _create(self, job: Job, options: ImagineOptions, where: Destination, *, kind: str) -> Generation:
         sdxl = job.params.get("base_model", "sdxl") != "normal"

@@ -181,7 +181,10 @@ class GenerationStore:
         self.now = now
 
     async def create(self, new: NewGeneration) -> Generation:
-        """A new generation in `queued`: it exists before anything is sent anywhere."""
+        """A new generation in `queued`: it exists before anything is sent anywhere.
+
+        A job has at most one sample set; creating a second returns the first.
+        """
         now = iso(self.now())
         values = {
             **{name: getattr(new, name) for name in NewGeneration.__slots__},
@@ -204,7 +207,10 @@ class GenerationStore:
         except sqlite3.IntegrityError as error:
             if "FOREIGN KEY" in str(error):
                 raise JobNotFound(new.job_id) from None
-            raise
+            existing = await self.sample_set(new.job_id) if new.kind == "sample" else None
+            if existing is None:
+                raise
+            return existing  # one sample set per job: another pass made it first
         return await self.require(generation_id)
 
     async def get(self, generation_id: int) -> Generation | None:

@@ -210,7 +210,8 @@ async def test_nsfw_pictures_are_withheld_here_and_spoilered_in_an_age_restricte
 async def test_cooldown_and_daily_quota_hold(world: World) -> None:
     await trained(world)
     world.app.settings.imagine_cooldown_seconds = 600  # type: ignore[misc]
-    await imagine(world)
+    first = await imagine(world)
+    await first.wait_original(lambda m: "picture" in (m.content or ""), timeout=20)  # it is written
     refused = await imagine(world)
     assert "You can /imagine again <t:" in await reply(refused)
     world.app.settings.imagine_cooldown_seconds = 0  # type: ignore[misc]

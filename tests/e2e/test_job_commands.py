@@ -456,7 +456,7 @@ async def test_mymodels_pages_through_the_invokers_jobs_newest_first(world: Worl
     created = f"<t:{int(real.created_at.timestamp())}:f>"
     assert last == {
         "name": f"#{real.id} · the real one",
-        "value": f"Model ready · `{real.training_id}` · created {created}",
+        "value": f"Model ready · `{real.training_id}` · 0 pictures made · created {created}",
         "inline": False,
     }
 
