@@ -334,6 +334,7 @@ class GenerationRunner:
         self.settings = service.settings
         self._wake = asyncio.Event()
         self._busy: set[int] = set()
+        self._recovered = False
         self._spawn = spawn or (lambda name, coro: asyncio.create_task(coro, name=name))
 
     @property
@@ -344,8 +345,16 @@ class GenerationRunner:
         self._wake.set()
 
     async def recover(self) -> int:
+        """Once per process: a generation left in `submitting` by the previous process may have
+        reached the provider, so it becomes `uncertain`. (A restart of this runner by the
+        supervisor does not recover again: its own submissions may still be under way.)"""
+        if self._recovered:
+            return 0
+        self._recovered = True
         settled = 0
         for generation_id in await self.generations.ids_in_state(GenerationState.SUBMITTING):
+            if generation_id in self._busy:
+                continue
             detail = "The bot restarted while asking for these pictures; they were not asked for again."
             await self.service.record(generation_id, GenerationEvent("uncertain", detail=detail))
             settled += 1

@@ -310,6 +310,7 @@ async def test_after_a_crash_submitting_becomes_uncertain_and_processing_is_fetc
 
     assert await runner.recover() == 1
     assert (await service.generations.require(caught.id)).state is GenerationState.UNCERTAIN
+    assert await runner.recover() == 0  # once per process: a restarted runner leaves its own work alone
     assert await drive(runner, clock, waiting.id) is GenerationState.READY
     assert provider.calls("text2img") == []
 
