@@ -335,6 +335,7 @@ class GenerationRunner:
         self._wake = asyncio.Event()
         self._busy: set[int] = set()
         self._recovered = False
+        self._at_capacity = False
         self._spawn = spawn or (lambda name, coro: asyncio.create_task(coro, name=name))
 
     @property
@@ -364,7 +365,9 @@ class GenerationRunner:
         await self.recover()
         while True:
             await self.run_once()
-            next_due = await self.generations.next_due()
+            # At capacity, queued generations wait for a finished one to wake the runner (not a
+            # poll every few milliseconds); otherwise the next due generation decides.
+            next_due = await self.generations.next_due(include_queued=not self._at_capacity)
             timeout = 30.0
             if next_due is not None:
                 timeout = max(0.05, min(timeout, (next_due - self.generations.now()).total_seconds()))
@@ -375,6 +378,7 @@ class GenerationRunner:
     async def run_once(self) -> int:
         """Start work on every due generation (in the background); returns how many were started."""
         started = 0
+        self._at_capacity = False
         in_flight = await self.generations.in_flight()
         deadline = timedelta(seconds=self.settings.imagine_deadline_seconds)
         now = self.generations.now()
@@ -386,6 +390,7 @@ class GenerationRunner:
                 continue
             if generation.state is GenerationState.QUEUED:
                 if in_flight >= self.settings.max_concurrent_generations:
+                    self._at_capacity = True
                     continue  # wait for a place; a finished generation wakes the runner
                 in_flight += 1
                 work: Coroutine[Any, Any, None] = self.submit(generation)

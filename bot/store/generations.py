@@ -237,9 +237,11 @@ class GenerationStore:
         )
         return [Generation.from_row(row) for row in rows]
 
-    async def next_due(self) -> datetime | None:
+    async def next_due(self, *, include_queued: bool = True) -> datetime | None:
+        """When the runner should look next (queued generations left out while it is at capacity)."""
+        states = "('queued', 'processing')" if include_queued else "('processing')"
         row = await self.db.fetchone(
-            "SELECT MIN(next_check_at) FROM generations WHERE state IN ('queued', 'processing')"
+            f"SELECT MIN(next_check_at) FROM generations WHERE state IN {states}"  # noqa: S608 (constants)
         )
         return datetime.fromisoformat(row[0]) if row and row[0] else None
 

@@ -335,3 +335,29 @@ async def test_forgetting_the_owner_deletes_generations_and_pictures(world, stor
     await store.forget_user(1)
     assert await service.generations.get(generation.id) is None
     assert (await store.db.fetchone("SELECT COUNT(*) FROM generation_images"))[0] == 0
+
+
+async def test_the_runner_waits_quietly_while_at_capacity(world, store: Store, make_settings) -> None:
+    import asyncio
+
+    service, runner, _provider, _ = world(text2img=lambda _r: ok(processing(eta=30)))
+    service.settings = make_settings(max_concurrent_generations=1, imagine_cooldown_seconds=0)
+    runner.settings = service.settings
+    job = await ready_model(store)
+    for _ in range(2):
+        await service.imagine(1, job, ImagineOptions("x"), HERE)
+    passes = 0
+    real = runner.run_once
+
+    async def counting() -> int:
+        nonlocal passes
+        passes += 1
+        return await real()
+
+    runner.run_once = counting  # type: ignore[method-assign]
+    task = asyncio.create_task(runner.run())
+    await asyncio.sleep(0.6)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert await service.generations.in_flight() == 1
+    assert passes <= 3, f"{passes} passes in 0.6 s: the runner spins while the queue is full"
