@@ -1,7 +1,7 @@
 """Benchmark 4: the bot at rest. Start-up time to ready, and idle memory.
 
 The real `lorabot run` (python -m bot run) starts in a subprocess against the fake Discord of
-tests/fakes and the provider simulator, both served by this process. It is ready when the fake
+bot/discord_standin and the provider simulator, both served by this process. It is ready when the fake
 sees a live gateway session (READY and GUILD_CREATE sent), its application commands are synced
 (first start only: a restart with unchanged commands does not sync), and /healthz answers 200.
 Then it idles for a while and its VmRSS is read from /proc/<pid>/status.
@@ -39,7 +39,7 @@ def _free_port() -> int:
 
 
 async def _fake() -> Any:
-    from tests.fakes import FakeDiscord
+    from bot.discord_standin import FakeDiscord
 
     fake = FakeDiscord()
     await fake.start()

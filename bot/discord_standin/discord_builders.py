@@ -297,7 +297,9 @@ class InteractionBuilders(FakeState):
             if "type" not in opt:
                 opt["type"] = infer_option_type(opt.get("value"))
             if "options" in opt:
-                sub_schema = next((o.get("options", []) for o in schema if o.get("name") == opt["name"]), [])
+                sub_schema: list[JSON] = next(
+                    (o.get("options", []) for o in schema if o.get("name") == opt["name"]), []
+                )
                 opt["options"] = self._build_options(opt["options"], sub_schema, resolved, guild_id)
             value = opt.get("value")
             if opt["type"] == OPT_ATTACHMENT:

@@ -77,7 +77,7 @@ class FakeDiscord(InteractionBuilders, RestHandlers):
         *,
         application_id: int = DEFAULT_APPLICATION_ID,
         bot_user_id: int | None = None,
-        token: str = "fake-bot-token",
+        token: str = "fake-bot-token",  # noqa: S107 - the stand-in's own, not a credential
         bot_username: str = "LoraBot",
         owner_id: int = DEFAULT_OWNER_ID,
         host: str = "127.0.0.1",
@@ -231,7 +231,7 @@ class FakeDiscord(InteractionBuilders, RestHandlers):
                 "X-RateLimit-Remaining": "0",
                 "X-RateLimit-Reset": f"{time.time() + retry_after:.3f}",
                 "X-RateLimit-Reset-After": f"{retry_after:.3f}",
-                "X-RateLimit-Bucket": hashlib.md5(path_regex.encode()).hexdigest()[:16],
+                "X-RateLimit-Bucket": hashlib.md5(path_regex.encode(), usedforsecurity=False).hexdigest()[:16],
                 "X-RateLimit-Scope": "global" if is_global else scope,
             }
             if is_global:

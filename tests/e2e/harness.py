@@ -14,11 +14,11 @@ import discord
 
 from bot.app import Application
 from bot.config import Settings, load_settings
+from bot.demo.photos import sample_photos
+from bot.discord_standin import FakeDiscord, FakeMessage, InteractionRecord
 from bot.jobs.states import JobState
 from bot.simulator.app import RunningSimulator, start_simulator
 from bot.store import Job
-from tests.fakes import FakeDiscord, FakeMessage, InteractionRecord
-from tests.images.corpus import photo_jpeg
 
 GUILD = 290926798626357999
 CHANNEL = 645027906669510667
@@ -39,7 +39,7 @@ def free_port() -> int:
 
 def photos(count: int, *, width: int = 900, height: int = 700, seed: int = 1) -> list[bytes]:
     """Distinct photo-like JPEGs (noise and gradients, so they are not near-duplicates)."""
-    return [photo_jpeg(width + 37 * i, height + 23 * i, seed + 101 * i) for i in range(count)]
+    return sample_photos(count, width=width, height=height, seed=seed)
 
 
 def make_settings(tmp_path: Path, fake: FakeDiscord, sim_url: str, **overrides: Any) -> Settings:

@@ -77,9 +77,9 @@ async def test_an_expired_interaction_token_does_not_stop_the_training(world: Wo
 async def test_the_bot_connects_once_discord_comes_back_after_an_outage_at_start_up(tmp_path) -> None:
     """Login fails while Discord is down; the retries must still connect when it returns."""
     from bot.app import Application
+    from bot.discord_standin import FakeDiscord
     from bot.simulator.app import start_simulator
     from tests.e2e.harness import API_KEY, GUILD, make_settings
-    from tests.fakes import FakeDiscord
 
     fake = FakeDiscord()
     await fake.start()

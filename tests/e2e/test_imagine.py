@@ -16,10 +16,10 @@ import httpx
 import pytest
 from PIL import Image
 
+from bot.discord_standin import FakeMessage
 from bot.jobs.states import JobState
 from bot.store import Job
 from tests.e2e.harness import ALICE, BOB, CHANNEL, GUILD, World, open_world
-from tests.fakes import FakeMessage
 
 NSFW_CHANNEL = 645027906669510999
 

@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
+from bot.discord_standin import FakeMessage, InteractionRecord
 from bot.jobs.service import TrainingParams
 from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.store import Job
 from tests.e2e.harness import ALICE, BOB, CHANNEL, GUILD, MANAGE_GUILD, MANAGER, World, embed_text
-from tests.fakes import FakeMessage, InteractionRecord
 
 EPHEMERAL = 1 << 6
 NOT_FOUND = "I can't find that job among yours"

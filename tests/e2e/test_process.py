@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.discord_standin import FakeDiscord
 from tests.e2e.harness import (
     ALICE,
     API_KEY,
@@ -22,7 +23,6 @@ from tests.e2e.harness import (
     open_fakes,
     photos,
 )
-from tests.fakes import FakeDiscord
 
 
 def job_row(tmp_path: Path, job_id: int) -> sqlite3.Row | None:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from bot.discord_standin import FakeDiscord
 from tests.e2e.harness import ALICE, CHANNEL, GUILD, BotProcess, open_fakes
 from tests.e2e.test_process import run_train, started, wait_row
-from tests.fakes import FakeDiscord
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 from PIL import Image
 
-from .discord_server import FakeDiscord, pointed_at
+from bot.discord_standin import FakeDiscord, pointed_at
 
 GUILD = 900_000_000_000_000_001
 CHANNEL = 900_000_000_000_000_002

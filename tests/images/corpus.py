@@ -2,7 +2,8 @@
 
 Nothing is downloaded and nothing binary is committed. Everything is cached per process, so the
 suite pays for each file once. This module has no relative imports: the memory test runs it in a
-subprocess as a top-level module.
+subprocess as a top-level module. The photo-like pictures (`photo_image`, `photo_jpeg`) come
+from `bot.demo.photos`, which `lorabot demo` uploads too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from bot.demo.photos import photo_image, photo_jpeg
+
 RED = (230, 20, 20)
 GREY = (128, 128, 128)
 
@@ -28,34 +31,6 @@ def encode(img: Image.Image, fmt: str, **options: Any) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt, **options)
     return buf.getvalue()
-
-
-def photo_image(width: int, height: int, seed: int) -> Image.Image:
-    """Photo-like content: smooth colour blobs, a gradient, hard-edged shapes and fine grain, so
-    that JPEG cannot compress it trivially and perceptual hashes of different seeds differ."""
-    rng = random.Random(seed)
-    sw, sh = max(2, width // 48), max(2, height // 48)
-    blobs = Image.frombytes("RGB", (sw, sh), rng.randbytes(sw * sh * 3))
-    img = blobs.resize((width, height), Image.Resampling.BICUBIC)
-    gradient = Image.linear_gradient("L").rotate(rng.randrange(360)).resize((width, height))
-    img = Image.blend(img, gradient.convert("RGB"), 0.3)
-    draw = ImageDraw.Draw(img)
-    short = min(width, height)
-    for _ in range(12):
-        x, y = rng.randrange(width), rng.randrange(height)
-        r = rng.randrange(short // 20, short // 4)
-        colour = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
-        if rng.random() < 0.5:
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
-        else:
-            draw.rectangle((x - r, y - r, x + r, y + r // 2), fill=colour)
-    grain = Image.frombytes("L", (width, height), rng.randbytes(width * height)).convert("RGB")
-    return Image.blend(img, grain, 0.08)
-
-
-@functools.cache
-def photo_jpeg(width: int, height: int, seed: int, quality: int = 90) -> bytes:
-    return encode(photo_image(width, height, seed), "JPEG", quality=quality)
 
 
 def png_chunk(tag: bytes, body: bytes) -> bytes:

@@ -24,9 +24,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from bot.discord_standin import FakeMessage, InteractionRecord
 from bot.jobs.states import JobState
 from tests.e2e.harness import CHANNEL, GUILD, World, job_id_of, photos
-from tests.fakes import FakeMessage, InteractionRecord
 from tests.load.conftest import (
     GcPauses,
     LoopLagProbe,
