@@ -23,7 +23,7 @@ class _DatabaseOnly(BaseSettings):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorabot", description="Train LoRAs from Discord.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,migrate,simulate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,migrate,simulate,demo}")
 
     run = sub.add_parser("run", help="run the bot: webhook server, Discord client, workers")
     run.add_argument("--env-file", default=".env", help="optional .env file (default: .env)")
@@ -43,6 +43,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="set a fault switch at start (repeatable; VALUE is JSON or a plain word), e.g. "
         "--fault status_not_found=2 --fault fail_submission_kind=queue_full; see docs/provider.md",
+    )
+    demo = sub.add_parser(
+        "demo",
+        help="watch the real bot train a LoRA end to end: a built-in Discord stand-in and the provider "
+        "simulator on loopback; no token, no key, no network",
+    )
+    demo.add_argument("--out", default="lorabot-demo.html", help="the HTML transcript (default: lorabot-demo.html)")
+    demo.add_argument(
+        "--step-seconds", type=float, default=0.3, help="seconds between the simulated training's steps (default: 0.3)"
     )
     return parser
 
@@ -93,12 +102,21 @@ def _migrate(database_url: str | None) -> int:
         return 1
 
 
+def _demo(out: str, step_seconds: float) -> int:
+    # Imported here: the Discord stand-in is for the demo (and the tests) only, never `lorabot run`.
+    from bot.demo.run import main as demo_main
+
+    return demo_main(out, step_seconds)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         return _run(args.env_file)
     if args.command == "migrate":
         return _migrate(args.database_url)
+    if args.command == "demo":
+        return _demo(args.out, args.step_seconds)
     setup_logging("INFO", [args.api_key] if args.api_key else [])
     from bot.simulator import FaultError, parse_fault_assignments, serve
 

@@ -1,4 +1,8 @@
-"""Test fakes: a fake Discord (REST, CDN and gateway) on loopback for the real discord.py client."""
+"""A Discord stand-in (REST, CDN and gateway) on loopback, driven by the real discord.py client.
+
+`lorabot demo` runs the bot against it, and the end-to-end tests use it as their fake Discord.
+`lorabot run` never imports it.
+"""
 
 from .discord_gateway import GatewaySession
 from .discord_models import (
