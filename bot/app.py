@@ -28,6 +28,7 @@ from bot.jobs.service import JobService
 from bot.jobs.submission import TrainingStarter
 from bot.logging_setup import redactor
 from bot.messenger import Messenger
+from bot.metrics import Metrics
 from bot.provider.client import ProviderClient
 from bot.provider.errors import InvalidApiKey, ProviderError, ProviderMisconfigured
 from bot.store import Database, Store
@@ -77,6 +78,8 @@ class Application:
         # Every background task runs under it: one that dies is logged and restarted, and
         # /healthz shows which keep dying.
         self.supervisor = Supervisor()
+        # This application's own registry: several applications in one process (tests) don't clash.
+        self.metrics = Metrics(process=True)
         self._logged_in = False
 
     async def run(self) -> None:
@@ -96,6 +99,8 @@ class Application:
         """Open the store, start the webhook server, recover, and connect to Discord in the background."""
         settings = self.settings
         redactor().add(settings.discord_token.get_secret_value(), settings.sdapi_key.get_secret_value())
+        if settings.metrics_token is not None:
+            redactor().add(settings.metrics_token.get_secret_value())
         point_discord_at(settings.discord_api_base, settings.discord_gateway_url)
         self.db = await open_database(settings)
         self.store = Store(self.db)
@@ -104,6 +109,7 @@ class Application:
             settings.sdapi_key.get_secret_value(),
             timeout=settings.sdapi_timeout_seconds,
             submit_timeout=settings.sdapi_submit_timeout_seconds,
+            metrics=self.metrics,
         )
         try:
             await self._check_provider()
@@ -131,8 +137,12 @@ class Application:
             edit_interval=settings.card_edit_interval_seconds,
             pictures=PictureDelivery(self.store, self.generations, messenger),
             samples_deadline=settings.ready_samples_deadline_seconds,
+            simulated=settings.simulated,
+            metrics=self.metrics,
         )
-        self.service = JobService(self.store, self.provider, settings, on_outbox=self.notifier.wake)
+        self.service = JobService(
+            self.store, self.provider, settings, on_outbox=self.notifier.wake, metrics=self.metrics
+        )
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="images")
         self.bot.attach(
             Services(
@@ -156,17 +166,25 @@ class Application:
             rate_per_minute=settings.webhook_rate_limit_per_minute,
             discord_status=self.bot.connection_status,
             tasks=self.supervisor.health,
+            mode=settings.mode,
+            metrics=self.metrics if settings.metrics_enabled else None,
+            metrics_token=settings.metrics_token.get_secret_value() if settings.metrics_token else None,
         )
         # A forgotten user's webhooks are unknown from then on (404), not answered from memory.
         self.service.add_forget_listener(self.webhooks.forget_owner)
+        # Without PUBLIC_URL, polling is how jobs move: every active job, every POLL_INTERVAL_SECONDS.
+        polling = settings.mode == "polling"
         self.reconciler = Reconciler(
             self.store,
             self.service,
-            interval=settings.reconcile_interval_seconds,
+            interval=settings.poll_interval_seconds if polling else settings.reconcile_interval_seconds,
             stall_deadline=settings.stall_deadline_seconds,
             preview_timeout=settings.preview_timeout_seconds,
+            spread=polling,
+            metrics=self.metrics,
         )
         await self.webhooks.start(settings.webhook_host, settings.webhook_port)
+        self._log_mode()
         settled = await self.service.recover_interrupted()
         expired = await self.service.expire_stale_previews(all_previews=True)
         if settled or expired:
@@ -176,6 +194,22 @@ class Application:
         # collector's sight, so a full collection during a burst takes ~1 ms instead of ~100 ms.
         gc.collect()
         gc.freeze()
+
+    def _log_mode(self) -> None:
+        settings = self.settings
+        if settings.mode == "polling":
+            log.info(
+                "mode: polling (PUBLIC_URL is not set): each active job is polled every %d s; no webhooks",
+                settings.poll_interval_seconds,
+            )
+        else:
+            log.info(
+                "mode: webhooks to %s, and polling of jobs with no update for %d s",
+                settings.webhook_base,
+                settings.reconcile_interval_seconds,
+            )
+        if settings.simulated:
+            log.info("simulated: the built-in simulator at %s stands in for the provider", settings.sdapi_base_url)
 
     async def _check_provider(self) -> None:
         """One read-only call to the provider before anything else starts.

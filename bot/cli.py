@@ -6,10 +6,11 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bot.config import ConfigError, load_settings
+from bot.config import ConfigError, Settings, load_settings
 from bot.logging_setup import setup_logging
 
 
@@ -19,14 +20,27 @@ class _DatabaseOnly(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
     database_url: str = "sqlite:///lorabot.db"
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorabot", description="Train LoRAs from Discord.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,migrate,simulate,demo}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,migrate,simulate,demo,invite,check}")
 
     run = sub.add_parser("run", help="run the bot: webhook server, Discord client, workers")
     run.add_argument("--env-file", default=".env", help="optional .env file (default: .env)")
+    run.add_argument(
+        "--simulate",
+        action="store_true",
+        help="try it for free: train on the built-in provider simulator (no SDAPI_KEY needed; "
+        "every card and DM says the training is simulated)",
+    )
+    run.add_argument(
+        "--step-seconds",
+        type=_positive_seconds,
+        default=5.0,
+        help="with --simulate: seconds between the simulated training's steps (default: 5)",
+    )
 
     migrate = sub.add_parser("migrate", help="apply pending database migrations and exit")
     migrate.add_argument("--database-url", help="overrides DATABASE_URL")
@@ -53,26 +67,62 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--step-seconds", type=float, default=0.3, help="seconds between the simulated training's steps (default: 0.3)"
     )
+    invite = sub.add_parser("invite", help="print the URL that adds the bot to a server (needs DISCORD_TOKEN only)")
+    invite.add_argument("--env-file", default=".env", help="optional .env file (default: .env)")
+    check = sub.add_parser(
+        "check", help="check the setup without spending anything: settings, database, Discord, provider, webhooks"
+    )
+    check.add_argument("--env-file", default=".env", help="optional .env file (default: .env)")
     return parser
 
 
-def _run(env_file: str) -> int:
+def _positive_seconds(text: str) -> float:
     try:
-        settings = load_settings(env_file=env_file)
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError("must be more than 0 and at most 3600 seconds")
+    return value
+
+
+#: The API key `lorabot run --simulate` uses: its simulator takes only this one, so no real key is needed.
+SIMULATOR_KEY = "lorabot-simulator-key"
+
+
+def _run(env_file: str, *, simulate: bool = False, step_seconds: float = 5.0) -> int:
+    # --simulate: SDAPI_KEY is not needed, and SDAPI_BASE_URL is replaced by the address of the
+    # simulator, known once it listens (see `_serve`).
+    overrides = {"sdapi_key": SIMULATOR_KEY, "sdapi_base_url": "http://127.0.0.1"} if simulate else {}
+    try:
+        settings = load_settings(env_file=env_file, **overrides)
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
     setup_logging(
-        settings.log_level, [settings.discord_token.get_secret_value(), settings.sdapi_key.get_secret_value()]
+        settings.log_level,
+        [settings.discord_token.get_secret_value(), settings.sdapi_key.get_secret_value()],
+        settings.log_format,
     )
-    from bot.app import Application
-
     try:
-        asyncio.run(Application(settings).run())
+        asyncio.run(_serve(settings, step_seconds if simulate else None))
     except ConfigError as error:  # found at start-up, e.g. a base URL that redirects
         print(error, file=sys.stderr)
         return 2
     return 0
+
+
+async def _serve(settings: Settings, simulator_step_seconds: float | None) -> None:
+    """Run the bot until a stop signal; with a step time, against a simulator in this process."""
+    from bot.app import Application
+
+    if simulator_step_seconds is None:
+        await Application(settings).run()
+        return
+    from bot.simulator import start_simulator
+
+    async with await start_simulator(step_seconds=simulator_step_seconds, api_key=SIMULATOR_KEY) as simulator:
+        await Application(settings.for_simulator(simulator.url)).run()
 
 
 def _migrate(database_url: str | None) -> int:
@@ -80,7 +130,7 @@ def _migrate(database_url: str | None) -> int:
 
     config = _DatabaseOnly()
     url = database_url or config.database_url
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, fmt=config.log_format)
     if not url.startswith("sqlite:///"):
         print(f"DATABASE_URL: must look like sqlite:///path/to/file.db, got {url!r}", file=sys.stderr)
         return 2
@@ -109,12 +159,65 @@ def _demo(out: str, step_seconds: float) -> int:
     return demo_main(out, step_seconds)
 
 
+def _invite(env_file: str) -> int:
+    """Print the invite URL: the application id comes from Discord, read with the bot token."""
+    import discord
+    from pydantic import ValidationError
+
+    from bot.invite import DiscordSettings, invite_url, read_application_id
+
+    try:
+        config = DiscordSettings(_env_file=env_file)
+    except ValidationError as error:
+        names = ", ".join(".".join(map(str, item["loc"])).upper() for item in error.errors())
+        print(f"Invalid configuration: {names} (DISCORD_TOKEN is required)", file=sys.stderr)
+        return 2
+    token = config.discord_token.get_secret_value()
+    setup_logging("ERROR", [token])
+    try:
+        application_id = asyncio.run(read_application_id(config.discord_api_base, token))
+    except discord.LoginFailure:
+        print("Discord refused DISCORD_TOKEN: reset the bot's token in the Developer Portal", file=sys.stderr)
+        return 1
+    except (discord.DiscordException, OSError, TimeoutError) as error:
+        print(f"cannot reach Discord at {config.discord_api_base}: {type(error).__name__}", file=sys.stderr)
+        return 1
+    print(invite_url(application_id))
+    return 0
+
+
+def _check(env_file: str) -> int:
+    """Print one line per check; exit 1 if any failed."""
+    from bot.setup_check import CheckResult, check_config, run_checks
+
+    try:
+        "✓✗→".encode(sys.stdout.encoding or "ascii")
+        ascii_only = False
+    except (UnicodeEncodeError, LookupError):
+        ascii_only = True
+
+    def report(result: CheckResult) -> None:
+        print(result.line(ascii_only=ascii_only), flush=True)
+
+    config, settings = check_config(env_file)
+    report(config)
+    if settings is None:
+        return 1
+    setup_logging("ERROR", [settings.discord_token.get_secret_value(), settings.sdapi_key.get_secret_value()])
+    results = asyncio.run(run_checks(settings, report))
+    return 0 if all(result.ok for result in results) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
-        return _run(args.env_file)
+        return _run(args.env_file, simulate=args.simulate, step_seconds=args.step_seconds)
     if args.command == "migrate":
         return _migrate(args.database_url)
+    if args.command == "invite":
+        return _invite(args.env_file)
+    if args.command == "check":
+        return _check(args.env_file)
     if args.command == "demo":
         return _demo(args.out, args.step_seconds)
     setup_logging("INFO", [args.api_key] if args.api_key else [])

@@ -7,17 +7,27 @@ str are redacted, and only the adapters that need them call `get_secret_value()`
 
 from __future__ import annotations
 
+import importlib.resources
 import ipaddress
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+#: The numbered SQL migrations are package data of the top-level `migrations` package (the
+#: `migrations/` directory of the source tree), so an installed copy carries them too.
+MIGRATIONS_PACKAGE = "migrations"
+
+
+def migrations_dir() -> Traversable:
+    """The directory of the migration files, wherever lorabot is installed."""
+    return importlib.resources.files(MIGRATIONS_PACKAGE)
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LogFormat = Literal["text", "json"]
 
 
 class ConfigError(Exception):
@@ -41,6 +51,22 @@ def is_loopback_host(host: str | None) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def local_webhook_url(host: str, port: int) -> str | None:
+    """The webhook server's address as this machine reaches it; None when there is none to give
+    (an ephemeral port, or a host that is not this machine's loopback or wildcard address)."""
+    if port == 0:
+        return None
+    if host in ("", "0.0.0.0", "localhost"):  # noqa: S104 (compared, not bound)
+        address = "127.0.0.1"
+    elif host == "::":
+        address = "[::1]"
+    elif is_loopback_host(host):
+        address = f"[{host}]" if ":" in host else host
+    else:
+        return None
+    return f"http://{address}:{port}"
 
 
 class Settings(BaseSettings):
@@ -95,15 +121,23 @@ class Settings(BaseSettings):
     ready_samples_deadline_seconds: int = Field(default=300, ge=10, le=1800)
 
     # Webhook server
-    public_url: str
+    #: Where the provider can reach the webhook server. Unset: polling mode (no webhooks; every
+    #: active job is polled every POLL_INTERVAL_SECONDS).
+    public_url: str | None = None
     webhook_host: str = "127.0.0.1"
     webhook_port: int = Field(default=8080, ge=0, le=65535)
     webhook_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=10 * 1024 * 1024)
     webhook_rate_limit_per_minute: int = Field(default=600, ge=1)
+    #: `GET /metrics` (Prometheus text format) on the webhook server; with a token, only to
+    #: `Authorization: Bearer <token>`.
+    metrics_enabled: bool = True
+    metrics_token: SecretStr | None = None
 
     # Storage and logs
     database_url: str = "sqlite:///lorabot.db"
     log_level: LogLevel = "INFO"
+    #: `json`: one JSON object per line (time, level, logger, message, exception).
+    log_format: LogFormat = "text"
 
     # Images
     min_images: int = Field(default=5, ge=1, le=10)
@@ -122,8 +156,13 @@ class Settings(BaseSettings):
 
     # Background work
     reconcile_interval_seconds: int = Field(default=300, ge=10)
+    #: Polling mode (no PUBLIC_URL): each active job is polled once per this many seconds.
+    poll_interval_seconds: int = Field(default=60, ge=5)
     stall_deadline_seconds: int = Field(default=3 * 3600, ge=60)
     card_edit_interval_seconds: float = Field(default=3.0, ge=0)
+
+    #: Set by `for_simulator` only: a private attribute, so no environment variable can set it.
+    _simulated: bool = PrivateAttr(default=False)
 
     @field_validator("train_role_ids", mode="before")
     @classmethod
@@ -139,7 +178,9 @@ class Settings(BaseSettings):
 
     @field_validator("public_url")
     @classmethod
-    def _check_public_url(cls, value: str) -> str:
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         url = _http_url(value, "PUBLIC_URL")
         parts = urlsplit(url)
         if parts.scheme != "https" and not is_loopback_host(parts.hostname):
@@ -157,6 +198,14 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in ("ws", "wss") or not parts.netloc:
             raise ValueError(f"must be a ws:// or wss:// URL, got {value!r}")
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _check_metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # Long enough not to be guessed, and to be masked in logs (shorter strings are not).
+        if value is not None and len(value.get_secret_value().strip()) < 16:
+            raise ValueError("must be at least 16 characters (or unset: /metrics without a token)")
         return value
 
     @field_validator("discord_token", "sdapi_key")
@@ -189,9 +238,33 @@ class Settings(BaseSettings):
         return self.database_url.removeprefix("sqlite:///")
 
     @property
-    def webhook_base(self) -> str:
-        """The externally reachable prefix of training webhooks."""
-        return f"{self.public_url}/webhooks/training"
+    def webhook_base(self) -> str | None:
+        """The externally reachable prefix of training webhooks; None in polling mode."""
+        return f"{self.public_url}/webhooks/training" if self.public_url else None
+
+    @property
+    def mode(self) -> Literal["webhooks", "polling"]:
+        """How the bot follows trainings: the provider's webhooks, or polling (no PUBLIC_URL)."""
+        return "webhooks" if self.public_url else "polling"
+
+    @property
+    def simulated(self) -> bool:
+        """True under `lorabot run --simulate` (never read from the environment): every card and
+        DM then says the training is simulated."""
+        return self._simulated
+
+    def for_simulator(self, base_url: str) -> Settings:
+        """These settings pointed at the built-in simulator at `base_url` (`lorabot run --simulate`).
+
+        Without PUBLIC_URL, webhooks come back to the local webhook server when it listens on a
+        known port of this machine; otherwise the bot polls.
+        """
+        updates: dict[str, Any] = {"sdapi_base_url": base_url.rstrip("/")}
+        if self.public_url is None:
+            updates["public_url"] = local_webhook_url(self.webhook_host, self.webhook_port)
+        copy = self.model_copy(update=updates)
+        copy._simulated = True
+        return copy
 
 
 def _describe(error: ValidationError) -> str:

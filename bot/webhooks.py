@@ -15,6 +15,7 @@ authentication spend the per-address rate-limit budget.
 from __future__ import annotations
 
 import functools
+import hmac
 import json
 import logging
 import re
@@ -28,6 +29,7 @@ from aiohttp import web
 
 from bot.jobs.service import JobService, secret_matches
 from bot.jobs.states import FAILURE_WORDS, TERMINAL_STATES, Action, Event, EventSource
+from bot.metrics import CONTENT_TYPE, Metrics
 from bot.store import Job, JobNotFound, Store
 
 log = logging.getLogger(__name__)
@@ -155,13 +157,23 @@ class WebhookServer:
         rate_per_minute: int,
         discord_status: Callable[[], str] = lambda: "not started",
         tasks: TaskHealth | None = None,
+        mode: str = "webhooks",
+        metrics: Metrics | None = None,
+        metrics_token: str | None = None,
     ) -> None:
         self.service = service
         self.store = store
+        #: Webhooks by outcome. `GET /metrics` is served only when `metrics` is given; with
+        #: `metrics_token`, only to `Authorization: Bearer <token>`.
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._serve_metrics = metrics is not None
+        self._metrics_token = metrics_token.encode() if metrics_token else None
         self.max_body_bytes = max_body_bytes
         self.limiter = RateLimiter(rate_per_minute)
         self.discord_status = discord_status
         self.tasks = tasks
+        #: How trainings are followed, for /healthz: "webhooks", or "polling" (no PUBLIC_URL).
+        self.mode = mode
         self.accepting = True
         #: Jobs with a training id, by job id (bounded; the oldest entry goes first).
         self._known: dict[int, KnownJob] = {}
@@ -172,6 +184,8 @@ class WebhookServer:
         app = web.Application(client_max_size=self.max_body_bytes)
         app.router.add_post("/webhooks/training/{job_id}/{secret}", self.training_webhook)
         app.router.add_get("/healthz", self.healthz)
+        if self._serve_metrics:
+            app.router.add_get("/metrics", self.metrics_page)
         return app
 
     async def start(self, host: str, port: int) -> None:
@@ -196,7 +210,12 @@ class WebhookServer:
 
     async def healthz(self, request: web.Request) -> web.Response:
         database = await self.store.db.ping()
-        body: dict[str, Any] = {"status": "ok", "database": database, "discord": self.discord_status()}
+        body: dict[str, Any] = {
+            "status": "ok",
+            "mode": self.mode,
+            "database": database,
+            "discord": self.discord_status(),
+        }
         healthy = database
         if self.tasks is not None:
             try:
@@ -210,13 +229,33 @@ class WebhookServer:
             body["status"] = "degraded"
         return web.json_response(body, status=200 if healthy else 503, dumps=_dumps)
 
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        """The Prometheus text format. Cheap: the counters are in memory, and the store gauges
+        come from two small reads (no write). A wrong or missing bearer token gets 401, and
+        spends the address's rate-limit budget like a failed webhook authentication."""
+        if self._metrics_token is not None:
+            peer = request.remote or "unknown"
+            if self.limiter.exhausted(peer):
+                return web.Response(status=429, text="slow down")
+            scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), self._metrics_token):
+                self.limiter.allow(peer)
+                log.warning("metrics scrape refused: missing or wrong bearer token, from %s", peer)
+                return web.Response(status=401, headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+        await self.metrics.refresh(self.store)
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
     async def training_webhook(self, request: web.Request) -> web.Response:
         peer = request.remote or "unknown"
+        count = self.metrics.webhook
         if not self.accepting:
+            count("refused", "shutting_down")
             return _text(503, "shutting down")
         if request.content_type != "application/json":
+            count("refused", "content_type")
             return _reject(415, f"content type {request.content_type!r}", peer)
         if request.content_length is not None and request.content_length > self.max_body_bytes:
+            count("refused", "too_large")
             return _reject(413, f"{request.content_length}-byte body", peer)
 
         # -- authentication: only failures spend the address's budget ---------------------------
@@ -227,6 +266,7 @@ class WebhookServer:
         job: Job | None = None
         if known is None or not secret_matches(secret, known.secret_hash):
             if self.limiter.exhausted(peer):  # before any database lookup
+                count("refused", "rate_limited")
                 return _reject(429, "slow down", peer)
             if shaped and known is None and job_id is not None:
                 # Read-only; only a job with a training id is remembered (before that, each
@@ -235,6 +275,7 @@ class WebhookServer:
             if job is None or not secret_matches(secret, job.webhook_secret_hash):
                 self.limiter.allow(peer)
                 log.warning("webhook rejected: unknown job or wrong secret (job %s) from %s", job_id_text[:20], peer)
+                count("refused", "unauthenticated")
                 return web.Response(status=404)  # no detail: don't tell a prober which part was wrong
             known = self._remember(job)
         assert job_id is not None
@@ -242,25 +283,32 @@ class WebhookServer:
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
+            count("refused", "too_large")
             return _reject(413, f"body over {self.max_body_bytes} bytes", peer, job_id)
         body = parse_body(raw)
         if body is None:
+            count("refused", "invalid_json")
             return _reject(400, "invalid JSON", peer, job_id)
         model_id = body.get("model_id") or body.get("training_id") or body.get("id")
         model_id = str(model_id).strip() if model_id is not None else ""
         if not model_id:
+            count("refused", "model_id_mismatch")
             return _reject(409, "model_id does not match this job", peer, job_id)
         word = status_word(body)
         if word is None:
+            count("refused", "missing_status")
             return _reject(400, "missing training_status", peer, job_id)
 
         # -- a finished job: answered from memory or the read above, nothing written ------------
         if known is not None:
             if model_id != known.training_id:
+                count("refused", "model_id_mismatch")
                 return _reject(409, "model_id does not match this job", peer, job_id)
             if known.finished is not None:
+                count("ignored")
                 return _ignored(known.finished, job_id)
         elif job is not None and job.state.is_terminal:  # no training id, but finished: sticky
+            count("ignored")
             return _ignored(job.state.value, job_id)
 
         detail = body.get("logs") or body.get("message") or body.get("messege")
@@ -277,15 +325,20 @@ class WebhookServer:
             result = await self.service.record(job_id, event, payload=raw.decode("utf-8", "replace")[:4000])
         except JobNotFound:  # deleted (/forgetme) since it was read or remembered
             self._known.pop(job_id, None)
+            count("refused", "job_deleted")
             return web.Response(status=404)
         except sqlite3.IntegrityError:  # adopting a training id that another job already has
+            count("refused", "model_id_other_job")
             return _reject(409, "model_id belongs to another job", peer, job_id)
         if not result.plan.write:
             if result.plan.reason == "terminal":  # finished meanwhile (a concurrent webhook)
                 self._remember(result.before)
+                count("ignored")
                 return _ignored(result.before.state.value, job_id)
+            count("refused", "model_id_mismatch" if result.plan.reason in _REFUSALS else "other")
             return _reject(409, _REFUSALS.get(result.plan.reason, result.plan.reason), peer, job_id)
         self._remember(result.after)
+        count("accepted" if result.changed else "duplicate")
         return web.json_response({"ok": True, "state": result.after.state.value})
 
     def forget_owner(self, owner_id: int) -> None:

@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 
-from bot.config import ConfigError, Settings, load_settings
+from bot.config import ConfigError, Settings, load_settings, local_webhook_url
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "discord-token-SECRET-aaaaaaaaaaaaaaaa"
 KEY = "sdapi-key-SECRET-bbbbbbbbbbbbbbbbbbbb"
+METRICS_TOKEN = "metrics-token-SECRET-cccccccccccc"
 
 #: Every setting, as an operator writes it, and the value the code must read from it (none a default).
 ALL_VARIABLES: dict[str, tuple[str, Any]] = {
@@ -39,8 +40,11 @@ ALL_VARIABLES: dict[str, tuple[str, Any]] = {
     "WEBHOOK_PORT": ("9443", 9443),
     "WEBHOOK_MAX_BODY_BYTES": ("4096", 4096),
     "WEBHOOK_RATE_LIMIT_PER_MINUTE": ("42", 42),
+    "METRICS_ENABLED": ("false", False),
+    "METRICS_TOKEN": (METRICS_TOKEN, METRICS_TOKEN),
     "DATABASE_URL": ("sqlite:///data/other.db", "sqlite:///data/other.db"),
     "LOG_LEVEL": ("DEBUG", "DEBUG"),
+    "LOG_FORMAT": ("json", "json"),
     "MIN_IMAGES": ("3", 3),
     "MAX_IMAGES": ("8", 8),
     "MAX_IMAGE_BYTES": ("2097152", 2097152),
@@ -53,6 +57,7 @@ ALL_VARIABLES: dict[str, tuple[str, Any]] = {
     "LIMITS_EXEMPT_MANAGERS": ("true", True),
     "TRAIN_ROLE_IDS": ("111, 222,333", [111, 222, 333]),
     "RECONCILE_INTERVAL_SECONDS": ("60", 60),
+    "POLL_INTERVAL_SECONDS": ("30", 30),
     "STALL_DEADLINE_SECONDS": ("7200", 7200),
     "CARD_EDIT_INTERVAL_SECONDS": ("1.5", 1.5),
 }
@@ -75,12 +80,16 @@ DEFAULTS: dict[str, Any] = {
     "imagine_safety_checker_off_in_nsfw_channels": False,
     "ready_samples": 0,
     "ready_samples_deadline_seconds": 300,
+    "public_url": None,
     "webhook_host": "127.0.0.1",
     "webhook_port": 8080,
     "webhook_max_body_bytes": 65536,
     "webhook_rate_limit_per_minute": 600,
+    "metrics_enabled": True,
+    "metrics_token": None,
     "database_url": "sqlite:///lorabot.db",
     "log_level": "INFO",
+    "log_format": "text",
     "min_images": 5,
     "max_images": 10,
     "max_image_bytes": 10 * 1024 * 1024,
@@ -93,6 +102,7 @@ DEFAULTS: dict[str, Any] = {
     "limits_exempt_managers": False,
     "train_role_ids": [],
     "reconcile_interval_seconds": 300,
+    "poll_interval_seconds": 60,
     "stall_deadline_seconds": 10800,
     "card_edit_interval_seconds": 3.0,
 }
@@ -111,13 +121,12 @@ def assert_all_variables_read(settings: Settings) -> None:
 def required_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DISCORD_TOKEN", TOKEN)
     monkeypatch.setenv("SDAPI_KEY", KEY)
-    monkeypatch.setenv("PUBLIC_URL", "https://bot.example.org")
 
 
 def test_the_tables_cover_every_setting() -> None:
     fields = set(Settings.model_fields)
     assert {name.lower() for name in ALL_VARIABLES} == fields
-    assert set(DEFAULTS) == fields - {"discord_token", "sdapi_key", "public_url"}
+    assert set(DEFAULTS) == fields - {"discord_token", "sdapi_key"}
 
 
 def test_defaults(clean_env: pytest.MonkeyPatch) -> None:
@@ -126,7 +135,8 @@ def test_defaults(clean_env: pytest.MonkeyPatch) -> None:
     for name, expected in DEFAULTS.items():
         assert getattr(settings, name) == expected, name
     assert settings.database_path == "lorabot.db"
-    assert settings.webhook_base == "https://bot.example.org/webhooks/training"
+    # No PUBLIC_URL: polling mode, and the submission's webhook is null.
+    assert (settings.mode, settings.webhook_base, settings.simulated) == ("polling", None, False)
 
 
 def test_every_variable_is_read_from_the_environment(clean_env: pytest.MonkeyPatch) -> None:
@@ -136,6 +146,7 @@ def test_every_variable_is_read_from_the_environment(clean_env: pytest.MonkeyPat
     assert_all_variables_read(settings)
     assert settings.database_path == "data/other.db"
     assert settings.webhook_base == "https://hooks.example.org/bot/webhooks/training"
+    assert settings.mode == "webhooks"
 
 
 def test_every_variable_is_read_from_a_dotenv_file(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -157,9 +168,11 @@ def test_the_environment_wins_over_the_dotenv_file(clean_env: pytest.MonkeyPatch
 
 
 def test_the_documented_env_example_gives_the_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """`.env.example` says its values are the defaults; with the three required ones filled it must load."""
+    """`.env.example` says its values are the defaults; with the two required ones filled it must load
+    (PUBLIC_URL is left empty there: polling mode)."""
     text = (REPO / ".env.example").read_text(encoding="utf-8")
-    for name, value in (("DISCORD_TOKEN", TOKEN), ("SDAPI_KEY", KEY), ("PUBLIC_URL", "https://bot.example.org")):
+    assert "\nPUBLIC_URL=\n" in text
+    for name, value in (("DISCORD_TOKEN", TOKEN), ("SDAPI_KEY", KEY)):
         assert f"\n{name}=\n" in text
         text = text.replace(f"\n{name}=\n", f"\n{name}={value}\n")
     documented = {line.split("=", 1)[0].lower() for line in text.splitlines() if line and not line.startswith("#")}
@@ -179,10 +192,11 @@ def test_a_broken_configuration_names_every_bad_setting_at_once(clean_env: pytes
     with pytest.raises(ConfigError) as caught:
         load_settings(env_file=None)
     message = str(caught.value)
-    for name in ("DISCORD_TOKEN", "SDAPI_KEY", "PUBLIC_URL", "SDAPI_BASE_URL", "WEBHOOK_PORT", "MAX_IMAGES"):
+    for name in ("DISCORD_TOKEN", "SDAPI_KEY", "SDAPI_BASE_URL", "WEBHOOK_PORT", "MAX_IMAGES"):
         assert f"- {name}:" in message, name
+    assert "PUBLIC_URL" not in message  # optional: unset means polling mode
     assert "MIN_IMAGES must not be greater than MAX_IMAGES" in message
-    assert message.count("\n  - ") == 6
+    assert message.count("\n  - ") == 5
 
 
 @pytest.mark.parametrize(
@@ -199,10 +213,15 @@ def test_a_broken_configuration_names_every_bad_setting_at_once(clean_env: pytes
         ("DATABASE_URL", "postgres://db/bot"),
         ("DATABASE_URL", "sqlite:///"),
         ("LOG_LEVEL", "LOUD"),
+        ("LOG_FORMAT", "xml"),
+        ("METRICS_ENABLED", "maybe"),
+        ("METRICS_TOKEN", "too-short"),
         ("DISCORD_GUILD_ID", "my-guild"),
         ("TRAIN_ROLE_IDS", "123,admins"),
         ("MIN_IMAGES", "0"),
         ("PREVIEW_TIMEOUT_SECONDS", "900"),
+        ("POLL_INTERVAL_SECONDS", "4"),
+        ("POLL_INTERVAL_SECONDS", "0"),
         ("SDAPI_TRAINING_TYPE_WOMAN", "woman"),
         ("DISCORD_TOKEN", "   "),
     ],
@@ -224,10 +243,12 @@ def test_min_images_equal_to_max_images_is_fine(make_settings) -> None:
 
 def test_secrets_never_appear_in_repr_str_dumps_or_errors(clean_env: pytest.MonkeyPatch) -> None:
     required_only(clean_env)
+    clean_env.setenv("METRICS_TOKEN", METRICS_TOKEN)
     settings = load_settings(env_file=None)
     for text in (repr(settings), str(settings), settings.model_dump_json(), repr(settings.model_dump())):
         assert TOKEN not in text
         assert KEY not in text
+        assert METRICS_TOKEN not in text
     assert settings.discord_token.get_secret_value() == TOKEN
 
     clean_env.setenv("PUBLIC_URL", "nope")
@@ -282,3 +303,61 @@ def test_public_url_without_https_names_the_setting_and_why(make_settings) -> No
     with pytest.raises(ConfigError) as info:
         make_settings(public_url="http://bot.example.org")
     assert "PUBLIC_URL" in str(info.value) and "https" in str(info.value)
+
+
+# -- polling mode and --simulate ----------------------------------------------------------------------
+
+
+def test_without_public_url_the_bot_polls(clean_env: pytest.MonkeyPatch) -> None:
+    required_only(clean_env)
+    clean_env.setenv("PUBLIC_URL", "")  # an empty line in .env counts as unset
+    clean_env.setenv("POLL_INTERVAL_SECONDS", "5")  # the smallest interval accepted
+    settings = load_settings(env_file=None)
+    assert (settings.public_url, settings.webhook_base, settings.mode) == (None, None, "polling")
+    assert settings.poll_interval_seconds == 5
+
+
+def test_a_poll_interval_under_five_seconds_is_refused_by_name(clean_env: pytest.MonkeyPatch) -> None:
+    required_only(clean_env)
+    clean_env.setenv("POLL_INTERVAL_SECONDS", "4")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env_file=None)
+    assert str(caught.value).splitlines()[1:] == [
+        "  - POLL_INTERVAL_SECONDS: Input should be greater than or equal to 5"
+    ]
+
+
+def test_simulated_comes_only_from_for_simulator_never_from_the_environment(clean_env: pytest.MonkeyPatch) -> None:
+    required_only(clean_env)
+    clean_env.setenv("SIMULATED", "true")
+    clean_env.setenv("WEBHOOK_PORT", "9123")
+    settings = load_settings(env_file=None)
+    assert settings.simulated is False and "simulated" not in Settings.model_fields
+
+    simulated = settings.for_simulator("http://127.0.0.1:40000/")
+    assert simulated.simulated is True
+    assert simulated.sdapi_base_url == "http://127.0.0.1:40000"
+    # No PUBLIC_URL: webhooks come back to the local webhook server.
+    assert simulated.public_url == "http://127.0.0.1:9123"
+    assert simulated.mode == "webhooks"
+    assert settings.simulated is False and settings.public_url is None  # the original is untouched
+
+    clean_env.setenv("PUBLIC_URL", "https://bot.example.org")
+    assert load_settings(env_file=None).for_simulator("http://127.0.0.1:1").public_url == "https://bot.example.org"
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "expected"),
+    [
+        ("127.0.0.1", 8080, "http://127.0.0.1:8080"),
+        ("0.0.0.0", 8080, "http://127.0.0.1:8080"),
+        ("localhost", 8080, "http://127.0.0.1:8080"),
+        ("::", 8080, "http://[::1]:8080"),
+        ("::1", 8080, "http://[::1]:8080"),
+        ("127.0.0.2", 8080, "http://127.0.0.2:8080"),
+        ("192.168.1.10", 8080, None),  # not reachable as a loopback address: the bot polls
+        ("127.0.0.1", 0, None),  # an ephemeral port: nothing to give the provider before it is bound
+    ],
+)
+def test_the_local_webhook_address_of_simulate(host: str, port: int, expected: str | None) -> None:
+    assert local_webhook_url(host, port) == expected

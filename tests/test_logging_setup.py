@@ -127,3 +127,105 @@ def test_setup_logging_installs_one_redacting_handler_on_root() -> None:
             if handler not in saved_handlers:
                 root.removeHandler(handler)
         root.setLevel(saved_level)
+
+
+# -- LOG_FORMAT=json -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def json_capture() -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A private logger whose handler formats JSON lines, with the redacting filter (SECRET registered)."""
+    from bot.logging_setup import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    redacting = RedactingFilter([SECRET])
+    handler.setFormatter(JsonFormatter(redacting))
+    handler.addFilter(redacting)
+    logger = logging.getLogger(f"tests.json.{id(stream)}")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    yield logger, stream
+    logger.removeHandler(handler)
+
+
+def json_lines(stream: io.StringIO) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_json_lines_carry_time_level_logger_and_message(json_capture) -> None:
+    from datetime import datetime
+
+    logger, stream = json_capture
+    logger.info("job %s moved to %s", 5, "training_started")
+    logger.warning('a "quoted"\nmulti-line message')
+    first, second = json_lines(stream)  # one object per line, even for a message with a newline
+    assert set(first) == {"time", "level", "logger", "message"}
+    assert first["level"] == "INFO" and first["logger"] == logger.name
+    assert first["message"] == "job 5 moved to training_started"
+    assert datetime.fromisoformat(first["time"]).utcoffset() is not None
+    assert second["message"] == 'a "quoted"\nmulti-line message' and second["level"] == "WARNING"
+
+
+def test_json_lines_mask_secrets_in_messages_and_in_the_exception_text(json_capture) -> None:
+    logger, stream = json_capture
+    logger.info("key=%s webhook /webhooks/training/7/%s", SECRET, WEBHOOK_SECRET)
+    try:
+        raise RuntimeError(f"upstream refused token {SECRET} at /webhooks/training/3/{WEBHOOK_SECRET}")
+    except RuntimeError:
+        logger.exception("request failed with %s", SECRET)
+    message, failure = json_lines(stream)
+    assert message["message"] == f"key={MASK} webhook /webhooks/training/7/{MASK}"
+    assert failure["message"] == f"request failed with {MASK}"
+    assert failure["exception"].startswith("Traceback (most recent call last)")
+    assert f"RuntimeError: upstream refused token {MASK} at /webhooks/training/3/{MASK}" in failure["exception"]
+    output = stream.getvalue()
+    assert SECRET not in output and WEBHOOK_SECRET not in output
+
+
+def test_the_json_formatter_masks_a_traceback_the_filter_never_saw() -> None:
+    """A record formatted without passing the filter (another handler's path) is masked too."""
+    import json
+    import sys
+
+    from bot.logging_setup import JsonFormatter
+
+    try:
+        raise ValueError(f"bad key {SECRET}")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    line = JsonFormatter(RedactingFilter([SECRET])).format(record)
+    assert SECRET not in line
+    assert f"ValueError: bad key {MASK}" in json.loads(line)["exception"]
+    assert SECRET not in (record.exc_text or "")  # nor is the cached text left unmasked
+
+
+def test_setup_logging_json_switches_the_one_handler_to_json_lines() -> None:
+    import json
+
+    root = logging.getLogger()
+    saved_level, saved_handlers = root.level, list(root.handlers)
+    try:
+        secret = "json-logging-secret-" + "z" * 20
+        setup_logging("INFO", secrets=[secret], fmt="json")
+        ours = [h for h in root.handlers if getattr(h, "_lorabot", False)]
+        assert len(ours) == 1
+        stream = io.StringIO()
+        ours[0].setStream(stream)  # type: ignore[attr-defined]
+        logging.getLogger("bot.some.module").info("token is %s", secret)
+        entry = json.loads(stream.getvalue())
+        assert entry["message"] == f"token is {MASK}" and entry["logger"] == "bot.some.module"
+        setup_logging("INFO")  # back to text
+        stream.truncate(0)
+        stream.seek(0)
+        logging.getLogger("bot.some.module").info("plain")
+        assert stream.getvalue().rstrip().endswith("bot.some.module: plain")
+    finally:
+        logging.captureWarnings(False)
+        for handler in root.handlers[:]:
+            if handler not in saved_handlers:
+                root.removeHandler(handler)
+        root.setLevel(saved_level)

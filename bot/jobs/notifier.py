@@ -22,6 +22,7 @@ import discord
 from bot.jobs.picture_delivery import PictureDelivery, ReadyDmPictures
 from bot.jobs.states import JobState
 from bot.messenger import CannotPost, DiscordUnavailable, DmsClosed, MessageGone, Messenger
+from bot.metrics import Metrics
 from bot.render import generate_view, job_card, outcome_message
 from bot.store import Job, OutboxItem, Store
 
@@ -45,13 +46,19 @@ class Notifier:
         edit_interval: float = 3.0,
         pictures: PictureDelivery | None = None,
         samples_deadline: float = 300.0,
+        simulated: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.messenger = messenger
+        #: Failed deliveries, by item kind and reason.
+        self.metrics = metrics if metrics is not None else Metrics()
         self.edit_interval = timedelta(seconds=edit_interval)
         #: Generations' results, and the sample pictures of the ready DM (None: no /imagine).
         self.pictures = pictures
         self.samples_deadline = timedelta(seconds=samples_deadline)
+        #: `lorabot run --simulate`: cards and DMs say the training is simulated.
+        self.simulated = simulated
         self._wake = asyncio.Event()
         self._last_edit: dict[int, datetime] = {}
         self._flushed: set[int] = set()  # card items delivered ahead of a DM in the current pass
@@ -96,11 +103,13 @@ class Notifier:
             except DiscordUnavailable as error:
                 # Discord is down or throttling hard: back off this item and stop the pass.
                 log.warning("outbox %s: Discord unavailable (%s), retrying later", item.dedupe_key, error)
+                self.metrics.discord_failure(item.kind, "discord_unavailable")
                 await self.store.mark_failed(item, str(error), retry_delay(item.attempts))
                 break
             except Exception as error:  # one bad item must never block the others
                 give_up = item.attempts + 1 >= MAX_ATTEMPTS
                 log.exception("outbox %s: delivery failed%s", item.dedupe_key, "; giving up" if give_up else "")
+                self.metrics.discord_failure(item.kind, "error")
                 retry = None if give_up else retry_delay(item.attempts)
                 await self.store.mark_failed(item, type(error).__name__, retry)
         return delivered + len(self._flushed)
@@ -137,6 +146,7 @@ class Notifier:
             raise
         except Exception:
             log.exception("job %s: could not update its card before the DM; sending the DM anyway", job.id)
+            self.metrics.discord_failure("card", "error")
             return False
         if delivered:
             self._flushed.add(card.id)
@@ -150,7 +160,7 @@ class Notifier:
         if coalesce and last is not None and now - last < self.edit_interval:
             await self.store.postpone(item, last + self.edit_interval)  # coalesce bursts into one edit
             return False
-        embed = job_card(job, await self.store.events_for_job(job.id))
+        embed = job_card(job, await self.store.events_for_job(job.id), simulated=self.simulated)
         try:
             if job.card_channel_id is None or job.card_message_id is None:
                 raise MessageGone("no card yet")
@@ -159,6 +169,7 @@ class Notifier:
             await self._repost_card(job, embed)
         except CannotPost as error:
             log.warning("job %s: cannot edit its card (%s); giving up on this edit", job.id, error)
+            self.metrics.discord_failure("card", "cannot_post")
             await self.store.mark_failed(item, str(error), None)
             return False
         if job.state.is_terminal:
@@ -186,7 +197,7 @@ class Notifier:
 
     async def _deliver_dm(self, item: OutboxItem, job: Job) -> bool:
         state = JobState(str(item.payload.get("state", job.state.value)))
-        text = outcome_message(job, state)
+        text = outcome_message(job, state, simulated=self.simulated)
         pictures = ReadyDmPictures([], [], 0, None)
         view = None
         if state is JobState.MODEL_READY and self.pictures is not None:
@@ -203,6 +214,7 @@ class Notifier:
                 )
             except DmsClosed:
                 log.info("job %s: owner's DMs are closed; mentioning them in the channel instead", job.id)
+                self.metrics.discord_failure("dm", "dms_closed")
                 await self.store.mark_dms_closed(job.owner_id)
             else:
                 if self.pictures is not None:
@@ -220,6 +232,7 @@ class Notifier:
             )
         except (CannotPost, MessageGone) as error:
             log.warning("job %s: could not reach the owner by DM or in the channel (%s)", job.id, error)
+            self.metrics.discord_failure("dm", "unreachable")
             give_up = item.attempts + 1 >= MAX_ATTEMPTS
             await self.store.mark_failed(item, str(error), None if give_up else retry_delay(item.attempts))
             return False

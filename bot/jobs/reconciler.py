@@ -14,6 +14,11 @@ status answer) fails the job at once with the provider's reason.
 An `uncertain` job (the provider never confirmed its submission) has no training id to poll. It
 is matched against the account's model list: a model that appeared after the job's submission
 and belongs to no other job is adopted, but only when the match is unambiguous.
+
+With webhooks, this is the safety net for the ones that never come (RECONCILE_INTERVAL_SECONDS).
+In polling mode (no PUBLIC_URL, `spread`), it is how jobs move at all: each active job is polled
+once per POLL_INTERVAL_SECONDS, and the status calls are paced `interval / active jobs` apart,
+so the jobs' polls spread over the interval instead of all coming at once.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 
 from bot.jobs.service import JobService
 from bot.jobs.states import Action, Event, EventSource, JobState
+from bot.metrics import Metrics
 from bot.provider.errors import ProviderError, TrainingNotFound
 from bot.store import Job, JobNotFound, Store
 
@@ -40,14 +47,26 @@ class Reconciler:
         interval: float,
         stall_deadline: float,
         preview_timeout: float,
+        spread: bool = False,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.service = service
+        #: Completed passes and the jobs they checked.
+        self.metrics = metrics if metrics is not None else Metrics()
         self.interval = timedelta(seconds=interval)
         self.stall_deadline = timedelta(seconds=stall_deadline)
         self.preview_timeout = timedelta(seconds=preview_timeout)
-        #: Seconds between two passes over the overdue jobs.
-        self.period = max(1.0, min(60.0, interval / 2))
+        #: Polling mode: status calls are paced so that the jobs' polls spread over the interval.
+        self.spread = spread
+        #: Seconds between two passes over the overdue jobs. In polling mode passes come often, so
+        #: a job is polled soon after its interval is up (never sooner: see `run_once`).
+        self.period = max(1.0, min(5.0, interval / 5)) if spread else max(1.0, min(60.0, interval / 2))
+        self._sleep = sleep
+        #: Polling mode: the earliest time of the next status call, and the gap between two calls.
+        self._next_poll_at: datetime | None = None
+        self._gap = timedelta(0)
         #: The last failed call per job, for the stall message (in memory: a hint, not a record).
         self._last_call_error: dict[int, str] = {}
 
@@ -59,7 +78,7 @@ class Reconciler:
         """
         await self.run_once(everything=True)
         while True:
-            await asyncio.sleep(self.period)
+            await self._sleep(self.period)
             await self.run_once()
 
     async def run_once(self, *, everything: bool = False) -> int:
@@ -67,6 +86,8 @@ class Reconciler:
         now = self.store.now()
         # Checked jobs are touched (updated_at = now), so they drop out of the next page.
         cutoff = now if everything else now - self.interval
+        if self.spread:
+            self._gap = self.interval / max(1, await self.store.count_pollable_jobs())
         seen: set[int] = set()
         uncertain: list[Job] = []
         while True:
@@ -81,6 +102,7 @@ class Reconciler:
                 await self._check_one(job)
         if uncertain:
             await self.settle_uncertain(uncertain)
+        self.metrics.reconciler_pass(len(seen))
         return len(seen)
 
     async def _check_one(self, job: Job) -> None:
@@ -113,6 +135,8 @@ class Reconciler:
         if not job.training_id:  # submitting right now, or uncertain (settled from the list)
             await self.store.touch(job.id)
             return
+        if self.spread:
+            await self._pace()
         try:
             status = await self.service.provider.training_status(job.training_id)
         except ProviderError as error:
@@ -135,6 +159,17 @@ class Reconciler:
             payload=json.dumps(dict(status.raw), default=str)[:4000],
         )
         await self.store.touch(job.id, eta_text=status.eta)
+
+    async def _pace(self) -> None:
+        """Polling mode: wait until the previous status call is `interval / active jobs` behind.
+
+        Each job is polled at most once per interval (a job is due only when not updated for
+        that long, and polling it touches it), and these gaps spread the jobs' polls over it.
+        """
+        now = self.store.now()
+        if self._next_poll_at is not None and self._next_poll_at > now:
+            await self._sleep((self._next_poll_at - now).total_seconds())
+        self._next_poll_at = self.store.now() + self._gap
 
     def _stall_reason(self, job: Job) -> str:
         hours = f"{self.stall_deadline.total_seconds() / 3600:g}"

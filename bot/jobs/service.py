@@ -21,7 +21,8 @@ from bot.config import Settings
 from bot.errors import UserError
 from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.transitions import plan_transition
-from bot.provider.client import ProviderClient
+from bot.metrics import Metrics
+from bot.provider.client import DUPLICATE_WINDOW_SECONDS, ProviderClient
 from bot.provider.errors import (
     InsufficientCredits,
     InvalidApiKey,
@@ -119,10 +120,12 @@ class JobService:
         *,
         on_outbox: Callable[[], None] = lambda: None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.provider = provider
         self.settings = settings
+        self.metrics = metrics if metrics is not None else Metrics()
         self._on_outbox = on_outbox
         self._sleep = sleep
         self._forget_listeners: list[Callable[[int], None]] = []
@@ -142,6 +145,8 @@ class JobService:
             result.after.state.value,
             plan.reason,
         )
+        if result.changed:
+            self.metrics.state_changed(event.source.value, result.after.state.value)
         if plan.outbox:
             self._on_outbox()
         return result
@@ -176,7 +181,9 @@ class JobService:
         Resent only after a definite refusal: the provider's queue is full (after the wait it
         asks for, up to SDAPI_QUEUE_RETRY_SECONDS in all), or a validation error naming
         `training_type` for a woman (once, with the other spelling). Each attempt carries a new
-        webhook secret, so no two attempts are identical requests to the duplicate filter.
+        webhook secret, so no two attempts are identical requests to the duplicate filter. In
+        polling mode (no webhook) two attempts are identical, so they are at least the filter's
+        window apart.
         """
         params = TrainingParams.from_dict(dict(job.params))
         await self._take_baseline_listing(job.id)
@@ -198,6 +205,8 @@ class JobService:
                 return result.after
             except RateLimited as error:  # the client raises this only for a definite refusal
                 wait = max(1.0, error.retry_after if error.retry_after is not None else 30.0)
+                if self.settings.webhook_base is None:  # webhook null: the same body as the last attempt
+                    wait = max(wait, DUPLICATE_WINDOW_SECONDS + 1.0)
                 if waited + wait > self.settings.sdapi_queue_retry_seconds:
                     log.warning("job %s: the provider's queue stayed full for %.0f s; giving up", job.id, waited)
                     minutes = max(1, round((waited + wait) / 60))
@@ -249,7 +258,8 @@ class JobService:
             training_type=provider_training_type(params.training_type, self.settings, woman),
             lora_type="lycoris" if params.lora_type == "lycoris" else "lora",
             max_train_steps=params.steps_for(len(image_urls)),
-            webhook=f"{self.settings.webhook_base}/{job_id}/{secret}",
+            # Polling mode: `webhook: null`, and the reconciler polls the job.
+            webhook=f"{base}/{job_id}/{secret}" if (base := self.settings.webhook_base) else None,
             **({"negative_prompt": params.negative_prompt} if params.negative_prompt else {}),
         )
 

@@ -61,6 +61,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
+from bot.metrics import Metrics
 from bot.provider.errors import (
     GenerationFailed,
     ImageDownloadFailed,
@@ -99,6 +100,19 @@ _Api = Literal["v3", "v6"]
 _FetchForm = Literal["body", "path"]
 #: Operations whose path names a training: a 404 or "not found" there means TrainingNotFound.
 _TRAINING_OPERATIONS: Final = frozenset({"status", "cancel", "delete"})
+
+#: Endpoint names for metrics, without the ids some paths carry (``fine_tune_status/{id}``).
+_ENDPOINT_NAMES: Final = (
+    "lora_fine_tune",
+    "fine_tune_status",
+    "cancle_training",
+    "cancel_training",
+    "finetune_list",
+    "finetune/delete",
+    "base64_crop",
+    "images/text2img",
+    "images/fetch",
+)
 
 #: The provider's documented spelling first; the corrected spelling is the fallback on HTTP 404.
 _CANCEL_ENDPOINTS: Final = ("cancle_training", "cancel_training")
@@ -260,6 +274,26 @@ def _retry_after_header(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
+def endpoint_name(endpoint: str) -> str:
+    """An endpoint's name for metrics: its path without ids (``fine_tune_status/42`` ->
+    ``fine_tune_status``); ``other`` for a path the client does not call, so labels stay few."""
+    for name in _ENDPOINT_NAMES:
+        if endpoint == name or endpoint.startswith(name + "/"):
+            return name
+    return "other"
+
+
+def _call_outcome(status: int) -> str:
+    """The HTTP outcome of a provider call, for metrics (a 200 may still carry an error body)."""
+    if status < 300:
+        return "ok"
+    if status < 400:
+        return "redirect"
+    if status == 429:
+        return "rate_limited"
+    return "client_error" if status < 500 else "server_error"
+
+
 def _redacted_location(url: str) -> str:
     """Scheme, host, port and path of a URL: never its query (it could carry anything)."""
     parts = urlsplit(url)
@@ -290,6 +324,7 @@ class ProviderClient:
         duplicate_window: float = DUPLICATE_WINDOW_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         image_transport: httpx.AsyncBaseTransport | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if timeout <= 0 or submit_timeout <= 0:
             raise ValueError("timeouts must be positive")
@@ -326,6 +361,8 @@ class ProviderClient:
         self._images: httpx.AsyncClient | None = None
         self._image_transport = image_transport if image_transport is not None else transport
         self._closed = False
+        #: Calls by endpoint and outcome, and their latency (never the key: it is in the body).
+        self._metrics = metrics if metrics is not None else Metrics()
 
     def __repr__(self) -> str:
         return f"ProviderClient(api_root={self._api_root!r}, max_attempts={self._max_attempts})"
@@ -787,17 +824,21 @@ class ProviderClient:
     ) -> httpx.Response:
         """POST, following a 307/308 (method and body kept) to the provider's own hosts only."""
         url = f"{self._root(api)}/{endpoint}"
+        name = endpoint_name(endpoint)
         for hop in range(_MAX_REDIRECTS + 1):
             path = urlsplit(url).path
             started = time.perf_counter()
             try:
                 response = await self._http.post(url, json=body, timeout=limits)
             except httpx.RequestError as exc:
-                elapsed = (time.perf_counter() - started) * 1000
-                logger.debug("POST %s failed after %.0f ms: %s", path, elapsed, type(exc).__name__)
+                seconds = time.perf_counter() - started
+                outcome = "timeout" if isinstance(exc, httpx.TimeoutException) else "network_error"
+                self._metrics.provider_request(name, outcome, seconds)
+                logger.debug("POST %s failed after %.0f ms: %s", path, seconds * 1000, type(exc).__name__)
                 raise
-            elapsed = (time.perf_counter() - started) * 1000
-            logger.debug("POST %s -> %d in %.0f ms", path, response.status_code, elapsed)
+            seconds = time.perf_counter() - started
+            self._metrics.provider_request(name, _call_outcome(response.status_code), seconds)
+            logger.debug("POST %s -> %d in %.0f ms", path, response.status_code, seconds * 1000)
             status = response.status_code
             if status not in _BODY_KEEPING_REDIRECTS or "location" not in response.headers:
                 return response

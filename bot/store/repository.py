@@ -185,6 +185,13 @@ class Store:
         )
         return [Job.from_row(row) for row in rows]
 
+    async def count_pollable_jobs(self) -> int:
+        """Unfinished jobs with a training id: the ones the reconciler asks the provider about."""
+        row = await self.db.fetchone(
+            f"SELECT COUNT(*) FROM jobs WHERE state NOT IN ({_TERMINAL_SQL}) AND training_id IS NOT NULL"  # noqa: S608
+        )
+        return int(row[0]) if row else 0
+
     async def set_card(self, job_id: int, channel_id: int, message_id: int) -> None:
         async with self.db.transaction() as conn:
             await conn.execute(
@@ -429,3 +436,23 @@ class Store:
             (*[s.value for s in states], limit),
         )
         return [int(row[0]) for row in rows]
+
+    # -- counts for /metrics (bounded reads, no write) ------------------------------------------
+
+    async def state_counts(self) -> dict[str, dict[str, int]]:
+        """Jobs and generations by state, as the triggers of migration 0004 keep them: a few rows."""
+        counts: dict[str, dict[str, int]] = {}
+        for entity, state, rows in await self.db.fetchall("SELECT entity, state, rows FROM state_counts"):
+            counts.setdefault(str(entity), {})[str(state)] = int(rows)
+        return counts
+
+    async def outbox_backlog(self) -> tuple[int, float]:
+        """Undelivered outbox items, and the age in seconds of the oldest (0 when there is none).
+
+        Reads only the pending items, through the partial index `outbox_pending`.
+        """
+        row = await self.db.fetchone("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE delivered_at IS NULL")
+        if row is None or not row[0]:
+            return 0, 0.0
+        oldest = datetime.fromisoformat(row[1])
+        return int(row[0]), max(0.0, (self.now() - oldest).total_seconds())

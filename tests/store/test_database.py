@@ -21,6 +21,7 @@ TABLES = {
     "provider_models",
     "generations",
     "generation_images",
+    "state_counts",
     "schema_migrations",
 }
 INDEXES = {
@@ -52,7 +53,7 @@ async def raw_db(tmp_path: Path):
         await database.close()
 
 
-MIGRATIONS = [(1, "initial"), (2, "provider_models"), (3, "generations")]
+MIGRATIONS = [(1, "initial"), (2, "provider_models"), (3, "generations"), (4, "state_counts")]
 
 
 async def test_a_fresh_database_gets_every_migration_and_every_table(raw_db: Database) -> None:
