@@ -14,6 +14,7 @@ from discord.ext import commands
 
 from bot.config import Settings
 from bot.images import ImageLimits
+from bot.invite import invite_url
 from bot.jobs.generations import GenerationService
 from bot.jobs.notifier import Notifier
 from bot.jobs.service import JobService
@@ -66,6 +67,7 @@ class LoraBot(commands.Bot):
             max_ratelimit_timeout=60.0,
         )
         self.settings = settings
+        self._invite_logged = False
 
     def attach(self, services: Services) -> None:
         self.services = services
@@ -89,7 +91,11 @@ class LoraBot(commands.Bot):
             self.tree.copy_global_to(guild=guild)
         definition = [command.to_dict(self.tree) for command in self.tree.get_commands(guild=guild)]
         digest = hashlib.sha256(
-            json.dumps({"guild": guild.id if guild else None, "commands": definition}, sort_keys=True).encode()
+            json.dumps(
+                # The application too: a new token (another application) on the same database syncs again.
+                {"application": self.application_id, "guild": guild.id if guild else None, "commands": definition},
+                sort_keys=True,
+            ).encode()
         ).hexdigest()
         if await self.services.store.get_value(COMMANDS_HASH_KEY) == digest:
             log.info("application commands unchanged; not syncing")
@@ -101,6 +107,9 @@ class LoraBot(commands.Bot):
 
     async def on_ready(self) -> None:
         log.info("connected to Discord as %s", self.user)
+        if not self.guilds and not self._invite_logged and self.application_id is not None:
+            self._invite_logged = True  # once per process, not at every reconnect
+            log.warning("the bot is in no server yet; invite it: %s", invite_url(self.application_id))
         await self.services.notifier.connection_restored()
 
     async def on_resumed(self) -> None:
