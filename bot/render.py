@@ -11,6 +11,12 @@ from bot.jobs.states import JobState, parse_provider_word
 from bot.store import Job, JobEvent
 from bot.store.generations import Generation, GenerationState, StoredPicture
 
+#: What every card and DM of `lorabot run --simulate` says.
+SIMULATED_NOTE = (
+    "This training is simulated (`lorabot run --simulate`): the built-in simulator stands in for the "
+    "provider, so no model is really trained and nothing is charged."
+)
+
 #: Buttons whose clicks the /imagine cog handles (its DynamicItem templates match these ids).
 GENERATE_BUTTON_ID = "lorabot:imagine:open:{job_id}"
 AGAIN_BUTTON_ID = "lorabot:imagine:again:{generation_id}"
@@ -54,13 +60,16 @@ def timeline_lines(events: Sequence[JobEvent], *, limit: int = 15) -> list[str]:
     return lines
 
 
-def job_card(job: Job, events: Sequence[JobEvent]) -> discord.Embed:
-    """The job's card: one message per job, edited in place as the job moves."""
+def job_card(job: Job, events: Sequence[JobEvent], *, simulated: bool = False) -> discord.Embed:
+    """The job's card: one message per job, edited in place as the job moves (`simulated`: under
+    `lorabot run --simulate`, the card says so)."""
     embed = discord.Embed(
         title=f"LoRA training #{job.id}: {job.name}"[:256],
         description=f"**{status_text(job)}**",
         colour=COLOURS.get(job.state, discord.Colour.blurple()),
     )
+    if simulated:
+        embed.add_field(name="Simulated", value=SIMULATED_NOTE, inline=False)
     embed.add_field(name="Owner", value=f"<@{job.owner_id}>")
     embed.add_field(name="Training id", value=f"`{job.training_id}`" if job.training_id else "not assigned yet")
     embed.add_field(name="Images", value=str(job.image_count))
@@ -92,10 +101,10 @@ def card_link(job: Job) -> str | None:
     return f"https://discord.com/channels/{guild}/{job.card_channel_id}/{job.card_message_id}"
 
 
-def outcome_message(job: Job, state: JobState) -> str:
-    """The owner's DM (or channel mention) for an outcome."""
+def outcome_message(job: Job, state: JobState, *, simulated: bool = False) -> str:
+    """The owner's DM (or channel mention) for an outcome (`simulated`: it says so)."""
     link = card_link(job)
-    where = f"\nCard: {link}" if link else ""
+    where = (f"\n{SIMULATED_NOTE}" if simulated else "") + (f"\nCard: {link}" if link else "")
     prompt = job.params.get("instance_prompt", "")
     if state is JobState.MODEL_READY:
         return (

@@ -169,7 +169,7 @@ class Jobs(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         found = await owned_job(self.bot, interaction.user.id, job)
         store = self.bot.services.store
-        embed = job_card(found, await store.events_for_job(found.id))
+        embed = job_card(found, await store.events_for_job(found.id), simulated=self.bot.services.settings.simulated)
         if found.training_id and not found.state.is_terminal:
             try:
                 live = await self.bot.services.provider.training_status(found.training_id)

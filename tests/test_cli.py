@@ -52,8 +52,29 @@ def test_run_with_broken_config_names_every_bad_setting(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode != 0
-    for name in ("DISCORD_TOKEN", "SDAPI_KEY", "PUBLIC_URL", "WEBHOOK_PORT", "SDAPI_BASE_URL"):
+    for name in ("DISCORD_TOKEN", "SDAPI_KEY", "WEBHOOK_PORT", "SDAPI_BASE_URL"):
         assert name in result.stderr, name
+    assert "PUBLIC_URL" not in result.stderr  # optional: without it the bot polls
+
+
+def test_run_simulate_needs_no_provider_settings_and_checks_its_step_time(tmp_path: Path) -> None:
+    env = clean_env(tmp_path, SDAPI_BASE_URL="ftp://nope")  # replaced by the simulator's address anyway
+    result = subprocess.run(
+        [*LORABOT, "run", "--simulate", "--env-file", str(tmp_path / "missing.env")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "DISCORD_TOKEN" in result.stderr
+    assert "SDAPI" not in result.stderr and "PUBLIC_URL" not in result.stderr
+
+    refused = subprocess.run(
+        [*LORABOT, "run", "--simulate", "--step-seconds", "0"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert refused.returncode == 2 and "--step-seconds" in refused.stderr
 
 
 def test_migrate_is_idempotent(tmp_path: Path) -> None:
@@ -103,6 +124,7 @@ def test_run_migrates_serves_healthz_and_stops_on_sigterm(tmp_path: Path) -> Non
         assert body is not None, "the webhook server never answered /healthz"
         assert body["database"] is True
         assert body["discord"] in ("connecting", "closed")
+        assert body["mode"] == "webhooks"  # PUBLIC_URL is set
         newest = len(load_migrations())
         assert sqlite3.connect(db).execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] == newest
         proc.send_signal(signal.SIGTERM)
@@ -112,6 +134,7 @@ def test_run_migrates_serves_healthz_and_stops_on_sigterm(tmp_path: Path) -> Non
             proc.kill()
     assert proc.returncode == 0, output
     assert "stopped cleanly" in output
+    assert "mode: webhooks to https://bot.example.org/webhooks/training" in output
     for secret in SECRETS.values():
         assert secret not in output
 

@@ -526,7 +526,7 @@ async def test_rejections_never_log_the_secret(hooks: Harness, caplog: pytest.Lo
 async def test_healthz_reports_the_database_and_discord(hooks: Harness) -> None:
     response = await hooks.client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": True, "discord": "connected"}
+    assert response.json() == {"status": "ok", "mode": "webhooks", "database": True, "discord": "connected"}
 
 
 async def test_healthz_reports_background_tasks_and_is_503_when_one_is_unhealthy(hooks: Harness) -> None:
@@ -537,12 +537,24 @@ async def test_healthz_reports_background_tasks_and_is_503_when_one_is_unhealthy
     hooks.server.tasks = lambda: tasks
     response = await hooks.client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": True, "discord": "connected", "tasks": tasks}
+    assert response.json() == {
+        "status": "ok",
+        "mode": "webhooks",
+        "database": True,
+        "discord": "connected",
+        "tasks": tasks,
+    }
 
     tasks["reconciler"] = {"healthy": False, "error": "RuntimeError: boom"}
     response = await hooks.client.get("/healthz")
     assert response.status_code == 503
-    assert response.json() == {"status": "degraded", "database": True, "discord": "connected", "tasks": tasks}
+    assert response.json() == {
+        "status": "degraded",
+        "mode": "webhooks",
+        "database": True,
+        "discord": "connected",
+        "tasks": tasks,
+    }
 
     def broken() -> dict[str, dict[str, object]]:
         raise RuntimeError("no task list")
@@ -579,7 +591,12 @@ async def test_healthz_is_503_when_the_database_is_gone(tmp_path: Path, settings
         async with httpx.AsyncClient(timeout=5) as client:
             response = await client.get(f"http://127.0.0.1:{server.port}/healthz")
         assert response.status_code == 503
-        assert response.json() == {"status": "degraded", "database": False, "discord": "not started"}
+        assert response.json() == {
+            "status": "degraded",
+            "mode": "webhooks",
+            "database": False,
+            "discord": "not started",
+        }
     finally:
         await server.stop()
 

@@ -61,7 +61,7 @@ class TrainingStarter:
 
     async def _post_card(self, job: Job, files: list[tuple[str, bytes]], *, channel_id: int, in_dms: bool) -> Posted:
         """Post the job's card with the crops in the channel, or in the owner's DMs if it can't be."""
-        embed = job_card(job, await self.store.events_for_job(job.id))
+        embed = job_card(job, await self.store.events_for_job(job.id), simulated=self.settings.simulated)
         nonce = f"card:{job.id}"
         if not in_dms:
             try:

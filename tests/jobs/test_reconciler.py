@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 
@@ -352,3 +353,93 @@ async def test_a_pass_over_everything_pages_through_more_than_one_batch(build, s
     assert await reconciler.run_once(everything=True) == 0  # all touched at "now": none older than it
     clock.advance(1)
     assert await reconciler.run_once(everything=True) == 105
+
+
+# -- polling mode (no PUBLIC_URL): every job once per interval, the calls spread over it ----------
+
+
+class StopClock(Exception):
+    """Raised by the fake sleep once the test's time is up, to end `Reconciler.run`."""
+
+
+async def test_polling_mode_polls_each_job_once_per_interval_spread_over_it(
+    store: Store, settings, make_provider, clock
+) -> None:
+    poll, jobs, end = 60, 4, 400
+    for index in range(jobs):  # all updated at the same instant, as after a restart
+        await running_job(store, f"T{index}", owner=index + 1)
+    start = clock.advance(1)
+    calls: list[tuple[float, str]] = []  # (seconds since start, training id) of each status call
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(((clock() - start).total_seconds(), request.url.path.rsplit("/", 1)[1]))
+        return status_answer("training_started")
+
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # the fake clock moves only when the reconciler waits
+        assert seconds > 0
+        sleeps.append(seconds)
+        clock.advance(seconds)
+        if (clock() - start).total_seconds() > end:
+            raise StopClock
+
+    service = JobService(store, make_provider(StatusProvider(answer)), settings)
+    reconciler = Reconciler(
+        store,
+        service,
+        interval=poll,
+        stall_deadline=DEADLINE,
+        preview_timeout=PREVIEW_TIMEOUT,
+        spread=True,
+        sleep=sleep,
+    )
+
+    with pytest.raises(StopClock):
+        await reconciler.run()  # the real loop: a pass over everything, then a pass every `period`
+
+    # The start-up pass spreads the four jobs over the interval instead of asking all at once.
+    assert calls[:jobs] == [(0.0, "T0"), (15.0, "T1"), (30.0, "T2"), (45.0, "T3")]
+    # No two calls closer than interval / jobs, whichever the jobs.
+    times = [at for at, _ in calls]
+    assert min(b - a for a, b in itertools.pairwise(times)) >= poll / jobs
+    for index in range(jobs):
+        mine = [at for at, tid in calls if tid == f"T{index}"]
+        gaps = [b - a for a, b in itertools.pairwise(mine)]
+        assert len(mine) >= end // (poll + reconciler.period), (index, mine)
+        assert min(gaps) >= poll, f"T{index} polled twice within the interval: {mine}"
+        assert max(gaps) <= poll + reconciler.period, f"T{index} not polled every interval: {mine}"
+
+
+async def test_polling_mode_passes_called_often_still_poll_a_job_once_per_interval(
+    store: Store, settings, make_provider, clock
+) -> None:
+    provider = StatusProvider(status_answer("training_started"))
+    service = JobService(store, make_provider(provider), settings)
+
+    async def sleep(seconds: float) -> None:
+        clock.advance(seconds)
+
+    reconciler = Reconciler(
+        store, service, interval=5, stall_deadline=DEADLINE, preview_timeout=PREVIEW_TIMEOUT, spread=True, sleep=sleep
+    )
+    await running_job(store)
+    clock.advance(5.5)
+    for _ in range(6):  # a pass every second, 5.5 s to 10.5 s: the job is asked at 5.5 s only
+        await reconciler.run_once()
+        clock.advance(1)
+    assert provider.asked == [TID]
+    for _ in range(5):  # 11.5 s to 15.5 s: once more, at 11.5 s
+        await reconciler.run_once()
+        clock.advance(1)
+    assert provider.asked == [TID, TID]
+
+
+async def test_with_webhooks_the_safety_net_polls_every_overdue_job_at_once(build, store: Store, clock) -> None:
+    reconciler, _, provider = build(status_answer("training_started"))
+    assert reconciler.spread is False and reconciler.period == min(60.0, INTERVAL / 2)
+    for index in range(3):
+        await running_job(store, f"T{index}", owner=index + 1)
+    clock.advance(INTERVAL + 1)
+    assert await reconciler.run_once() == 3
+    assert provider.asked == ["T0", "T1", "T2"]  # no pacing: the frozen clock never moved

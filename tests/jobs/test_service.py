@@ -567,6 +567,22 @@ async def test_a_queue_that_stays_full_fails_the_job_saying_nothing_was_charged(
     assert waits == [7.0, 7.0] and len(provider.requests) == 3
 
 
+async def test_in_polling_mode_the_webhook_is_null_and_resends_wait_out_the_duplicate_window(
+    build, make_settings
+) -> None:
+    """No PUBLIC_URL: `webhook: null`, so two attempts are the same request; a full queue's short
+    `retry_after` is stretched past the provider's 30 s duplicate window."""
+    service, provider, _ = build(lora_fine_tune=scripted(ok(QUEUE_FULL, 429), ok(ACCEPTED)))
+    service.settings = make_settings(public_url=None)
+    waits: list[float] = []
+    service._sleep = sleeps_into(waits)
+    after = await service.submit(await submitting(service), URLS)
+    assert after.state is JobState.DEPLOYING_GPU and after.training_id == TID
+    assert [provider.body(i)["webhook"] for i in range(2)] == [None, None]
+    assert "webhook" in provider.body()  # sent, as JSON null
+    assert waits == [31.0]  # not 7: the same body within 30 s would hit the duplicate filter
+
+
 async def test_the_duplicate_filter_makes_a_submission_uncertain_and_it_is_never_resent(build) -> None:
     service, provider, _ = build(lora_fine_tune=ok(SPAM_FILTER, 429))
     service._sleep = sleeps_into([])
