@@ -53,12 +53,13 @@ ACTIVE_STATES = (
 
 
 def schema_key() -> str:
-    from bot.config import MIGRATIONS_DIR
+    from bot.store import load_migrations
 
     digest = hashlib.sha256(GENERATOR_VERSION.encode())
-    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
-        digest.update(path.name.encode() + path.read_bytes())
-    versions = len(list(MIGRATIONS_DIR.glob("*.sql")))
+    migrations = load_migrations()
+    for migration in migrations:
+        digest.update(f"{migration.version:04d}_{migration.name}.sql".encode() + migration.sql.encode())
+    versions = len(migrations)
     return f"schema{versions}-{digest.hexdigest()[:10]}"
 
 

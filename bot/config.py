@@ -26,6 +26,7 @@ def migrations_dir() -> Traversable:
     """The directory of the migration files, wherever lorabot is installed."""
     return importlib.resources.files(MIGRATIONS_PACKAGE)
 
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["text", "json"]
 

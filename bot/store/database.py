@@ -16,12 +16,13 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 
-from bot.config import MIGRATIONS_DIR
+from bot.config import ConfigError, migrations_dir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,6 +34,19 @@ class MigrationError(Exception):
     """The database cannot be brought to the schema this code expects."""
 
 
+class DatabaseUnavailable(ConfigError):
+    """The database file cannot be opened for writing; the message names DATABASE_URL and the fix."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        where = path if path == ":memory:" else str(Path(path).absolute())
+        super().__init__(
+            f"DATABASE_URL: cannot open the database {where} for writing ({reason}); make sure its "
+            "directory exists and this user may write there, or set DATABASE_URL to another path"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int
@@ -40,14 +54,30 @@ class Migration:
     sql: str
 
 
-def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """The numbered `NNNN_name.sql` files, in order; gaps and duplicates are refused."""
+def load_migrations(directory: Traversable | None = None) -> list[Migration]:
+    """The numbered `NNNN_name.sql` files, in order; gaps and duplicates are refused, and so is
+    finding none (an installation without its migrations must not look like an up-to-date one).
+
+    By default they are read through `importlib.resources` from the `migrations` package, so
+    they are found in an installed copy as well as in a source checkout.
+    """
+    if directory is None:
+        try:
+            directory = migrations_dir()
+        except ModuleNotFoundError:
+            raise MigrationError("the `migrations` package is not installed next to `bot`; reinstall lorabot") from None
+    try:
+        files = [item for item in directory.iterdir() if item.name.endswith(".sql")]
+    except OSError as error:
+        raise MigrationError(f"cannot list the migrations in {directory}: {error}") from None
     migrations = []
-    for path in sorted(directory.glob("*.sql")):
+    for path in sorted(files, key=lambda item: item.name):
         match = _MIGRATION_NAME.match(path.name)
         if not match:
             raise MigrationError(f"{path.name}: migration files must be named NNNN_description.sql")
         migrations.append(Migration(int(match[1]), match[2], path.read_text(encoding="utf-8")))
+    if not migrations:
+        raise MigrationError(f"no migration files (NNNN_name.sql) in {directory}; the installation is incomplete")
     for expected, migration in enumerate(migrations, start=1):
         if migration.version != expected:
             raise MigrationError(f"migration {expected:04d} is missing (found {migration.version:04d})")
@@ -72,6 +102,24 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _check_writable(path: str, busy_timeout_ms: int) -> None:
+    """Create the directory and the file if needed, and take (and release) the write lock once."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+    except (FileExistsError, NotADirectoryError) as error:
+        raise DatabaseUnavailable(path, f"{error.filename} is not a directory") from None
+    except (OSError, sqlite3.Error) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise DatabaseUnavailable(path, reason) from None
+
+
 class Database:
     """An open SQLite database. Use `Database.open()`; close with `close()`."""
 
@@ -82,8 +130,10 @@ class Database:
 
     @classmethod
     async def open(cls, path: str, *, busy_timeout_ms: int = 5000) -> Database:
+        """Open (creating it if needed) the database at `path`; DatabaseUnavailable if it cannot be
+        written, found before aiosqlite's thread starts (a failure there leaves that thread behind)."""
         if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(_check_writable, path, busy_timeout_ms)
         conn = await aiosqlite.connect(path, isolation_level=None)
         conn.row_factory = aiosqlite.Row
         await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.store import Database, MigrationError, load_migrations
+from bot.config import ConfigError
+from bot.store import Database, DatabaseUnavailable, MigrationError, load_migrations
 from bot.store.database import Migration, split_statements
 
 TABLES = {
@@ -160,6 +161,27 @@ async def test_open_creates_the_parent_directory_and_a_custom_busy_timeout(tmp_p
         await database.close()
 
 
+@pytest.mark.parametrize("where", ["file", "directory"])
+async def test_a_database_that_cannot_be_opened_names_database_url_and_the_path(tmp_path: Path, where: str) -> None:
+    """A path under a regular file, or a directory: one message naming the setting and the path,
+    raised before aiosqlite's thread starts (one left behind would print "Event loop is closed")."""
+    import threading
+
+    (tmp_path / "afile").write_text("")
+    path = tmp_path / "afile" / "bot.db" if where == "file" else tmp_path
+
+    def sqlite_threads() -> int:
+        return sum("_connection_worker_thread" in thread.name for thread in threading.enumerate())
+
+    threads = sqlite_threads()
+    with pytest.raises(DatabaseUnavailable) as raised:
+        await Database.open(str(path))
+    message = str(raised.value)
+    assert message.startswith("DATABASE_URL: ") and str(path) in message and "\n" not in message
+    assert isinstance(raised.value, ConfigError)
+    assert sqlite_threads() == threads
+
+
 async def test_a_failed_transaction_is_rolled_back(db: Database) -> None:
     with pytest.raises(RuntimeError):
         async with db.transaction() as conn:
@@ -252,6 +274,22 @@ def test_load_migrations_orders_and_validates(tmp_path: Path) -> None:
     (bad / "1_no_padding.sql").write_text("SELECT 1;")
     with pytest.raises(MigrationError, match="NNNN_description"):
         load_migrations(bad)
+
+
+def test_finding_no_migration_is_an_error_not_an_empty_schema(tmp_path: Path) -> None:
+    """An installation that lost its migrations must not 'apply 0 migrations' and carry on."""
+    (tmp_path / "README.txt").write_text("not a migration")
+    with pytest.raises(MigrationError, match="no migration files"):
+        load_migrations(tmp_path)
+    with pytest.raises(MigrationError, match="cannot list"):
+        load_migrations(tmp_path / "missing")
+
+
+def test_the_migrations_are_read_from_the_migrations_package() -> None:
+    import migrations
+
+    files = sorted(p.name for p in Path(migrations.__file__).parent.glob("*.sql"))
+    assert [f"{m.version:04d}_{m.name}.sql" for m in load_migrations()] == files
 
 
 async def test_concurrent_transactions_are_atomic_and_committed_before_returning(db: Database) -> None:
