@@ -20,6 +20,9 @@ import discord
 UNKNOWN_CHANNEL, UNKNOWN_MESSAGE = 10003, 10008
 MISSING_ACCESS, MISSING_PERMISSIONS = 50001, 50013
 CANNOT_DM, NO_MUTUAL_GUILDS = 50007, 50278
+REQUEST_TOO_LARGE = 40005
+#: Discord's default upload limit per message (Nitro and boosts raise it for people, not for bots).
+UPLOAD_LIMIT_BYTES = 10 * 1024 * 1024
 
 
 class DeliveryError(Exception):
@@ -36,6 +39,10 @@ class CannotPost(DeliveryError):
 
 class DmsClosed(DeliveryError):
     """The user does not accept DMs from the bot (50007 / 50278)."""
+
+
+class TooLarge(DeliveryError):
+    """Discord refused the upload as too large (413 / 40005): sending it again won't help."""
 
 
 class DiscordUnavailable(DeliveryError):
@@ -56,6 +63,8 @@ def nonce_for(key: str) -> str:
 
 
 def _translate(error: Exception) -> DeliveryError:
+    if isinstance(error, discord.HTTPException) and (error.status == 413 or error.code == REQUEST_TOO_LARGE):
+        return TooLarge(f"{error.status} {error.code}")
     if isinstance(error, discord.NotFound):
         return MessageGone(f"{error.status} {error.code}")
     if isinstance(error, discord.Forbidden):

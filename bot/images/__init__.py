@@ -21,6 +21,7 @@ from ._types import (
     RejectedImage,
     SourceImage,
 )
+from ._upload import fit_for_upload
 
 __all__ = [
     "ImageLimits",
@@ -29,6 +30,7 @@ __all__ = [
     "PreparedImage",
     "RejectedImage",
     "SourceImage",
+    "fit_for_upload",
     "make_preview_grid",
     "precheck",
     "prepare_batch",

@@ -7,15 +7,17 @@ key, and once posted, a generation's pictures keep only their Discord links.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import discord
 
+from bot.images import fit_for_upload
 from bot.jobs.generations import GenerationService
 from bot.jobs.states import JobState
-from bot.messenger import CannotPost, DmsClosed, MessageGone, Messenger, Posted
+from bot.messenger import UPLOAD_LIMIT_BYTES, CannotPost, DmsClosed, MessageGone, Messenger, Posted, TooLarge
 from bot.render import again_view, generation_message, result_files
 from bot.store import Job, OutboxItem, Store
 from bot.store.generations import Generation, GenerationState, GenerationStore, result_draft
@@ -24,6 +26,18 @@ log = logging.getLogger(__name__)
 
 #: How often a ready DM waiting for its sample pictures looks again.
 SAMPLE_POLL = timedelta(seconds=2)
+#: What a result's pictures may weigh in all: Discord's upload limit, less room for the form.
+UPLOAD_BUDGET = UPLOAD_LIMIT_BYTES - 512 * 1024
+
+
+async def fit_pictures(files: list[tuple[str, bytes]], budget: int) -> list[tuple[str, bytes]] | None:
+    """The pictures re-encoded (off the event loop) to weigh at most `budget`; None if they can't."""
+    if sum(len(data) for _, data in files) <= budget:
+        return files
+    try:
+        return await asyncio.to_thread(fit_for_upload, files, budget)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +74,33 @@ class PictureDelivery:
         text = generation_message(generation, job, len(files), withheld)
         succeeded = generation.state is GenerationState.READY and generation.kind == "imagine"
         view = again_view(generation.id) if succeeded else None
-        posted = await self._post(generation, job, item.dedupe_key, text, files, view)
+        posted, positions = await self._post_fitting(generation, job, item.dedupe_key, text, files, positions, view)
         await self._posted(generation, positions, posted)
         await self.store.mark_delivered(item)
         return True
+
+    async def _post_fitting(
+        self,
+        generation: Generation,
+        job: Job,
+        key: str,
+        text: str,
+        files: list[tuple[str, bytes]],
+        positions: list[int],
+        view: discord.ui.View | None,
+    ) -> tuple[Posted, list[int]]:
+        """Post within Discord's upload limit: re-encode to fit, smaller again if Discord still
+        refuses, and as a last resort post the text saying the pictures were too large."""
+        for budget in (UPLOAD_BUDGET, UPLOAD_BUDGET // 2):
+            fitted = await fit_pictures(files, budget)
+            if fitted is None:
+                continue
+            try:
+                return await self._post(generation, job, key, text, fitted, view), positions
+            except TooLarge:
+                log.warning("generation %s: Discord refused %d bytes of pictures", generation.id, budget)
+        note = "\n(The pictures were too large to post on Discord.)"
+        return await self._post(generation, job, key, text + note, [], view), []
 
     async def _post(
         self,
@@ -120,7 +157,10 @@ class PictureDelivery:
             return ReadyDmPictures([], [], 0, None)
         if samples.state is GenerationState.READY:
             files, positions, withheld = result_files(samples, await self.generations.pictures(samples.id))
-            return ReadyDmPictures(files, positions, withheld, samples)
+            fitted = await fit_pictures(files, UPLOAD_BUDGET)
+            if fitted is None:  # can't ride with the DM: they follow as a reply, where they are fitted again
+                return ReadyDmPictures([], [], 0, samples)
+            return ReadyDmPictures(fitted, positions, withheld, samples)
         ready_at = job.finished_at or samples.created_at
         give_up_at = ready_at + deadline
         now = self.generations.now()

@@ -254,3 +254,30 @@ async def test_the_ready_dm_goes_on_time_when_the_samples_stall_and_they_follow_
         assert int(follow[0].message_reference["message_id"]) == dm[0].id
     finally:
         await close()
+
+
+async def test_pictures_too_large_for_one_discord_upload_are_reencoded_and_posted_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import random
+
+    from bot.simulator import images as sim_images
+
+    def photo_like(width: int, height: int, seed: int, count: int) -> list[bytes]:
+        out = []
+        for index in range(count):  # noise compresses badly: about 3 MB per 1024x1024 PNG
+            rng = random.Random(seed + index)
+            buffer = io.BytesIO()
+            Image.frombytes("RGB", (width, height), rng.randbytes(width * height * 3)).save(buffer, "PNG")
+            out.append(buffer.getvalue())
+        return out
+
+    monkeypatch.setattr(sim_images, "render_pngs", photo_like)
+    await trained(world)
+    await imagine(world, count=4)
+    (result,) = await wait_results(world, 1)
+    assert len(result.attachments) == 4
+    assert sum(a.size for a in result.attachments) <= 10 * 1024 * 1024
+    assert any(a.filename.endswith(".jpg") for a in result.attachments)
+    await asyncio.sleep(0.5)
+    assert len(results(world)) == 1 and await world.store.pending_outbox_count() == 0
