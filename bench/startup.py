@@ -81,7 +81,7 @@ async def _one(kind: str, sim_url: str, workdir: Path, settle: float) -> dict[st
         ]
         env = child_env()
     else:
-        argv = [PYTHON, "-m", "bot", "run", "--env-file", str(workdir / "none.env")]
+        argv = [PYTHON, "-m", "bot", "run"]  # no .env in workdir: the environment only
         env = child_env(
             DISCORD_TOKEN=fake.token,
             DISCORD_API_BASE=fake.api_base,

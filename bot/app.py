@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import aiohttp
 import discord
@@ -37,6 +39,26 @@ from bot.supervisor import Supervisor
 from bot.webhooks import WebhookServer
 
 log = logging.getLogger(__name__)
+
+
+def listen_error(host: str, port: int, error: OSError) -> str:
+    """One line naming the setting to change when the webhook server cannot listen."""
+    where = f"{host}:{port}"
+    if error.errno == errno.EADDRINUSE:
+        return (
+            f"WEBHOOK_PORT: {where} is already in use (another lorabot, or another program, listens "
+            "there); stop it or set WEBHOOK_PORT to a free port"
+        )
+    if error.errno == errno.EACCES:
+        return (
+            f"WEBHOOK_PORT: this user may not listen on {where} (ports below 1024 need privileges); "
+            "set WEBHOOK_PORT to a port above 1023 and put a reverse proxy in front"
+        )
+    reason = error.strerror or str(error)
+    return (
+        f"WEBHOOK_HOST: cannot listen on {where} ({reason}); set WEBHOOK_HOST to an address of this "
+        "machine, such as 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+    )
 
 
 def image_limits(settings: Settings) -> ImageLimits:
@@ -81,6 +103,8 @@ class Application:
         # This application's own registry: several applications in one process (tests) don't clash.
         self.metrics = Metrics(process=True)
         self._logged_in = False
+        #: Why the process stopped on its own (e.g. a rejected token); `run()` raises it at the end.
+        self.fatal: ConfigError | None = None
 
     async def run(self) -> None:
         """Start everything, wait for SIGTERM / Ctrl-C, stop cleanly."""
@@ -94,6 +118,8 @@ class Application:
             log.info("stopping: no more webhooks; finishing in-flight work")
         finally:
             await self.stop()
+        if self.fatal is not None:
+            raise self.fatal
 
     async def start(self) -> None:
         """Open the store, start the webhook server, recover, and connect to Discord in the background."""
@@ -166,6 +192,7 @@ class Application:
             rate_per_minute=settings.webhook_rate_limit_per_minute,
             discord_status=self.bot.connection_status,
             tasks=self.supervisor.health,
+            waiting_for=self._waiting_for,
             mode=settings.mode,
             metrics=self.metrics if settings.metrics_enabled else None,
             metrics_token=settings.metrics_token.get_secret_value() if settings.metrics_token else None,
@@ -183,7 +210,10 @@ class Application:
             spread=polling,
             metrics=self.metrics,
         )
-        await self.webhooks.start(settings.webhook_host, settings.webhook_port)
+        try:
+            await self.webhooks.start(settings.webhook_host, settings.webhook_port)
+        except OSError as error:  # a busy port, an address not of this machine: the operator's to fix
+            raise ConfigError(listen_error(settings.webhook_host, settings.webhook_port, error)) from None
         self._log_mode()
         settled = await self.service.recover_interrupted()
         expired = await self.service.expire_stale_previews(all_previews=True)
@@ -232,6 +262,10 @@ class Application:
         except ProviderError as error:
             log.warning("could not reach the provider at start-up (%s); carrying on", type(error).__name__)
 
+    def _waiting_for(self) -> list[str]:
+        """For /healthz: the parts not ready yet ("starting" until the first Discord session)."""
+        return [] if self.bot.has_connected else ["discord"]
+
     async def stop(self) -> None:
         """Stop taking webhooks, let in-flight writes finish, close Discord and the database."""
         if not hasattr(self, "db"):
@@ -271,11 +305,20 @@ class Application:
                 await bot.login(token)
                 return True
             except discord.LoginFailure:
-                log.critical("Discord rejected DISCORD_TOKEN; stopping")
+                # A configuration error, not an outage: retrying cannot help. `run()` raises it.
+                self.fatal = ConfigError(
+                    "DISCORD_TOKEN: Discord rejected the bot token (401 Unauthorized); copy the token again "
+                    "from the Discord Developer Portal (your application > Bot > Reset Token) into DISCORD_TOKEN"
+                )
                 self.stop_event.set()
                 return False
             except (aiohttp.ClientError, discord.HTTPException, OSError, TimeoutError) as error:
-                log.warning("cannot reach Discord (%s); retrying in %.0f s", type(error).__name__, delay)
+                log.warning(
+                    "cannot reach Discord at %s (%s); retrying in %.0f s",
+                    urlsplit(self.settings.discord_api_base).netloc,
+                    type(error).__name__,
+                    delay,
+                )
                 # Each login attempt opens a new HTTP session: close it, and let the next attempt
                 # build a fresh connector (closing the session closed this one too).
                 await bot.http.close()

@@ -4,14 +4,38 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.config import ConfigError, Settings, load_settings
+from bot.envfile import (
+    DEFAULT_ENV_FILE,
+    EnvFileMissing,
+    describe_database,
+    describe_env_file,
+    misspelt_keys,
+    resolve_env_file,
+)
 from bot.logging_setup import setup_logging
+
+log = logging.getLogger("bot.cli")
+
+#: Exit statuses, for `lorabot --help`, service managers and scripts (docs/operations.md).
+EXIT_CODES = """\
+exit status:
+  0  done, or stopped cleanly (SIGTERM, Ctrl-C)
+  1  an unexpected error (its traceback is printed), or `check` found a problem
+  2  a configuration error: a setting, an argument or the machine's setup must change (the one-line
+     message names it: e.g. DATABASE_URL unwritable, WEBHOOK_PORT busy, DISCORD_TOKEN rejected);
+     starting again unchanged will fail the same way
+  3  the database cannot be used by this version (a failed migration, or a schema newer than this release)
+"""
+ENV_FILE_HELP = f"the settings file to read (it must exist); default: ./{DEFAULT_ENV_FILE} if there is one"
 
 
 class _DatabaseOnly(BaseSettings):
@@ -24,11 +48,18 @@ class _DatabaseOnly(BaseSettings):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lorabot", description="Train LoRAs from Discord.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,migrate,simulate,demo,invite,check}")
+    parser = argparse.ArgumentParser(
+        prog="lorabot",
+        description="Train LoRAs from Discord.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{run,migrate,backup,simulate,demo,invite,check}"
+    )
 
     run = sub.add_parser("run", help="run the bot: webhook server, Discord client, workers")
-    run.add_argument("--env-file", default=".env", help="optional .env file (default: .env)")
+    run.add_argument("--env-file", default=None, help=ENV_FILE_HELP)
     run.add_argument(
         "--simulate",
         action="store_true",
@@ -44,6 +75,15 @@ def _parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="apply pending database migrations and exit")
     migrate.add_argument("--database-url", help="overrides DATABASE_URL")
+    migrate.add_argument("--env-file", default=None, help=ENV_FILE_HELP)
+
+    backup = sub.add_parser(
+        "backup", help="copy the database to PATH, safely while the bot runs (SQLite's online backup)"
+    )
+    backup.add_argument("path", metavar="PATH", help="the backup file to write (refused if it exists)")
+    backup.add_argument("--force", action="store_true", help="replace PATH if it exists")
+    backup.add_argument("--database-url", help="overrides DATABASE_URL")
+    backup.add_argument("--env-file", default=None, help=ENV_FILE_HELP)
 
     simulate = sub.add_parser("simulate", help="serve a local simulator of the provider's training API")
     simulate.add_argument("--host", default="127.0.0.1")
@@ -68,11 +108,11 @@ def _parser() -> argparse.ArgumentParser:
         "--step-seconds", type=float, default=0.3, help="seconds between the simulated training's steps (default: 0.3)"
     )
     invite = sub.add_parser("invite", help="print the URL that adds the bot to a server (needs DISCORD_TOKEN only)")
-    invite.add_argument("--env-file", default=".env", help="optional .env file (default: .env)")
+    invite.add_argument("--env-file", default=None, help=ENV_FILE_HELP)
     check = sub.add_parser(
         "check", help="check the setup without spending anything: settings, database, Discord, provider, webhooks"
     )
-    check.add_argument("--env-file", default=".env", help="optional .env file (default: .env)")
+    check.add_argument("--env-file", default=None, help=ENV_FILE_HELP)
     return parser
 
 
@@ -90,7 +130,16 @@ def _positive_seconds(text: str) -> float:
 SIMULATOR_KEY = "lorabot-simulator-key"
 
 
-def _run(env_file: str, *, simulate: bool = False, step_seconds: float = 5.0) -> int:
+def _log_where(env_file: Path | None, database_url: str) -> None:
+    """Say which settings file and which database this run uses: both depend on the working
+    directory. Warn about keys of the file that look like a misspelt setting."""
+    log.info(describe_env_file(env_file))
+    log.info(describe_database(database_url))
+    for warning in misspelt_keys(env_file, Settings.model_fields):
+        log.warning(warning)
+
+
+def _run(env_file: Path | None, *, simulate: bool = False, step_seconds: float = 5.0) -> int:
     # --simulate: SDAPI_KEY is not needed, and SDAPI_BASE_URL is replaced by the address of the
     # simulator, known once it listens (see `_serve`).
     overrides = {"sdapi_key": SIMULATOR_KEY, "sdapi_base_url": "http://127.0.0.1"} if simulate else {}
@@ -104,11 +153,19 @@ def _run(env_file: str, *, simulate: bool = False, step_seconds: float = 5.0) ->
         [settings.discord_token.get_secret_value(), settings.sdapi_key.get_secret_value()],
         settings.log_format,
     )
+    _log_where(env_file, settings.database_url)
+    from bot.store import MigrationError
+
     try:
         asyncio.run(_serve(settings, step_seconds if simulate else None))
-    except ConfigError as error:  # found at start-up, e.g. a base URL that redirects
+    except ConfigError as error:
+        # Found at start-up or as a fatal stop: an unwritable database, a busy webhook port, a base
+        # URL that redirects, a token Discord rejects. One line naming the setting; no traceback.
         print(error, file=sys.stderr)
         return 2
+    except MigrationError as error:
+        print(f"migration failed: {error}", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -125,15 +182,16 @@ async def _serve(settings: Settings, simulator_step_seconds: float | None) -> No
         await Application(settings.for_simulator(simulator.url)).run()
 
 
-def _migrate(database_url: str | None) -> int:
+def _migrate(database_url: str | None, env_file: Path | None = None) -> int:
     from bot.store import Database, MigrationError
 
-    config = _DatabaseOnly()
+    config = _DatabaseOnly(_env_file=env_file)
     url = database_url or config.database_url
     setup_logging(config.log_level, fmt=config.log_format)
     if not url.startswith("sqlite:///"):
         print(f"DATABASE_URL: must look like sqlite:///path/to/file.db, got {url!r}", file=sys.stderr)
         return 2
+    _log_where(env_file, url)
 
     async def migrate() -> int:
         db = await Database.open(url.removeprefix("sqlite:///"))
@@ -147,9 +205,35 @@ def _migrate(database_url: str | None) -> int:
 
     try:
         return asyncio.run(migrate())
+    except ConfigError as error:  # the database cannot be opened for writing: names DATABASE_URL
+        print(error, file=sys.stderr)
+        return 2
     except MigrationError as error:
         print(f"migration failed: {error}", file=sys.stderr)
+        return 3
+
+
+def _backup(path: str, *, force: bool, database_url: str | None, env_file: Path | None) -> int:
+    """An online backup of the database to `path` (safe while the bot runs), and what it holds."""
+    from bot.store.backup import BackupError, BackupFailed, backup_database
+
+    config = _DatabaseOnly(_env_file=env_file)
+    url = database_url or config.database_url
+    setup_logging(config.log_level, fmt=config.log_format)
+    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+        print(f"DATABASE_URL: must look like sqlite:///path/to/file.db, got {url!r}", file=sys.stderr)
+        return 2
+    _log_where(env_file, url)
+    try:
+        result = backup_database(url.removeprefix("sqlite:///"), path, force=force)
+    except BackupFailed as error:
+        print(error, file=sys.stderr)
         return 1
+    except BackupError as error:
+        print(error, file=sys.stderr)
+        return 2
+    print(result.summary())
+    return 0
 
 
 def _demo(out: str, step_seconds: float) -> int:
@@ -210,14 +294,21 @@ def _check(env_file: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:  # paths are relative to the working directory: an explicit --env-file must exist
+        env_file = resolve_env_file(getattr(args, "env_file", None))
+    except EnvFileMissing as error:
+        print(error, file=sys.stderr)
+        return 2
     if args.command == "run":
-        return _run(args.env_file, simulate=args.simulate, step_seconds=args.step_seconds)
+        return _run(env_file, simulate=args.simulate, step_seconds=args.step_seconds)
     if args.command == "migrate":
-        return _migrate(args.database_url)
+        return _migrate(args.database_url, env_file)
+    if args.command == "backup":
+        return _backup(args.path, force=args.force, database_url=args.database_url, env_file=env_file)
     if args.command == "invite":
-        return _invite(args.env_file)
+        return _invite(str(env_file or DEFAULT_ENV_FILE))
     if args.command == "check":
-        return _check(args.env_file)
+        return _check(str(env_file or DEFAULT_ENV_FILE))
     if args.command == "demo":
         return _demo(args.out, args.step_seconds)
     setup_logging("INFO", [args.api_key] if args.api_key else [])

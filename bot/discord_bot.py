@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 EXTENSIONS = ("cogs.errors", "cogs.training", "cogs.jobs", "cogs.imagine")
 COMMANDS_HASH_KEY = "commands_hash"
 
+# The bot never joins voice: no "PyNaCl / davey is not installed, voice will NOT be supported"
+# warnings at every start (discord.py logs them when it builds a client, unless these are off).
+discord.VoiceClient.warn_nacl = False
+discord.VoiceClient.warn_dave = False
+
 
 @dataclass
 class Services:
@@ -67,6 +72,8 @@ class LoraBot(commands.Bot):
             max_ratelimit_timeout=60.0,
         )
         self.settings = settings
+        #: From the first gateway READY on, the bot answers interactions; /healthz says "starting" until then.
+        self.has_connected = False
         self._invite_logged = False
 
     def attach(self, services: Services) -> None:
@@ -111,6 +118,9 @@ class LoraBot(commands.Bot):
             self._invite_logged = True  # once per process, not at every reconnect
             log.warning("the bot is in no server yet; invite it: %s", invite_url(self.application_id))
         await self.services.notifier.connection_restored()
+
+    async def on_connect(self) -> None:
+        self.has_connected = True
 
     async def on_resumed(self) -> None:
         await self.services.notifier.connection_restored()

@@ -160,6 +160,7 @@ class WebhookServer:
         mode: str = "webhooks",
         metrics: Metrics | None = None,
         metrics_token: str | None = None,
+        waiting_for: Callable[[], list[str]] = list,
     ) -> None:
         self.service = service
         self.store = store
@@ -172,6 +173,8 @@ class WebhookServer:
         self.limiter = RateLimiter(rate_per_minute)
         self.discord_status = discord_status
         self.tasks = tasks
+        #: The parts not ready yet (e.g. ["discord"] until the first session): /healthz says "starting".
+        self.waiting_for = waiting_for
         #: How trainings are followed, for /healthz: "webhooks", or "polling" (no PUBLIC_URL).
         self.mode = mode
         self.accepting = True
@@ -225,9 +228,14 @@ class WebhookServer:
                 tasks = {"health": {"healthy": False, "error": type(error).__name__}}
             body["tasks"] = tasks
             healthy = healthy and all(info.get("healthy") is True for info in tasks.values())
+        waiting = self.waiting_for()
+        if waiting:  # e.g. Discord still connecting: webhooks are stored, but members get no answer yet
+            body["waiting_for"] = waiting
         if not healthy:
             body["status"] = "degraded"
-        return web.json_response(body, status=200 if healthy else 503, dumps=_dumps)
+        elif waiting:
+            body["status"] = "starting"
+        return web.json_response(body, status=200 if healthy and not waiting else 503, dumps=_dumps)
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         """The Prometheus text format. Cheap: the counters are in memory, and the store gauges

@@ -37,14 +37,18 @@ def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def test_help_lists_subcommands() -> None:
     out = subprocess.run([*LORABOT, "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("run", "migrate", "simulate"):
+    for command in ("run", "migrate", "backup", "simulate"):
         assert command in out
+    # The exit statuses are documented where an operator (or a unit file) looks first.
+    assert "exit status" in out
+    for code in ("0 ", "1 ", "2 ", "3 "):
+        assert f"\n  {code}" in out, code
 
 
 def test_run_with_broken_config_names_every_bad_setting(tmp_path: Path) -> None:
     env = clean_env(tmp_path, WEBHOOK_PORT="not-a-port", SDAPI_BASE_URL="ftp://nope", MIN_IMAGES="9", MAX_IMAGES="6")
     result = subprocess.run(
-        [*LORABOT, "run", "--env-file", str(tmp_path / "missing.env")],
+        [*LORABOT, "run"],  # no .env in tmp_path: the environment only
         capture_output=True,
         text=True,
         env=env,
@@ -60,7 +64,7 @@ def test_run_with_broken_config_names_every_bad_setting(tmp_path: Path) -> None:
 def test_run_simulate_needs_no_provider_settings_and_checks_its_step_time(tmp_path: Path) -> None:
     env = clean_env(tmp_path, SDAPI_BASE_URL="ftp://nope")  # replaced by the simulator's address anyway
     result = subprocess.run(
-        [*LORABOT, "run", "--simulate", "--env-file", str(tmp_path / "missing.env")],
+        [*LORABOT, "run", "--simulate"],
         capture_output=True,
         text=True,
         env=env,
@@ -103,7 +107,7 @@ def test_run_migrates_serves_healthz_and_stops_on_sigterm(tmp_path: Path) -> Non
         SDAPI_BASE_URL=f"http://127.0.0.1:{dead}",
     )
     proc = subprocess.Popen(
-        [*LORABOT, "run", "--env-file", str(tmp_path / "none.env")],
+        [*LORABOT, "run"],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -124,6 +128,8 @@ def test_run_migrates_serves_healthz_and_stops_on_sigterm(tmp_path: Path) -> Non
         assert body is not None, "the webhook server never answered /healthz"
         assert body["database"] is True
         assert body["discord"] in ("connecting", "closed")
+        # Discord never answers: the process is up, but not ready to serve members.
+        assert (response.status_code, body["status"], body["waiting_for"]) == (503, "starting", ["discord"])
         assert body["mode"] == "webhooks"  # PUBLIC_URL is set
         newest = len(load_migrations())
         assert sqlite3.connect(db).execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] == newest
@@ -135,6 +141,10 @@ def test_run_migrates_serves_healthz_and_stops_on_sigterm(tmp_path: Path) -> Non
     assert proc.returncode == 0, output
     assert "stopped cleanly" in output
     assert "mode: webhooks to https://bot.example.org/webhooks/training" in output
+    # Where the settings and the database are, whatever the working directory.
+    assert f"settings: no .env file in {tmp_path}" in output
+    assert f"database: {db}" in output
+    assert "voice will NOT be supported" not in output
     for secret in SECRETS.values():
         assert secret not in output
 

@@ -76,7 +76,7 @@ def invite_env(fake: FakeDiscord, **extra: str) -> dict[str, str]:
 
 async def run_invite(tmp_path: Path, env: dict[str, str]) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "invite", "--env-file", str(tmp_path / "none.env"),
+        sys.executable, "-m", "bot", "invite",  # no .env in tmp_path: the environment only
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 60)

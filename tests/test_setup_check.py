@@ -133,7 +133,7 @@ def check_env(settings: Settings) -> dict[str, str]:
 async def run_check(tmp_path: Path, env: dict[str, str]) -> tuple[int, str]:
     env = {**env, "PYTHONIOENCODING": "utf-8", "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "check", "--env-file", str(tmp_path / "none.env"),
+        sys.executable, "-m", "bot", "check",  # no .env in tmp_path: the environment only
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     out, _ = await asyncio.wait_for(proc.communicate(), 90)

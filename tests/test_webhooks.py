@@ -564,6 +564,26 @@ async def test_healthz_reports_background_tasks_and_is_503_when_one_is_unhealthy
     assert (response.status_code, response.json()["status"]) == (503, "degraded")
 
 
+async def test_healthz_says_starting_and_what_it_waits_for_until_discord_is_ready(hooks: Harness) -> None:
+    """Up but not ready (Discord still connecting): 503 "starting", so a load balancer or an
+    orchestrator does not count the bot as serving; the body says which part is not ready."""
+    waiting = ["discord"]
+    hooks.server.waiting_for = lambda: list(waiting)
+    response = await hooks.client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["status"] == "starting" and response.json()["waiting_for"] == ["discord"]
+
+    waiting.clear()  # the first gateway session is up
+    response = await hooks.client.get("/healthz")
+    assert (response.status_code, response.json()["status"]) == (200, "ok")
+    assert "waiting_for" not in response.json()
+
+    waiting.append("discord")  # an unhealthy part wins over "starting"
+    hooks.server.tasks = lambda: {"notifier": {"healthy": False}}
+    response = await hooks.client.get("/healthz")
+    assert (response.status_code, response.json()["status"]) == (503, "degraded")
+
+
 async def test_healthz_tasks_come_from_the_constructor(store: Store, settings, make_provider) -> None:
     service = JobService(store, make_provider(no_provider_calls), settings)
     server = WebhookServer(

@@ -249,7 +249,7 @@ class BotProcess:
 
         log = self.log_path.open("ab")
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "run", "--env-file", str(self.cwd / "none.env"),
+            sys.executable, "-m", "bot", "run",  # no .env in the working directory: the environment only
             env=self.env, cwd=self.cwd, stdout=log, stderr=log,
         )  # fmt: skip
         log.close()

@@ -32,7 +32,7 @@ async def test_a_base_url_that_redirects_a_post_stops_the_bot_naming_the_setting
     sim.simulator.set_faults(redirect_status=code, redirect_target="https://api.example.net/v9")
     bot = BotProcess(tmp_path, fake, sim.url)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "run", "--env-file", str(tmp_path / "none.env"),
+        sys.executable, "-m", "bot", "run",  # no .env in tmp_path: the environment only
         env=bot.env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     _out, err = await asyncio.wait_for(proc.communicate(), 30)

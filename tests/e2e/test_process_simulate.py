@@ -22,7 +22,7 @@ class SimulatedBot(BotProcess):
     async def start(self) -> None:
         log = self.log_path.open("ab")
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "run", "--env-file", str(self.cwd / "none.env"),
+            sys.executable, "-m", "bot", "run",  # no .env in the working directory: the environment only
             "--simulate", "--step-seconds", "0.05",
             env=self.env, cwd=self.cwd, stdout=log, stderr=log,
         )  # fmt: skip
