@@ -262,7 +262,7 @@ def _invite(env_file: str) -> int:
         application_id = asyncio.run(read_application_id(config.discord_api_base, token))
     except discord.LoginFailure:
         print("Discord refused DISCORD_TOKEN: reset the bot's token in the Developer Portal", file=sys.stderr)
-        return 1
+        return 2  # a configuration error, like `lorabot run` with a rejected token
     except (discord.DiscordException, OSError, TimeoutError) as error:
         print(f"cannot reach Discord at {config.discord_api_base}: {type(error).__name__}", file=sys.stderr)
         return 1

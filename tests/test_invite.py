@@ -102,7 +102,7 @@ async def test_lorabot_invite_reads_the_application_id_with_the_token(tmp_path: 
 async def test_lorabot_invite_with_a_bad_token_says_so(tmp_path: Path) -> None:
     async with FakeDiscord() as fake:
         code, out, err = await run_invite(tmp_path, invite_env(fake, DISCORD_TOKEN="wrong-token-0123456789"))
-    assert code == 1 and out == ""
+    assert code == 2 and out == ""  # a configuration error (see `lorabot --help`)
     assert "DISCORD_TOKEN" in err and "wrong-token-0123456789" not in err
 
 
