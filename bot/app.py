@@ -270,12 +270,16 @@ class Application:
         """Stop taking webhooks, let in-flight writes finish, close Discord and the database."""
         if not hasattr(self, "db"):
             return
-        await self.webhooks.stop()
+        # Start-up may have failed half way: stop only what was started.
+        if hasattr(self, "webhooks"):
+            await self.webhooks.stop()
         await self.supervisor.stop()
-        if not self.bot.is_closed():
+        if hasattr(self, "bot") and not self.bot.is_closed():
             await self.bot.close()
-        await self.provider.aclose()
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        if hasattr(self, "provider"):
+            await self.provider.aclose()
+        if hasattr(self, "executor"):
+            self.executor.shutdown(wait=True, cancel_futures=True)
         await self.db.close()
         del self.db
         log.info("stopped cleanly")
