@@ -6,7 +6,7 @@ import base64
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -28,88 +28,11 @@ from bot.provider import (
     TrainingNotFound,
     TrainingRequest,
 )
+from tests.provider.scripted import BASE, KEY, MakeClient, Script, Sleeper, Step, ok
 
 from .test_models import EXPECTED_LINES, LORA_PAGE_BODY, PAGE_IMAGES, STATUS_LOG_NEWLINES, STATUS_LOG_SLASH_N
 
-KEY = "sk-TEST-9f8e7d6c5b4a3210-secretkey"
-BASE = "https://stablediffusionapi.com"
 TID = "F5jvdzGnYi"
-
-Step = httpx.Response | BaseException | Callable[[httpx.Request], httpx.Response]
-
-
-class Script:
-    """A MockTransport handler that plays scripted answers in order and records the requests."""
-
-    def __init__(self, *steps: Step) -> None:
-        self.steps = list(steps)
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        if not self.steps:
-            raise AssertionError(f"unexpected request {request.url.path}")
-        step = self.steps.pop(0)
-        if isinstance(step, BaseException):
-            raise step
-        if isinstance(step, httpx.Response):
-            return step
-        return step(request)
-
-    @property
-    def paths(self) -> list[str]:
-        return [request.url.path for request in self.requests]
-
-    @property
-    def bodies(self) -> list[Any]:
-        return [json.loads(request.content) for request in self.requests]
-
-
-class Sleeper:
-    """Replaces asyncio.sleep: records the delays, never waits."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-
-
-class MaxRandom(random.Random):
-    """Jitter at its upper bound, so the exponential ceiling itself is observable."""
-
-    def uniform(self, a: float, b: float) -> float:
-        return b
-
-
-MakeClient = Callable[..., tuple[ProviderClient, Script]]
-
-
-@pytest.fixture
-def sleeper() -> Sleeper:
-    return Sleeper()
-
-
-@pytest.fixture
-async def make(sleeper: Sleeper) -> AsyncIterator[MakeClient]:
-    clients: list[ProviderClient] = []
-
-    def factory(*steps: Step, **options: Any) -> tuple[ProviderClient, Script]:
-        script = Script(*steps)
-        options.setdefault("rng", MaxRandom())
-        options.setdefault("sleep", sleeper)
-        options.setdefault("duplicate_window", 0)  # every call goes out; the reuse has its own tests
-        client = ProviderClient(options.pop("base_url", BASE), KEY, transport=httpx.MockTransport(script), **options)
-        clients.append(client)
-        return client, script
-
-    yield factory
-    for client in clients:
-        await client.aclose()
-
-
-def ok(payload: object, status: int = 200, **kwargs: Any) -> httpx.Response:
-    return httpx.Response(status, json=payload, **kwargs)
 
 
 def page_request(**overrides: Any) -> TrainingRequest:

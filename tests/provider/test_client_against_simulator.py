@@ -7,7 +7,6 @@ Nothing leaves 127.0.0.1 (a guard fixture refuses to resolve any other name).
 from __future__ import annotations
 
 import io
-import socket
 from typing import Any
 
 import httpx
@@ -27,25 +26,10 @@ from bot.provider.errors import (
 from bot.provider.models import TrainingRequest, TrainingStatus
 from bot.simulator import STATUSES, start_simulator
 from bot.simulator.state import tls_context
-from bot.simulator.testing import ImageHost, WebhookRecorder, jpeg_bytes
+from bot.simulator.testing import ImageHost, jpeg_bytes
+from tests.provider.simulated import STEP
 
-STEP = 0.02
 KEY = "client-test-key-9a8b7c"
-
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", None}
-
-
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = socket.getaddrinfo
-
-    def guarded(host: Any, *args: Any, **kwargs: Any) -> Any:
-        name = host.decode() if isinstance(host, bytes) else host
-        if name not in LOOPBACK_HOSTS:
-            raise OSError(f"test tried to resolve {name!r}: only loopback is allowed")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", guarded)
 
 
 class Sleeps:
@@ -60,20 +44,9 @@ class Sleeps:
 
 @pytest.fixture
 async def running():
+    """This suite's simulator accepts only KEY (the folder's default accepts any key)."""
     async with await start_simulator(step_seconds=STEP, api_key=KEY) as sim:
         yield sim
-
-
-@pytest.fixture
-async def host():
-    async with ImageHost() as server:
-        yield server
-
-
-@pytest.fixture
-async def hooks():
-    async with WebhookRecorder() as server:
-        yield server
 
 
 @pytest.fixture

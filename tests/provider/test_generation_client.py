@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -18,7 +17,6 @@ from bot.provider import (
     ImageDownloadFailed,
     InsufficientCredits,
     InvalidApiKey,
-    ProviderClient,
     ProviderError,
     ProviderMisconfigured,
     ProviderUnavailable,
@@ -27,88 +25,14 @@ from bot.provider import (
     SubmissionUncertain,
     image_api_root,
 )
+from tests.provider.scripted import KEY, MakeClient, Script, Sleeper, Step, ok
 
-KEY = "sk-TEST-9f8e7d6c5b4a3210-secretkey"
-BASE = "https://stablediffusionapi.com"
 T2I_URL = "https://stablediffusionapi.com/api/v6/images/text2img"
 FETCH_URL = "https://stablediffusionapi.com/api/v6/images/fetch"
 RID = "13481504"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 IMG_1 = "https://pub-3626123a908346a7a8be8d9295f44e26.r2.dev/generations/0-a.png"
 IMG_2 = "https://pub-3626123a908346a7a8be8d9295f44e26.r2.dev/generations/1-b.png"
-
-Step = httpx.Response | BaseException | Callable[[httpx.Request], httpx.Response]
-
-
-class Script:
-    """A MockTransport handler that plays scripted answers in order and records the requests."""
-
-    def __init__(self, *steps: Step) -> None:
-        self.steps = list(steps)
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        if not self.steps:
-            raise AssertionError(f"unexpected request {request.url}")
-        step = self.steps.pop(0)
-        if isinstance(step, BaseException):
-            raise step
-        if isinstance(step, httpx.Response):
-            return step
-        return step(request)
-
-    @property
-    def urls(self) -> list[str]:
-        return [str(request.url) for request in self.requests]
-
-    @property
-    def bodies(self) -> list[Any]:
-        return [json.loads(request.content) for request in self.requests]
-
-
-class Sleeper:
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-
-
-class MaxRandom(random.Random):
-    def uniform(self, a: float, b: float) -> float:
-        return b
-
-
-MakeClient = Callable[..., tuple[ProviderClient, Script]]
-
-
-@pytest.fixture
-def sleeper() -> Sleeper:
-    return Sleeper()
-
-
-@pytest.fixture
-async def make(sleeper: Sleeper) -> AsyncIterator[MakeClient]:
-    clients: list[ProviderClient] = []
-
-    def factory(*steps: Step, images: Script | None = None, **options: Any) -> tuple[ProviderClient, Script]:
-        script = Script(*steps)
-        options.setdefault("rng", MaxRandom())
-        options.setdefault("sleep", sleeper)
-        if images is not None:
-            options["image_transport"] = httpx.MockTransport(images)
-        client = ProviderClient(options.pop("base_url", BASE), KEY, transport=httpx.MockTransport(script), **options)
-        clients.append(client)
-        return client, script
-
-    yield factory
-    for client in clients:
-        await client.aclose()
-
-
-def ok(payload: object, status: int = 200, **kwargs: Any) -> httpx.Response:
-    return httpx.Response(status, json=payload, **kwargs)
 
 
 def gen_request(**overrides: Any) -> GenerationRequest:

@@ -25,11 +25,10 @@ import pytest
 from PIL import Image
 
 from bot.simulator import STATUSES, FaultError, SimulatorConfig, start_simulator
-from bot.simulator.state import tls_context
 from bot.simulator.testing import ImageHost, WebhookRecorder, jpeg_bytes, png_bytes
+from tests.provider.simulated import STEP
 from tests.provider.test_models import LORA_PAGE_BODY
 
-STEP = 0.02
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KEY = "sim-test-key-5f0c1d"
 
@@ -43,45 +42,6 @@ DOCS_MODEL_READY_DATA = (
     " : ETA : 15 minutes /n Step:3 Model Uploading, 3 Steps to go : ETA : 10 minutes /n  /n Step:4 Model"
     " Uploaded, 2 Steps to go : ETA : 5 minutes /n Model loaded successfully"
 )
-
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", None}
-
-
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = socket.getaddrinfo
-
-    def guarded(host: Any, *args: Any, **kwargs: Any) -> Any:
-        name = host.decode() if isinstance(host, bytes) else host
-        if name not in LOOPBACK_HOSTS:
-            raise OSError(f"test tried to resolve {name!r}: only loopback is allowed")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", guarded)
-
-
-@pytest.fixture
-async def running():
-    async with await start_simulator(step_seconds=STEP) as sim:
-        yield sim
-
-
-@pytest.fixture
-async def host():
-    async with ImageHost() as server:
-        yield server
-
-
-@pytest.fixture
-async def hooks():
-    async with WebhookRecorder() as server:
-        yield server
-
-
-@pytest.fixture
-async def http():
-    async with httpx.AsyncClient(timeout=10.0, trust_env=False, verify=tls_context()) as client:
-        yield client
 
 
 def page_body(host: ImageHost, *, webhook: str | None = None, count: int = 9, key: str = KEY) -> dict[str, Any]:

@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 from typing import Any
 
 import httpx
 import pytest
 from PIL import Image
 
-from bot.simulator import FaultError, Simulator, SimulatorConfig, parse_fault_assignments, start_simulator
-from bot.simulator.state import tls_context
-from bot.simulator.testing import ImageHost
-from tests.provider.test_simulator import KEY, STEP, page_body, post, submit
-
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", None}
+from bot.simulator import FaultError, Simulator, SimulatorConfig, parse_fault_assignments
+from tests.provider.test_simulator import KEY, page_body, post, submit
 
 OTHER_KEY = "sim-test-other-key-77"
 QUEUE_FULL = {
@@ -40,37 +35,6 @@ INVALID_KEY_MESSAGE = "Invalid Api Key"
 NOT_FOUND = {"status": "error", "message": "Request not found"}
 PROCESSING_KEYS = {"status", "tip", "eta", "message", "fetch_result", "id", "output", "future_links", "meta"}
 SUCCESS_KEYS = {"status", "generationTime", "id", "output", "proxy_links", "nsfw_content_detected", "meta"}
-
-
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = socket.getaddrinfo
-
-    def guarded(host: Any, *args: Any, **kwargs: Any) -> Any:
-        name = host.decode() if isinstance(host, bytes) else host
-        if name not in LOOPBACK_HOSTS:
-            raise OSError(f"test tried to resolve {name!r}: only loopback is allowed")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", guarded)
-
-
-@pytest.fixture
-async def running():
-    async with await start_simulator(step_seconds=STEP) as sim:
-        yield sim
-
-
-@pytest.fixture
-async def host():
-    async with ImageHost() as server:
-        yield server
-
-
-@pytest.fixture
-async def http():
-    async with httpx.AsyncClient(timeout=10.0, trust_env=False, verify=tls_context()) as client:
-        yield client
 
 
 @pytest.fixture

@@ -12,19 +12,14 @@ import asyncio
 import json
 import re
 import signal
-import socket
 import sys
 from typing import Any
 
 import httpx
 import pytest
 
-from bot.simulator import FaultError, Simulator, SimulatorConfig, parse_fault_assignments, serve, start_simulator
-from bot.simulator.state import tls_context
-from bot.simulator.testing import ImageHost, WebhookRecorder
-from tests.provider.test_simulator import KEY, REPO_ROOT, STEP, page_body, post, status_of, submit
-
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", None}
+from bot.simulator import FaultError, Simulator, SimulatorConfig, parse_fault_assignments, serve
+from tests.provider.test_simulator import KEY, REPO_ROOT, page_body, post, status_of, submit
 
 NOT_FOUND = {"status": "error", "messege": "Training ID does not exist"}
 QUEUE_FULL_MESSAGE = "Rate limit exceeded. Maximum 5 queued requests allowed."
@@ -36,43 +31,6 @@ SPAM_FILTER = {
     ),
 }
 INVALID_TYPE = "The selected training type is invalid."
-
-
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = socket.getaddrinfo
-
-    def guarded(host: Any, *args: Any, **kwargs: Any) -> Any:
-        name = host.decode() if isinstance(host, bytes) else host
-        if name not in LOOPBACK_HOSTS:
-            raise OSError(f"test tried to resolve {name!r}: only loopback is allowed")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", guarded)
-
-
-@pytest.fixture
-async def running():
-    async with await start_simulator(step_seconds=STEP) as sim:
-        yield sim
-
-
-@pytest.fixture
-async def host():
-    async with ImageHost() as server:
-        yield server
-
-
-@pytest.fixture
-async def hooks():
-    async with WebhookRecorder() as server:
-        yield server
-
-
-@pytest.fixture
-async def http():
-    async with httpx.AsyncClient(timeout=10.0, trust_env=False, verify=tls_context()) as client:
-        yield client
 
 
 async def set_faults(http: httpx.AsyncClient, running, **faults: Any) -> dict[str, Any]:
