@@ -182,13 +182,14 @@ def _owner(sim: Simulator, body: dict[str, Any]) -> str | None:
     return key_owner(key)
 
 
-async def _authenticated(request: web.Request) -> tuple[Simulator, str] | web.Response:
+async def _authenticated(request: web.Request) -> tuple[Simulator, str, dict[str, Any]] | web.Response:
+    """The simulator, the key's owner tag and the JSON body; or the invalid-key answer."""
     sim = _sim(request)
     body = await _read_json(request)
     owner = None if body is None else _owner(sim, body)
-    if owner is None:
+    if body is None or owner is None:
         return _invalid_key(sim)
-    return sim, owner
+    return sim, owner, body
 
 
 # -- middlewares ---------------------------------------------------------------------------------
@@ -320,11 +321,10 @@ def _submission_failure(sim: Simulator) -> web.Response:
 
 
 async def lora_fine_tune(request: web.Request) -> web.StreamResponse:
-    sim = _sim(request)
-    body = await _read_json(request)
-    owner = None if body is None else _owner(sim, body)
-    if body is None or owner is None:
-        return _invalid_key(sim)
+    auth = await _authenticated(request)
+    if isinstance(auth, web.Response):
+        return auth
+    sim, owner, body = auth
     if sim.take("fail_submission"):
         log.info("lora_fine_tune: failing submission (fault %s)", sim.faults.fail_submission_kind)
         return _submission_failure(sim)
@@ -412,7 +412,7 @@ async def fine_tune_status(request: web.Request) -> web.StreamResponse:
     auth = await _authenticated(request)
     if isinstance(auth, web.Response):
         return auth
-    sim, owner = auth
+    sim, owner, _body = auth
     training = sim.find(request.match_info["training_id"], owner)
     if training is None:
         return _not_found(sim)
@@ -425,7 +425,7 @@ async def cancel_training(request: web.Request) -> web.StreamResponse:
     auth = await _authenticated(request)
     if isinstance(auth, web.Response):
         return auth
-    sim, owner = auth
+    sim, owner, _body = auth
     training = sim.find(request.match_info["training_id"], owner)
     if training is None:
         return _not_found(sim)
@@ -439,7 +439,7 @@ async def finetune_list(request: web.Request) -> web.StreamResponse:
     auth = await _authenticated(request)
     if isinstance(auth, web.Response):
         return auth
-    sim, owner = auth
+    sim, owner, _body = auth
     trainings = sim.list_trainings(owner)
     if sim.faults.list_shows == "ready":
         trainings = [t for t in trainings if t.reached("model_ready")]
@@ -455,7 +455,7 @@ async def finetune_delete(request: web.Request) -> web.StreamResponse:
     auth = await _authenticated(request)
     if isinstance(auth, web.Response):
         return auth
-    sim, owner = auth
+    sim, owner, _body = auth
     training = sim.find(request.match_info["training_id"], owner)
     if training is None:
         return _not_found(sim)
@@ -609,11 +609,10 @@ def _generation_answer(sim: Simulator, request: web.Request, generation: ImageGe
 
 
 async def text2img(request: web.Request) -> web.StreamResponse:
-    sim = _sim(request)
-    body = await _read_json(request)
-    owner = None if body is None else _owner(sim, body)
-    if body is None or owner is None:
-        return _invalid_key(sim)
+    auth = await _authenticated(request)
+    if isinstance(auth, web.Response):
+        return auth
+    sim, owner, body = auth
     if sim.take("t2i_fail"):
         log.info("text2img: failing (fault %s)", sim.faults.t2i_fail_kind)
         return _t2i_failure(sim, body)
@@ -668,10 +667,10 @@ async def images_fetch_body(request: web.Request) -> web.StreamResponse:
     missing = _fetch_form_missing(sim, "body")
     if missing is not None:
         return missing
-    body = await _read_json(request)
-    owner = None if body is None else _owner(sim, body)
-    if body is None or owner is None:
-        return _invalid_key(sim)
+    auth = await _authenticated(request)
+    if isinstance(auth, web.Response):
+        return auth
+    sim, owner, body = auth
     raw_id = body.get("request_id")
     if raw_id is None or raw_id == "":
         return _v6_validation_error(sim, {"request_id": ["The request id field is required."]})
@@ -688,7 +687,7 @@ async def images_fetch_path(request: web.Request) -> web.StreamResponse:
     auth = await _authenticated(request)
     if isinstance(auth, web.Response):
         return auth
-    sim, owner = auth
+    sim, owner, _body = auth
     return await _fetch(sim, request, owner, request.match_info["request_id"])
 
 

@@ -59,6 +59,17 @@ class LoraRequest:
     warnings: tuple[str, ...]
 
 
+def _optional_url(body: dict[str, Any], field: str, errors: Errors) -> str | None:
+    """An optional http(s) URL field (null and "" mean none)."""
+    raw = body.get(field)
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str) or not is_http_url(raw):
+        _add(errors, field, f"The {_label(field)} must be a valid URL.")
+        return None
+    return raw
+
+
 def _add(errors: Errors, field: str, message: str) -> None:
     errors.setdefault(field, []).append(message)
 
@@ -175,13 +186,7 @@ def validate_lora_request(body: dict[str, Any], *, woman_spelling: str = "both")
             else:
                 _add(errors, "seed", "The seed must be an integer.")
 
-    webhook: str | None = None
-    raw_webhook = body.get("webhook")
-    if raw_webhook is not None and raw_webhook != "":
-        if not isinstance(raw_webhook, str) or not is_http_url(raw_webhook):
-            _add(errors, "webhook", "The webhook must be a valid URL.")
-        else:
-            webhook = raw_webhook
+    webhook = _optional_url(body, "webhook", errors)
 
     negative_prompt: str | None = None
     raw_negative = body.get("negative_prompt")
@@ -335,13 +340,7 @@ def validate_text2img_request(body: dict[str, Any]) -> Text2ImgRequest | Errors:
         else:
             _add(errors, "seed", "The seed must be an integer.")
 
-    webhook: str | None = None
-    raw_webhook = body.get("webhook")
-    if raw_webhook is not None and raw_webhook != "":
-        if not isinstance(raw_webhook, str) or not is_http_url(raw_webhook):
-            _add(errors, "webhook", "The webhook must be a valid URL.")
-        else:
-            webhook = raw_webhook
+    webhook = _optional_url(body, "webhook", errors)
 
     if errors:
         return errors
