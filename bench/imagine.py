@@ -38,7 +38,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench._common import PYTHON, Row, Section, check, child_env, ms, percentile, status_kib
+from bench._common import PYTHON, Row, Section, check, child_env, healthz_ok, ms, percentile, status_kib
 
 GUILD = 290926798626357999
 CHANNEL = 645027906669510667
@@ -186,24 +186,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def _healthz(port: int) -> bool:
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return False
-    try:
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), 2)
-        return line.startswith(b"HTTP/1.1 200")
-    except (OSError, TimeoutError):
-        return False
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-
-
 async def _until_ready(bot: Bot, fake: Any, *, commands: bool) -> None:
     """A live gateway session (and, on a first start, the commands synced), and /healthz 200."""
     loop = asyncio.get_running_loop()
@@ -212,7 +194,7 @@ async def _until_ready(bot: Bot, fake: Any, *, commands: bool) -> None:
         assert bot.proc is not None
         if bot.proc.returncode is not None:
             raise RuntimeError(f"the bot exited early:\n{bot.log()}")
-        if fake.gateway.live_sessions() and (not commands or fake.commands(GUILD)) and await _healthz(bot.port):
+        if fake.gateway.live_sessions() and (not commands or fake.commands(GUILD)) and await healthz_ok(bot.port):
             return
         await asyncio.sleep(0.02)
     raise RuntimeError(f"the bot was not ready after 60 s:\n{bot.log()}")

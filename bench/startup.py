@@ -13,7 +13,6 @@ gateway session is live, and its idle RSS.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import os
 import shutil
@@ -24,7 +23,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._common import PYTHON, ROOT, Row, Section, check, child_env, fmt_ratio, median, ratio, spread, status_kib
+from bench._common import (
+    PYTHON,
+    ROOT,
+    Row,
+    Section,
+    check,
+    child_env,
+    fmt_ratio,
+    healthz_ok,
+    median,
+    ratio,
+    spread,
+    status_kib,
+)
 
 GUILD = 290926798626357999
 CHANNEL = 645027906669510667
@@ -45,24 +57,6 @@ async def _fake() -> Any:
     await fake.start()
     fake.add_guild(GUILD, channels={CHANNEL: "general"})
     return fake
-
-
-async def _healthz(port: int) -> bool:
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return False
-    try:
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), 2)
-        return line.startswith(b"HTTP/1.1 200")
-    except (OSError, TimeoutError):
-        return False
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
 
 
 async def _one(kind: str, sim_url: str, workdir: Path, settle: float) -> dict[str, Any]:
@@ -106,7 +100,7 @@ async def _one(kind: str, sim_url: str, workdir: Path, settle: float) -> dict[st
                 marks["session"] = now
             if kind == "bot" and "commands" not in marks and fake.commands(GUILD):
                 marks["commands"] = now
-            if kind != "bare" and "healthz" not in marks and await _healthz(port):
+            if kind != "bare" and "healthz" not in marks and await healthz_ok(port):
                 marks["healthz"] = time.perf_counter() - started
             wanted = {
                 "bare": ("session",),
