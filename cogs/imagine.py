@@ -206,7 +206,7 @@ class Imagine(commands.Cog):
 
     async def acknowledge(self, interaction: discord.Interaction, generation: Generation) -> None:
         """Tell the member it's under way, then keep that note up to date while the token lives."""
-        job = await self.bot.services.store.get_job(generation.job_id)
+        job = await self.bot.services.generations.model_of(generation)
         name = job.name if job else "your model"
         in_dms = generation.channel_id is None
         await interaction.edit_original_response(content=progress_text(generation, name, in_dms=in_dms))

@@ -307,6 +307,10 @@ class GenerationService:
                     retry_at,
                 )
 
+    async def model_of(self, generation: Generation) -> Job | None:
+        """The trained model a generation uses (None once it was deleted)."""
+        return await self.store.get_job(generation.job_id)
+
     async def describe(self, generation_id: int) -> Generation | None:
         return await self.generations.get(generation_id)
 
