@@ -26,7 +26,7 @@ from PIL import Image
 
 from bot.simulator import STATUSES, FaultError, SimulatorConfig, start_simulator
 from bot.simulator.testing import ImageHost, WebhookRecorder, jpeg_bytes, png_bytes
-from tests.provider.simulated import STEP
+from tests.provider.simulated import STEP, served_url
 from tests.provider.test_models import LORA_PAGE_BODY
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -782,14 +782,7 @@ async def test_serve_in_a_subprocess_is_driven_over_http_and_stops_on_sigterm(ht
     )
     output: list[str] = []
     try:
-        assert proc.stdout is not None
-        url = None
-        while url is None:
-            line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
-            assert line, "serve() exited early:\n" + "".join(output)
-            output.append(line)
-            match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
-            url = match.group(1) if match else None
+        url = await served_url(proc, output)
 
         set_faults = await http.post(f"{url}/_sim/faults", json={"fail_submission": 1, "error_http_status": True})
         assert set_faults.json()["faults"]["fail_submission"] == 1

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from bot.simulator import FaultError, Simulator, SimulatorConfig, parse_fault_assignments, serve
+from tests.provider.simulated import served_url
 from tests.provider.test_simulator import KEY, REPO_ROOT, page_body, post, status_of, submit
 
 NOT_FOUND = {"status": "error", "messege": "Training ID does not exist"}
@@ -499,14 +500,7 @@ async def test_serve_applies_its_faults_at_start(http):
     )
     output: list[str] = []
     try:
-        assert proc.stdout is not None
-        url = None
-        while url is None:
-            line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
-            assert line, "serve() exited early:\n" + "".join(output)
-            output.append(line)
-            match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
-            url = match.group(1) if match else None
+        url = await served_url(proc, output)
         state = (await http.get(f"{url}/_sim/faults")).json()["faults"]
         assert (state["status_not_found"], state["fail_submission_kind"], state["list_shows"]) == (
             2,
