@@ -10,9 +10,9 @@ two years; 99.7 % of jobs are finished (model_ready, failed, cancelled, expired)
 active, most of them updated within the last minutes and a few hundred overdue for the
 reconciler.
 
-Queries run through the real `Store` (aiosqlite thread, row parsing into `Job`), as the bot
+Queries run through the real `SqliteStore` (aiosqlite thread, row parsing into `Job`), as the bot
 runs them; the baseline is the same SQL with the same parameters through plain sqlite3 in the
-benchmark thread (the SQL floor). The SQL is captured from the Store's own calls, so the
+benchmark thread (the SQL floor). The SQL is captured from the SqliteStore's own calls, so the
 EXPLAIN QUERY PLAN shown is of the statements the bot really sends.
 """
 
@@ -235,7 +235,7 @@ def database(log: Any = print) -> Path:
 
 
 class Recorder:
-    """Wraps Database.fetchall/fetchone to capture the SQL and parameters the Store sends."""
+    """Wraps Database.fetchall/fetchone to capture the SQL and parameters the SqliteStore sends."""
 
     def __init__(self, db: Any) -> None:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
@@ -250,10 +250,11 @@ class Recorder:
 
 
 async def _measure(path: Path, samples: int) -> dict[str, Any]:
-    from bot.store import Database, Store
+    from bot.store import Database
+    from bot.store.sqlite import SqliteStore
 
     db = await Database.open(str(path))
-    store = Store(db, now=lambda: NOW)
+    store = SqliteStore(db, now=lambda: NOW)
     recorder = Recorder(db)
     raw = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     raw.row_factory = sqlite3.Row
@@ -295,7 +296,7 @@ async def _measure(path: Path, samples: int) -> dict[str, Any]:
         timings: dict[str, tuple[list[float], list[float]]] = {label: ([], []) for label in cases}
         last: dict[str, tuple[str, tuple[Any, ...]]] = {}
         ping: list[float] = []
-        # Round-robin over the cases, each Store call followed at once by the same statement
+        # Round-robin over the cases, each SqliteStore call followed at once by the same statement
         # straight through sqlite3, so a burst of noise from the shared machine hits all alike.
         for _ in range(samples):
             started = time.perf_counter()
@@ -385,7 +386,7 @@ def run(quick: bool, log: Any = print) -> Section:
     plans = []
     for label, case in result["cases"].items():
         plans.append(f"-- {label}\n{case['sql']}\n  QUERY PLAN: " + " | ".join(case["plan"]))
-    section.details.append("EXPLAIN QUERY PLAN of the statements the Store sent:\n" + "\n".join(plans))
+    section.details.append("EXPLAIN QUERY PLAN of the statements the SqliteStore sent:\n" + "\n".join(plans))
     return section
 
 

@@ -13,7 +13,7 @@ authentic duplicate for a finished job: the server reads each job once, then ans
 memory), paired with the same round's bare figure. Those jobs' rows must not change.
 
 Jobs: one template job goes through the real flow (JobService.create_preview, begin_submission,
-Store.prepare_submission with hash_secret, then the provider's answer recorded with its training
+SqliteStore.prepare_submission with hash_secret, then the provider's answer recorded with its training
 id but an unrecognised status word, so the job is `submitting`, holds its training id, and all 8
 documented statuses are still to come); its rows (job, event rows, outbox) are then copied in
 bulk with their own ids, training ids and secret hashes. Every webhook sent is a new
@@ -63,14 +63,15 @@ async def _template(db_path: Path) -> int:
     from bot.jobs.service import JobService, TrainingParams, hash_secret
     from bot.jobs.states import Action, Event, EventSource
     from bot.provider.client import ProviderClient
-    from bot.store import Database, Store
+    from bot.store import Database
+    from bot.store.sqlite import SqliteStore
 
     settings = load_settings(
         env_file=None, discord_token="bench-token-000000", sdapi_key="bench-key-00000000", public_url="https://x.test"
     )
     db = await Database.open(str(db_path))
     await db.migrate()
-    store = Store(db)
+    store = SqliteStore(db)
     provider = ProviderClient(settings.sdapi_base_url, "bench-key-00000000")
     service = JobService(store, provider, settings)
     try:

@@ -33,8 +33,9 @@ from bot.messenger import Messenger
 from bot.metrics import Metrics
 from bot.provider.client import ProviderClient
 from bot.provider.errors import InvalidApiKey, ProviderError, ProviderMisconfigured
-from bot.store import Database, Store
-from bot.store.generations import GenerationStore
+from bot.store import Database
+from bot.store.sqlite import SqliteStore
+from bot.store.sqlite_generations import SqliteGenerationStore
 from bot.supervisor import Supervisor
 from bot.webhooks import WebhookServer
 
@@ -85,7 +86,7 @@ class Application:
     """The running bot process. `run()` returns when a stop signal arrives."""
 
     db: Database
-    store: Store
+    store: SqliteStore
     provider: ProviderClient
     bot: LoraBot
     notifier: Notifier
@@ -129,7 +130,7 @@ class Application:
             redactor().add(settings.metrics_token.get_secret_value())
         point_discord_at(settings.discord_api_base, settings.discord_gateway_url)
         self.db = await open_database(settings)
-        self.store = Store(self.db)
+        self.store = SqliteStore(self.db)
         self.provider = ProviderClient(
             settings.sdapi_base_url,
             settings.sdapi_key.get_secret_value(),
@@ -148,7 +149,7 @@ class Application:
         messenger = Messenger(self.bot)
         self.generations = GenerationService(
             self.store,
-            GenerationStore(self.db, now=self.store.now),
+            SqliteGenerationStore(self.db, now=self.store.now),
             self.provider,
             settings,
             on_outbox=lambda: self.notifier.wake(),

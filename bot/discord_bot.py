@@ -21,7 +21,7 @@ from bot.jobs.service import JobService
 from bot.jobs.submission import TrainingStarter
 from bot.messenger import Messenger
 from bot.provider.client import ProviderClient
-from bot.store import Store
+from bot.store.sqlite import SqliteStore
 from bot.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class Services:
     """Everything the cogs use, built once by the app and handed to the bot."""
 
     settings: Settings
-    store: Store
+    store: SqliteStore
     jobs: JobService
     provider: ProviderClient
     notifier: Notifier

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 if TYPE_CHECKING:
-    from bot.store import Store
+    from bot.store.sqlite import SqliteStore
 
 #: The Prometheus text format (0.0.4), which every Prometheus server reads.
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -116,11 +116,11 @@ class Metrics:
 
     # -- scraping -----------------------------------------------------------------------------
 
-    async def refresh(self, store: Store) -> bool:
+    async def refresh(self, store: SqliteStore) -> bool:
         """Set the store gauges: two small reads, no write. False (gauges unchanged) if the store failed."""
         # Imported here: the provider client imports this module, and must not import the store.
+        from bot.jobs.generation_model import GenerationState
         from bot.jobs.states import JobState
-        from bot.store.generations import GenerationState
 
         try:
             counts = await store.state_counts()

@@ -7,9 +7,9 @@ from datetime import datetime, timedelta
 
 import discord
 
+from bot.jobs.generation_model import Generation, GenerationState, StoredPicture
+from bot.jobs.model import Job, JobEvent
 from bot.jobs.states import JobState, parse_provider_word
-from bot.store import Job, JobEvent
-from bot.store.generations import Generation, GenerationState, StoredPicture
 
 #: What every card and DM of `lorabot run --simulate` says.
 SIMULATED_NOTE = (

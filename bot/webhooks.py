@@ -27,10 +27,11 @@ from typing import Any
 
 from aiohttp import web
 
+from bot.jobs.model import Job, JobNotFound
 from bot.jobs.service import JobService, secret_matches
 from bot.jobs.states import FAILURE_WORDS, TERMINAL_STATES, Action, Event, EventSource
 from bot.metrics import CONTENT_TYPE, Metrics
-from bot.store import Job, JobNotFound, Store
+from bot.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class WebhookServer:
     def __init__(
         self,
         service: JobService,
-        store: Store,
+        store: SqliteStore,
         *,
         max_body_bytes: int,
         rate_per_minute: int,

@@ -15,10 +15,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.jobs.generation_model import Generation, GenerationState
 from bot.jobs.generations import Destination, ImagineOptions
+from bot.jobs.model import Job
 from bot.render import AGAIN_BUTTON_ID, GENERATE_BUTTON_ID
-from bot.store import Job
-from bot.store.generations import Generation, GenerationState
 from cogs.errors import report_error
 from cogs.training import bot_can_post
 

@@ -15,9 +15,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import UserError
+from bot.jobs.model import Job
 from bot.provider.errors import ProviderError
 from bot.render import job_card, job_list_embed, status_text
-from bot.store import Job
 from cogs.errors import report_error
 
 if TYPE_CHECKING:

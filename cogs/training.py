@@ -16,11 +16,11 @@ from discord.ext import commands
 
 from bot.images import PreparedImage
 from bot.jobs.limits import Requester, check_can_train
+from bot.jobs.model import JobNotFound
 from bot.jobs.photos import collect_photos, preview_grid
 from bot.jobs.service import TrainingParams
 from bot.jobs.states import JobState
 from bot.render import preview_embed, problems_text, queue_wait_text, start_outcome
-from bot.store import JobNotFound
 from cogs.errors import report_error, user_message
 
 if TYPE_CHECKING:

@@ -15,7 +15,8 @@ import pytest
 
 from bot.config import Settings, load_settings
 from bot.provider import ProviderClient
-from bot.store import Database, Store
+from bot.store import Database
+from bot.store.sqlite import SqliteStore
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -82,9 +83,9 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
 
 
 @pytest.fixture
-def store(db: Database, clock: Clock) -> Store:
+def store(db: Database, clock: Clock) -> SqliteStore:
     """The repository over `db`, its time given by `clock` (frozen until a test advances it)."""
-    return Store(db, now=clock)
+    return SqliteStore(db, now=clock)
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ import pytest
 
 from bot.config import Settings
 from bot.jobs.service import JobService
-from bot.store import Store
 from bot.store.backup import BackupError, backup_database
+from bot.store.sqlite import SqliteStore
 from bot.webhooks import WebhookServer
 from tests.test_webhooks import body, make_job, no_provider_calls
 
@@ -54,7 +54,7 @@ async def lorabot_backup(database: Path, target: Path, *extra: str) -> subproces
 
 
 async def test_a_backup_while_webhooks_arrive_is_whole_and_holds_every_committed_job(
-    tmp_path: Path, store: Store, settings, make_provider
+    tmp_path: Path, store: SqliteStore, settings, make_provider
 ) -> None:
     database = Path(store.db.path)
     service = JobService(store, make_provider(no_provider_calls), settings)
@@ -102,7 +102,7 @@ async def test_a_backup_while_webhooks_arrive_is_whole_and_holds_every_committed
     assert len(committed) > 20 and set(committed.values()) == {"model_ready"}
 
 
-async def test_backup_refuses_to_overwrite_unless_forced(tmp_path: Path, store: Store) -> None:
+async def test_backup_refuses_to_overwrite_unless_forced(tmp_path: Path, store: SqliteStore) -> None:
     await make_job(store)
     database = Path(store.db.path)
     target = tmp_path / "copy.db"

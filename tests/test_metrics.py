@@ -12,6 +12,8 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bot.jobs.generation_model import NewGeneration
+from bot.jobs.model import OutboxDraft
 from bot.jobs.notifier import Notifier
 from bot.jobs.reconciler import Reconciler
 from bot.jobs.service import JobService
@@ -20,8 +22,9 @@ from bot.jobs.transitions import plan_transition
 from bot.messenger import DiscordUnavailable
 from bot.metrics import CONTENT_TYPE, Metrics
 from bot.provider import ProviderClient
-from bot.store import Database, OutboxDraft, Store, load_migrations
-from bot.store.generations import GenerationStore, NewGeneration
+from bot.store import Database, load_migrations
+from bot.store.sqlite import SqliteStore
+from bot.store.sqlite_generations import SqliteGenerationStore
 from bot.webhooks import WebhookServer
 from tests.jobs.test_notifier import ScriptedMessenger, running_job
 from tests.test_webhooks import SECRET, TID, body, make_job
@@ -118,7 +121,7 @@ async def test_provider_calls_are_counted_by_endpoint_and_outcome_without_ids_or
 # -- the other components ------------------------------------------------------------------------------
 
 
-async def test_record_counts_changes_by_source_and_new_state_and_nothing_else(store: Store, settings) -> None:
+async def test_record_counts_changes_by_source_and_new_state_and_nothing_else(store: SqliteStore, settings) -> None:
     metrics = Metrics()
     service = JobService(store, None, settings, metrics=metrics)  # type: ignore[arg-type]
     job = await store.create_job(owner_id=1, guild_id=1, channel_id=2, name="n", params={}, image_count=5)
@@ -137,7 +140,7 @@ async def test_record_counts_changes_by_source_and_new_state_and_nothing_else(st
     assert value(text, changes, source="poll", state="training_started") is None
 
 
-async def test_the_notifier_counts_delivery_failures(store: Store) -> None:
+async def test_the_notifier_counts_delivery_failures(store: SqliteStore) -> None:
     metrics = Metrics()
     messenger = ScriptedMessenger(errors={"edit": [DiscordUnavailable("503")]})
     notifier = Notifier(store, messenger, edit_interval=0, metrics=metrics)  # type: ignore[arg-type]
@@ -147,7 +150,7 @@ async def test_the_notifier_counts_delivery_failures(store: Store) -> None:
     assert value(text, "lorabot_discord_delivery_failures_total", kind="card", reason="discord_unavailable") == 1
 
 
-async def test_the_reconciler_counts_its_passes(store: Store, settings, clock) -> None:
+async def test_the_reconciler_counts_its_passes(store: SqliteStore, settings, clock) -> None:
     metrics = Metrics()
     service = JobService(store, None, settings, metrics=metrics)  # type: ignore[arg-type]
     reconciler = Reconciler(store, service, interval=60, stall_deadline=3600, preview_timeout=600, metrics=metrics)
@@ -163,7 +166,7 @@ async def test_the_reconciler_counts_its_passes(store: Store, settings, clock) -
 # -- /metrics ------------------------------------------------------------------------------------
 
 
-async def serve(store: Store, settings, metrics: Metrics | None, token: str | None = None) -> WebhookServer:
+async def serve(store: SqliteStore, settings, metrics: Metrics | None, token: str | None = None) -> WebhookServer:
     service = JobService(store, None, settings, metrics=metrics)  # type: ignore[arg-type]
     server = WebhookServer(
         service, store, max_body_bytes=4096, rate_per_minute=40, metrics=metrics, metrics_token=token
@@ -173,7 +176,7 @@ async def serve(store: Store, settings, metrics: Metrics | None, token: str | No
 
 
 @pytest.fixture
-async def scrape(store: Store, settings) -> AsyncIterator[tuple[WebhookServer, httpx.AsyncClient, Metrics]]:
+async def scrape(store: SqliteStore, settings) -> AsyncIterator[tuple[WebhookServer, httpx.AsyncClient, Metrics]]:
     metrics = Metrics()
     server = await serve(store, settings, metrics)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=5) as client:
@@ -183,7 +186,7 @@ async def scrape(store: Store, settings) -> AsyncIterator[tuple[WebhookServer, h
             await server.stop()
 
 
-async def test_metrics_page_has_the_store_gauges_and_writes_nothing(scrape, store: Store, clock) -> None:
+async def test_metrics_page_has_the_store_gauges_and_writes_nothing(scrape, store: SqliteStore, clock) -> None:
     _server, client, _metrics = scrape
     running = await running_job(store)  # submitting, then deploying_gpu: a card item in the outbox
     await store.create_job(owner_id=1, guild_id=1, channel_id=2, name="n", params={}, image_count=5)
@@ -203,7 +206,7 @@ async def test_metrics_page_has_the_store_gauges_and_writes_nothing(scrape, stor
     assert value(text, "lorabot_outbox_oldest_age_seconds") == 90
 
 
-async def test_webhooks_are_counted_by_outcome(scrape, store: Store) -> None:
+async def test_webhooks_are_counted_by_outcome(scrape, store: SqliteStore) -> None:
     _server, client, _metrics = scrape
     job = await make_job(store)
     hook = f"/webhooks/training/{job.id}"
@@ -229,7 +232,7 @@ async def test_webhooks_are_counted_by_outcome(scrape, store: Store) -> None:
 JSON = {"content-type": "application/json"}
 
 
-async def test_the_bearer_token_is_enforced(store: Store, settings) -> None:
+async def test_the_bearer_token_is_enforced(store: SqliteStore, settings) -> None:
     server = await serve(store, settings, Metrics(), token=TOKEN)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=5) as client:
@@ -256,7 +259,7 @@ async def test_the_bearer_token_is_enforced(store: Store, settings) -> None:
         await server.stop()
 
 
-async def test_metrics_can_be_left_unserved(store: Store, settings) -> None:
+async def test_metrics_can_be_left_unserved(store: SqliteStore, settings) -> None:
     server = await serve(store, settings, None)  # METRICS_ENABLED=false: the app passes no metrics
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=5) as client:
@@ -274,7 +277,7 @@ async def grouped(db: Database, table: str) -> dict[str, int]:
     return {row[0]: row[1] for row in rows}
 
 
-async def counted(store: Store, entity: str) -> dict[str, int]:
+async def counted(store: SqliteStore, entity: str) -> dict[str, int]:
     return {state: n for state, n in (await store.state_counts()).get(entity, {}).items() if n}
 
 
@@ -300,10 +303,10 @@ def new_generation(job_id: int, owner: int) -> NewGeneration:
     )
 
 
-async def test_state_counts_follow_every_insert_change_and_deletion(store: Store) -> None:
+async def test_state_counts_follow_every_insert_change_and_deletion(store: SqliteStore) -> None:
     from bot.jobs.generations import GenerationEvent, plan_generation
 
-    generations = GenerationStore(store.db, now=store.now)
+    generations = SqliteGenerationStore(store.db, now=store.now)
     jobs = [await running_job(store, owner=owner) for owner in (1, 1, 2)]
     await store.create_job(owner_id=2, guild_id=1, channel_id=2, name="n", params={}, image_count=5)
     await store.apply_event(
@@ -342,7 +345,7 @@ async def test_the_migration_counts_the_rows_already_there(tmp_path: Path) -> No
     try:
         migrations = load_migrations()
         await db.migrate([m for m in migrations if m.version < 4])
-        store = Store(db)
+        store = SqliteStore(db)
         for owner in (1, 2, 3):
             job = await store.create_job(owner_id=owner, guild_id=1, channel_id=2, name="n", params={}, image_count=5)
         await store.apply_event(job.id, Event(Action.EXPIRE, EventSource.USER), plan_transition)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from bot.jobs.model import Job
 from bot.jobs.states import JobState
 from bot.render import SIMULATED_NOTE, job_card, outcome_message
-from bot.store import Job, Store
+from bot.store.sqlite import SqliteStore
 
 OUTCOMES = [JobState.MODEL_READY, JobState.FAILED, JobState.CANCELLED, JobState.UNCERTAIN, JobState.TRAINING_STARTED]
 
 
-async def a_job(store: Store) -> Job:
+async def a_job(store: SqliteStore) -> Job:
     job = await store.create_job(
         owner_id=1,
         guild_id=2,
@@ -24,7 +25,7 @@ async def a_job(store: Store) -> Job:
     return await store.require_job(job.id)
 
 
-async def test_a_simulated_card_has_a_simulated_field_and_a_real_one_none(store: Store) -> None:
+async def test_a_simulated_card_has_a_simulated_field_and_a_real_one_none(store: SqliteStore) -> None:
     job = await a_job(store)
     simulated = job_card(job, [], simulated=True).to_dict()
     fields = {field["name"]: field["value"] for field in simulated.get("fields", [])}
@@ -36,7 +37,7 @@ async def test_a_simulated_card_has_a_simulated_field_and_a_real_one_none(store:
 
 
 @pytest.mark.parametrize("state", OUTCOMES)
-async def test_every_simulated_dm_says_so_and_a_real_one_does_not(store: Store, state: JobState) -> None:
+async def test_every_simulated_dm_says_so_and_a_real_one_does_not(store: SqliteStore, state: JobState) -> None:
     job = await a_job(store)
     assert SIMULATED_NOTE in outcome_message(job, state, simulated=True)
     assert "simulat" not in outcome_message(job, state).lower()

@@ -37,7 +37,8 @@ from bot.setup_check import (
     expected_commands,
 )
 from bot.simulator.app import RunningSimulator, start_simulator
-from bot.store import Database, Store, load_migrations
+from bot.store import Database, load_migrations
+from bot.store.sqlite import SqliteStore
 from bot.webhooks import WebhookServer
 
 GUILD = 290926798626357999
@@ -341,7 +342,7 @@ async def test_with_the_bot_running_public_url_must_reach_its_healthz(settings: 
     config = settings()
     await migrate(config)
     db = await Database.open(config.database_path)
-    store = Store(db)
+    store = SqliteStore(db)
     provider = ProviderClient(config.sdapi_base_url, config.sdapi_key.get_secret_value())
     server = WebhookServer(JobService(store, provider, config), store, max_body_bytes=65536, rate_per_minute=60)
     await server.start(config.webhook_host, config.webhook_port)

@@ -20,9 +20,11 @@ from typing import Any
 import httpx
 import pytest
 
+from bot.jobs.model import Job
 from bot.jobs.service import JobService, hash_secret
 from bot.jobs.states import Action, Event, EventSource, JobState
-from bot.store import Database, Job, Store
+from bot.store import Database
+from bot.store.sqlite import SqliteStore
 from bot.webhooks import KnownJob, RateLimiter, WebhookServer, parse_body, status_word
 
 TID = "F5jvdzGnYi"
@@ -44,7 +46,7 @@ def no_provider_calls(request: httpx.Request) -> httpx.Response:
 @dataclass
 class Harness:
     server: WebhookServer
-    store: Store
+    store: SqliteStore
     client: httpx.AsyncClient
     wakeups: list[int]
     base: str
@@ -102,7 +104,7 @@ class DatabaseCalls:
 
 
 @pytest.fixture
-async def hooks(store: Store, settings, make_provider) -> AsyncIterator[Harness]:
+async def hooks(store: SqliteStore, settings, make_provider) -> AsyncIterator[Harness]:
     wakeups: list[int] = []
     service = JobService(store, make_provider(no_provider_calls), settings, on_outbox=lambda: wakeups.append(1))
     server = WebhookServer(
@@ -118,7 +120,7 @@ async def hooks(store: Store, settings, make_provider) -> AsyncIterator[Harness]
             await server.stop()
 
 
-async def make_job(store: Store, *, secret: str = SECRET, training_id: str | None = TID, owner: int = 1) -> Job:
+async def make_job(store: SqliteStore, *, secret: str = SECRET, training_id: str | None = TID, owner: int = 1) -> Job:
     """A submitted job expecting webhooks; accepted with `training_id` unless it is None (still submitting)."""
     from bot.jobs.transitions import plan_transition
 
@@ -584,7 +586,7 @@ async def test_healthz_says_starting_and_what_it_waits_for_until_discord_is_read
     assert (response.status_code, response.json()["status"]) == (503, "degraded")
 
 
-async def test_healthz_tasks_come_from_the_constructor(store: Store, settings, make_provider) -> None:
+async def test_healthz_tasks_come_from_the_constructor(store: SqliteStore, settings, make_provider) -> None:
     service = JobService(store, make_provider(no_provider_calls), settings)
     server = WebhookServer(
         service, store, max_body_bytes=MAX_BODY, rate_per_minute=600, tasks=lambda: {"outbox": {"healthy": False}}
@@ -602,7 +604,7 @@ async def test_healthz_tasks_come_from_the_constructor(store: Store, settings, m
 async def test_healthz_is_503_when_the_database_is_gone(tmp_path: Path, settings, make_provider, clock) -> None:
     db = await Database.open(str(tmp_path / "health.db"))
     await db.migrate()
-    store = Store(db, now=clock)
+    store = SqliteStore(db, now=clock)
     service = JobService(store, make_provider(no_provider_calls), settings)
     server = WebhookServer(service, store, max_body_bytes=MAX_BODY, rate_per_minute=600)
     await server.start("127.0.0.1", 0)

@@ -29,9 +29,9 @@ from bot.config import Settings
 from bot.demo.photos import sample_photos
 from bot.demo.transcript import Names, Shot, changes_text, shoot, shot_text, status_of, transcript_html
 from bot.discord_standin import FakeDiscord, FakeMessage, InteractionRecord
+from bot.jobs.model import Job
 from bot.logging_setup import setup_logging
 from bot.simulator.app import RunningSimulator, start_simulator
-from bot.store import Job
 
 GUILD = 1_300_000_000_000_000_001
 CHANNEL = 1_300_000_000_000_000_002

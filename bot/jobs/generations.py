@@ -20,23 +20,24 @@ from typing import Any, Literal
 
 from bot.config import Settings
 from bot.errors import UserError
-from bot.jobs.limits import DAY, LimitReached, when
-from bot.jobs.states import JobState
-from bot.provider.client import ProviderClient
-from bot.provider.errors import GenerationFailed, ProviderError, RateLimited, SubmissionUncertain
-from bot.provider.generation import GenerationAnswer, GenerationRequest
-from bot.store import Job, Store
-from bot.store.generations import (
+from bot.jobs.generation_model import (
     Generation,
     GenerationChange,
     GenerationNotFound,
     GenerationPlan,
     GenerationState,
-    GenerationStore,
     NewGeneration,
     Picture,
     result_draft,
 )
+from bot.jobs.limits import DAY, LimitReached, when
+from bot.jobs.model import Job
+from bot.jobs.states import JobState
+from bot.provider.client import ProviderClient
+from bot.provider.errors import GenerationFailed, ProviderError, RateLimited, SubmissionUncertain
+from bot.provider.generation import GenerationAnswer, GenerationRequest
+from bot.store.sqlite import SqliteStore
+from bot.store.sqlite_generations import SqliteGenerationStore
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,8 @@ class GenerationService:
 
     def __init__(
         self,
-        store: Store,
-        generations: GenerationStore,
+        store: SqliteStore,
+        generations: SqliteGenerationStore,
         provider: ProviderClient,
         settings: Settings,
         *,

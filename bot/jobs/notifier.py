@@ -19,12 +19,13 @@ from datetime import datetime, timedelta
 
 import discord
 
+from bot.jobs.model import Job, OutboxItem
 from bot.jobs.picture_delivery import PictureDelivery, ReadyDmPictures
 from bot.jobs.states import JobState
 from bot.messenger import CannotPost, DiscordUnavailable, DmsClosed, MessageGone, Messenger
 from bot.metrics import Metrics
 from bot.render import generate_view, job_card, outcome_message
-from bot.store import Job, OutboxItem, Store
+from bot.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def retry_delay(attempts: int) -> timedelta:
 class Notifier:
     def __init__(
         self,
-        store: Store,
+        store: SqliteStore,
         messenger: Messenger,
         *,
         edit_interval: float = 3.0,

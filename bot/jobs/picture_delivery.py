@@ -15,12 +15,14 @@ from datetime import datetime, timedelta
 import discord
 
 from bot.images import fit_for_upload
+from bot.jobs.generation_model import Generation, GenerationState, result_draft
 from bot.jobs.generations import GenerationService
+from bot.jobs.model import Job, OutboxItem
 from bot.jobs.states import JobState
 from bot.messenger import UPLOAD_LIMIT_BYTES, CannotPost, DmsClosed, MessageGone, Messenger, Posted, TooLarge
 from bot.render import again_view, generation_message, result_files
-from bot.store import Job, OutboxItem, Store
-from bot.store.generations import Generation, GenerationState, GenerationStore, result_draft
+from bot.store.sqlite import SqliteStore
+from bot.store.sqlite_generations import SqliteGenerationStore
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +54,10 @@ class ReadyDmPictures:
 
 
 class PictureDelivery:
-    def __init__(self, store: Store, service: GenerationService, messenger: Messenger) -> None:
+    def __init__(self, store: SqliteStore, service: GenerationService, messenger: Messenger) -> None:
         self.store = store
         self.service = service
-        self.generations: GenerationStore = service.generations
+        self.generations: SqliteGenerationStore = service.generations
         self.messenger = messenger
 
     async def deliver(self, item: OutboxItem, job: Job) -> bool:

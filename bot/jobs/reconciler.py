@@ -29,11 +29,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
+from bot.jobs.model import Job, JobNotFound
 from bot.jobs.service import JobService
 from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.metrics import Metrics
 from bot.provider.errors import ProviderError, TrainingNotFound
-from bot.store import Job, JobNotFound, Store
+from bot.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 class Reconciler:
     def __init__(
         self,
-        store: Store,
+        store: SqliteStore,
         service: JobService,
         *,
         interval: float,

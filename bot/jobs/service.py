@@ -19,6 +19,7 @@ from datetime import timedelta
 
 from bot.config import Settings
 from bot.errors import UserError
+from bot.jobs.model import Job, TransitionResult
 from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.transitions import plan_transition
 from bot.metrics import Metrics
@@ -33,7 +34,7 @@ from bot.provider.errors import (
     TrainingNotFound,
 )
 from bot.provider.models import TrainingRequest
-from bot.store import Job, Store, TransitionResult
+from bot.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class TrainingParams:
 class JobService:
     def __init__(
         self,
-        store: Store,
+        store: SqliteStore,
         provider: ProviderClient,
         settings: Settings,
         *,

@@ -13,14 +13,15 @@ from bot.config import Settings
 from bot.errors import UserError
 from bot.images import PreparedImage
 from bot.jobs.limits import LimitReached, Requester, check_can_train
+from bot.jobs.model import Job
 from bot.jobs.service import JobService, QueueWait
 from bot.messenger import CannotPost, DeliveryError, DmsClosed, MessageGone, Messenger, Posted
 from bot.render import job_card
-from bot.store import Job, Store
+from bot.store.sqlite import SqliteStore
 
 
 class TrainingStarter:
-    def __init__(self, store: Store, jobs: JobService, messenger: Messenger, settings: Settings) -> None:
+    def __init__(self, store: SqliteStore, jobs: JobService, messenger: Messenger, settings: Settings) -> None:
         self.store = store
         self.jobs = jobs
         self.messenger = messenger

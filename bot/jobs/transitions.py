@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.jobs.model import Job, OutboxDraft, TransitionPlan
 from bot.jobs.states import Action, Event, JobState, decide
-from bot.store.models import Job, OutboxDraft, TransitionPlan
 
 #: Outcomes the owner is told about directly.
 DM_STATES = frozenset({JobState.MODEL_READY, JobState.FAILED, JobState.CANCELLED, JobState.UNCERTAIN})

@@ -1,20 +1,17 @@
-"""SQLite persistence: the connection owner (`Database`) and the repository (`Store`)."""
+"""Store adapters: SQLite (`SqliteStore`, `SqliteGenerationStore`) over one `Database`.
+
+They implement the domain's `JobStore` and `GenerationStore` protocols and return its records.
+"""
 
 from bot.store.database import Database, DatabaseUnavailable, MigrationError, load_migrations
-from bot.store.models import Job, JobEvent, OutboxDraft, OutboxItem, TransitionPlan, TransitionResult
-from bot.store.repository import JobNotFound, Store
+from bot.store.sqlite import SqliteStore
+from bot.store.sqlite_generations import SqliteGenerationStore
 
 __all__ = [
     "Database",
     "DatabaseUnavailable",
-    "Job",
-    "JobEvent",
-    "JobNotFound",
     "MigrationError",
-    "OutboxDraft",
-    "OutboxItem",
-    "Store",
-    "TransitionPlan",
-    "TransitionResult",
+    "SqliteGenerationStore",
+    "SqliteStore",
     "load_migrations",
 ]

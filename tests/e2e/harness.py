@@ -16,9 +16,9 @@ from bot.app import Application
 from bot.config import Settings, load_settings
 from bot.demo.photos import sample_photos
 from bot.discord_standin import FakeDiscord, FakeMessage, InteractionRecord
+from bot.jobs.model import Job
 from bot.jobs.states import JobState
 from bot.simulator.app import RunningSimulator, start_simulator
-from bot.store import Job
 
 GUILD = 290926798626357999
 CHANNEL = 645027906669510667

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from bot.discord_standin import FakeMessage
+from bot.jobs.model import Job
 from bot.jobs.states import JobState
-from bot.store import Job
 from tests.e2e.harness import ALICE, BOB, CHANNEL, GUILD, World, open_world
 
 NSFW_CHANNEL = 645027906669510999

@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from bot.discord_standin import FakeMessage, InteractionRecord
+from bot.jobs.model import Job
 from bot.jobs.service import TrainingParams
 from bot.jobs.states import Action, Event, EventSource, JobState
-from bot.store import Job
 from tests.e2e.harness import ALICE, BOB, CHANNEL, GUILD, MANAGE_GUILD, MANAGER, World, embed_text
 
 EPHEMERAL = 1 << 6

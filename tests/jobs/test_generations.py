@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from bot.errors import UserError
+from bot.jobs.generation_model import GenerationState
 from bot.jobs.generations import (
     Destination,
     GenerationEvent,
@@ -22,10 +23,11 @@ from bot.jobs.generations import (
     plan_generation,
 )
 from bot.jobs.limits import LimitReached
+from bot.jobs.model import Job
 from bot.jobs.states import Action, Event, EventSource
 from bot.jobs.transitions import plan_transition
-from bot.store import Job, Store
-from bot.store.generations import GenerationState, GenerationStore
+from bot.store.sqlite import SqliteStore
+from bot.store.sqlite_generations import SqliteGenerationStore
 
 TID = "F5jvdzGnYi"
 CHANNEL = 645027906669510667
@@ -83,11 +85,11 @@ class Provider:
 
 
 @pytest.fixture
-def world(store: Store, settings, make_provider, clock):
+def world(store: SqliteStore, settings, make_provider, clock):
     def build(**answers: object) -> tuple[GenerationService, GenerationRunner, Provider, list[int]]:
         provider = Provider(**answers)
         outbox: list[int] = []
-        gens = GenerationStore(store.db, now=store.now)
+        gens = SqliteGenerationStore(store.db, now=store.now)
         service = GenerationService(
             store, gens, make_provider(provider), settings, on_outbox=lambda: outbox.append(1), rng=random.Random(3)
         )
@@ -97,7 +99,7 @@ def world(store: Store, settings, make_provider, clock):
     return build
 
 
-async def ready_model(store: Store, owner: int = 1, training_id: str = TID, base: str = "sdxl") -> Job:
+async def ready_model(store: SqliteStore, owner: int = 1, training_id: str = TID, base: str = "sdxl") -> Job:
     params = {"instance_prompt": "photo of sks man", "class_prompt": "photo of a man", "base_model": base}
     job = await store.create_job(
         owner_id=owner, guild_id=1, channel_id=CHANNEL, name="me", params=params, image_count=5
@@ -139,7 +141,7 @@ async def test_the_trigger_words_lead_the_prompt_once() -> None:
     assert full_prompt(job, "Photo of SKS man on a beach") == "Photo of SKS man on a beach"
 
 
-async def test_only_the_owners_ready_models_can_be_used(world, store: Store) -> None:
+async def test_only_the_owners_ready_models_can_be_used(world, store: SqliteStore) -> None:
     service, *_ = world()
     mine = await ready_model(store, owner=1)
     theirs = await ready_model(store, owner=2, training_id="THEIRS0001")
@@ -157,7 +159,7 @@ async def test_only_the_owners_ready_models_can_be_used(world, store: Store) -> 
         await service.model_for(3, None)
 
 
-async def test_imagine_writes_the_generation_before_anything_is_sent(world, store: Store, settings) -> None:
+async def test_imagine_writes_the_generation_before_anything_is_sent(world, store: SqliteStore, settings) -> None:
     service, _runner, provider, _ = world()
     job = await ready_model(store, base="normal")
     generation = await service.imagine(1, job, ImagineOptions("on a beach", strength=0.6, count=3), HERE)
@@ -170,7 +172,7 @@ async def test_imagine_writes_the_generation_before_anything_is_sent(world, stor
 
 
 async def test_the_safety_checker_is_off_only_where_allowed_and_age_restricted(
-    world, store: Store, make_settings
+    world, store: SqliteStore, make_settings
 ) -> None:
     service, *_ = world()
     job = await ready_model(store)
@@ -180,7 +182,7 @@ async def test_the_safety_checker_is_off_only_where_allowed_and_age_restricted(
     assert not nsfw.safety_checker and sfw.safety_checker
 
 
-async def test_cooldown_and_daily_quota(world, store: Store, clock, make_settings) -> None:
+async def test_cooldown_and_daily_quota(world, store: SqliteStore, clock, make_settings) -> None:
     service, *_ = world()
     service.settings = make_settings(imagine_cooldown_seconds=60, max_pictures_per_user_per_day=5)
     job = await ready_model(store)
@@ -199,7 +201,7 @@ async def test_cooldown_and_daily_quota(world, store: Store, clock, make_setting
 # -- the runner -----------------------------------------------------------------------------------------
 
 
-async def test_processing_then_success_downloads_and_queues_the_result_once(world, store: Store, clock) -> None:
+async def test_processing_then_success_downloads_and_queues_the_result_once(world, store: SqliteStore, clock) -> None:
     service, runner, provider, outbox = world(
         text2img=ok(processing(eta=4)), fetch=[ok(processing(eta=100)), ok(success(count=2, nsfw=[False, True]))]
     )
@@ -219,7 +221,7 @@ async def test_processing_then_success_downloads_and_queues_the_result_once(worl
     assert [r[0] for r in rows] == [f"generation:{generation.id}"] and outbox == [1]
 
 
-async def test_the_eta_is_followed_within_bounds(world, store: Store, clock) -> None:
+async def test_the_eta_is_followed_within_bounds(world, store: SqliteStore, clock) -> None:
     service, runner, _provider, _ = world(text2img=ok(processing(eta=500)))
     job = await ready_model(store)
     generation = await service.imagine(1, job, ImagineOptions("x"), HERE)
@@ -230,7 +232,7 @@ async def test_the_eta_is_followed_within_bounds(world, store: Store, clock) -> 
     assert after.next_check_at - before == timedelta(seconds=30)
 
 
-async def test_a_full_queue_requeues_after_retry_after_and_submits_once_more(world, store: Store, clock) -> None:
+async def test_a_full_queue_requeues_after_retry_after_and_submits_once_more(world, store: SqliteStore, clock) -> None:
     full = {"status": "error", "message": "Rate limit exceeded. Maximum 5 queued requests allowed.", "retry_after": 9}
     service, runner, provider, _ = world(text2img=[ok(full, 429), ok(success(count=1))])
     job = await ready_model(store)
@@ -256,7 +258,9 @@ async def test_a_full_queue_requeues_after_retry_after_and_submits_once_more(wor
         (httpx.ReadTimeout("no answer"), GenerationState.UNCERTAIN, "not asked for again"),
     ],
 )
-async def test_refusals_fail_and_doubts_are_never_resent(world, store: Store, clock, answer, state, reason) -> None:
+async def test_refusals_fail_and_doubts_are_never_resent(
+    world, store: SqliteStore, clock, answer, state, reason
+) -> None:
     service, runner, provider, _ = world(text2img=answer)
     job = await ready_model(store)
     generation = await service.imagine(1, job, ImagineOptions("x"), HERE)
@@ -265,7 +269,7 @@ async def test_refusals_fail_and_doubts_are_never_resent(world, store: Store, cl
     assert len(provider.calls("text2img")) == 1
 
 
-async def test_a_generation_failing_while_processing_fails_with_the_reason(world, store: Store, clock) -> None:
+async def test_a_generation_failing_while_processing_fails_with_the_reason(world, store: SqliteStore, clock) -> None:
     failed = {"status": "failed", "id": 77, "message": "GPU out of memory", "output": []}
     service, runner, _provider, _ = world(text2img=ok(processing()), fetch=ok(failed))
     job = await ready_model(store)
@@ -274,7 +278,7 @@ async def test_a_generation_failing_while_processing_fails_with_the_reason(world
     assert "GPU out of memory" in (await service.generations.require(generation.id)).last_error
 
 
-async def test_a_generation_past_the_deadline_is_given_up(world, store: Store, clock) -> None:
+async def test_a_generation_past_the_deadline_is_given_up(world, store: SqliteStore, clock) -> None:
     service, runner, _provider, _ = world(text2img=ok(processing()), fetch=lambda _r: ok(processing()))
     job = await ready_model(store)
     generation = await service.imagine(1, job, ImagineOptions("x"), HERE)
@@ -284,7 +288,7 @@ async def test_a_generation_past_the_deadline_is_given_up(world, store: Store, c
     assert "stopped waiting" in (await service.generations.require(generation.id)).last_error
 
 
-async def test_at_most_the_cap_is_in_flight(world, store: Store, clock, make_settings) -> None:
+async def test_at_most_the_cap_is_in_flight(world, store: SqliteStore, clock, make_settings) -> None:
     service, runner, provider, _ = world(text2img=lambda _r: ok(processing()))
     service.settings = make_settings(max_concurrent_generations=2, imagine_cooldown_seconds=0)
     runner.settings = service.settings
@@ -297,7 +301,7 @@ async def test_at_most_the_cap_is_in_flight(world, store: Store, clock, make_set
 
 
 async def test_after_a_crash_submitting_becomes_uncertain_and_processing_is_fetched_again(
-    world, store: Store, clock
+    world, store: SqliteStore, clock
 ) -> None:
     service, runner, provider, _ = world(fetch=ok(success(count=1)))
     job = await ready_model(store)
@@ -316,7 +320,7 @@ async def test_after_a_crash_submitting_becomes_uncertain_and_processing_is_fetc
 
 
 def test_plan_refuses_events_out_of_order() -> None:
-    from bot.store.generations import Generation
+    from bot.jobs.generation_model import Generation
 
     generation = Generation.__new__(Generation)
     for name, value in (("id", 1), ("state", GenerationState.READY), ("submitted_at", None), ("attempts", 0)):
@@ -326,7 +330,7 @@ def test_plan_refuses_events_out_of_order() -> None:
         assert plan.new_state is None and plan.outbox == (), kind
 
 
-async def test_forgetting_the_owner_deletes_generations_and_pictures(world, store: Store, clock) -> None:
+async def test_forgetting_the_owner_deletes_generations_and_pictures(world, store: SqliteStore, clock) -> None:
     service, runner, _provider, _ = world(text2img=ok(success(count=2)))
     job = await ready_model(store)
     generation = await service.imagine(1, job, ImagineOptions("x", count=2), HERE)
@@ -337,7 +341,7 @@ async def test_forgetting_the_owner_deletes_generations_and_pictures(world, stor
     assert (await store.db.fetchone("SELECT COUNT(*) FROM generation_images"))[0] == 0
 
 
-async def test_the_runner_waits_quietly_while_at_capacity(world, store: Store, make_settings) -> None:
+async def test_the_runner_waits_quietly_while_at_capacity(world, store: SqliteStore, make_settings) -> None:
     import asyncio
 
     service, runner, _provider, _ = world(text2img=lambda _r: ok(processing(eta=30)))

@@ -9,12 +9,12 @@ import pytest
 from bot.jobs.limits import LimitReached, Requester, check_can_train
 from bot.jobs.states import Action, Event, EventSource
 from bot.jobs.transitions import plan_transition
-from bot.store import Store
+from bot.store.sqlite import SqliteStore
 
 MEMBER = Requester(user_id=1, guild_id=10, role_ids=(100,))
 
 
-async def submit_job(store: Store, owner: int = 1, guild: int | None = 10, *, finish: bool = True) -> int:
+async def submit_job(store: SqliteStore, owner: int = 1, guild: int | None = 10, *, finish: bool = True) -> int:
     job = await store.create_job(owner_id=owner, guild_id=guild, channel_id=5, name="n", params={}, image_count=5)
     await store.apply_event(job.id, Event(Action.SUBMIT, EventSource.USER), plan_transition)
     if finish:  # done jobs still count against the daily quota, not against the active limit
@@ -22,17 +22,17 @@ async def submit_job(store: Store, owner: int = 1, guild: int | None = 10, *, fi
     return job.id
 
 
-async def refused(store: Store, settings, who: Requester = MEMBER) -> LimitReached:
+async def refused(store: SqliteStore, settings, who: Requester = MEMBER) -> LimitReached:
     with pytest.raises(LimitReached) as caught:
         await check_can_train(store, settings, who)
     return caught.value
 
 
-async def test_a_fresh_member_may_train(store: Store, settings) -> None:
+async def test_a_fresh_member_may_train(store: SqliteStore, settings) -> None:
     await check_can_train(store, settings, MEMBER)
 
 
-async def test_the_active_job_limit(store: Store, make_settings) -> None:
+async def test_the_active_job_limit(store: SqliteStore, make_settings) -> None:
     settings = make_settings(max_active_jobs_per_user=2, max_trainings_per_user_per_day=0)
     await store.create_job(owner_id=1, guild_id=10, channel_id=5, name="preview", params={}, image_count=5)
     await submit_job(store, finish=False)
@@ -44,7 +44,7 @@ async def test_the_active_job_limit(store: Store, make_settings) -> None:
     await check_can_train(store, settings, Requester(user_id=2, guild_id=10))  # someone else is fine
 
 
-async def test_the_per_user_daily_quota_says_when_to_retry(store: Store, make_settings, clock) -> None:
+async def test_the_per_user_daily_quota_says_when_to_retry(store: SqliteStore, make_settings, clock) -> None:
     settings = make_settings(max_trainings_per_user_per_day=2, max_trainings_per_guild_per_day=0)
     first = clock()
     await submit_job(store)
@@ -61,7 +61,7 @@ async def test_the_per_user_daily_quota_says_when_to_retry(store: Store, make_se
     await check_can_train(store, settings, MEMBER)
 
 
-async def test_the_per_guild_daily_quota(store: Store, make_settings, clock) -> None:
+async def test_the_per_guild_daily_quota(store: SqliteStore, make_settings, clock) -> None:
     settings = make_settings(max_trainings_per_user_per_day=0, max_trainings_per_guild_per_day=3)
     times = []
     for owner in (2, 3, 4):
@@ -78,14 +78,14 @@ async def test_the_per_guild_daily_quota(store: Store, make_settings, clock) -> 
     await check_can_train(store, settings, Requester(user_id=1, guild_id=None))  # in a DM: no guild quota
 
 
-async def test_zero_means_unlimited(store: Store, make_settings) -> None:
+async def test_zero_means_unlimited(store: SqliteStore, make_settings) -> None:
     settings = make_settings(max_trainings_per_user_per_day=0, max_trainings_per_guild_per_day=0)
     for _ in range(30):
         await submit_job(store)
     await check_can_train(store, settings, MEMBER)
 
 
-async def test_managers_are_exempt_only_when_the_setting_is_on(store: Store, make_settings) -> None:
+async def test_managers_are_exempt_only_when_the_setting_is_on(store: SqliteStore, make_settings) -> None:
     manager = Requester(user_id=1, guild_id=10, role_ids=(), manages_guild=True)
     await submit_job(store, finish=False)
     for _ in range(5):
@@ -99,7 +99,7 @@ async def test_managers_are_exempt_only_when_the_setting_is_on(store: Store, mak
     await refused(store, lenient, ordinary)
 
 
-async def test_role_restriction(store: Store, make_settings) -> None:
+async def test_role_restriction(store: SqliteStore, make_settings) -> None:
     settings = make_settings(train_role_ids=[100, 200])
     await check_can_train(store, settings, Requester(user_id=1, guild_id=10, role_ids=(5, 200)))
     error = await refused(store, settings, Requester(user_id=1, guild_id=10, role_ids=(5, 6)))

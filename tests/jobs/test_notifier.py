@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 
 import discord
 
+from bot.jobs.model import Job, OutboxDraft
 from bot.jobs.notifier import Notifier
 from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.transitions import plan_transition
 from bot.messenger import CannotPost, DiscordUnavailable, DmsClosed, MessageGone, Posted
-from bot.store import Job, OutboxDraft, Store
+from bot.store.sqlite import SqliteStore
 
 
 @dataclass
@@ -48,7 +49,7 @@ class ScriptedMessenger:
         return [call for call in self.calls if call[0] == name]
 
 
-async def running_job(store: Store, owner: int = 1) -> Job:
+async def running_job(store: SqliteStore, owner: int = 1) -> Job:
     job = await store.create_job(owner_id=owner, guild_id=1, channel_id=2, name="n", params={}, image_count=5)
     await store.apply_event(job.id, Event(Action.SUBMIT, EventSource.USER), plan_transition)
     await store.set_card(job.id, 2, 900 + job.id)
@@ -60,7 +61,7 @@ def webhook(word: str) -> Event:
     return Event(Action.PROVIDER_STATUS, EventSource.WEBHOOK, status=word)
 
 
-async def test_a_burst_of_changes_makes_one_edit_per_interval(store: Store, clock) -> None:
+async def test_a_burst_of_changes_makes_one_edit_per_interval(store: SqliteStore, clock) -> None:
     messenger = ScriptedMessenger()
     notifier = Notifier(store, messenger, edit_interval=5)  # type: ignore[arg-type]
     job = await running_job(store)
@@ -74,7 +75,7 @@ async def test_a_burst_of_changes_makes_one_edit_per_interval(store: Store, cloc
     assert len(edits) == 2 and "Compressing" in edits[-1][2]
 
 
-async def test_a_deleted_card_is_posted_again(store: Store) -> None:
+async def test_a_deleted_card_is_posted_again(store: SqliteStore) -> None:
     messenger = ScriptedMessenger(errors={"edit": [MessageGone("404 10008")]})
     notifier = Notifier(store, messenger, edit_interval=0)  # type: ignore[arg-type]
     job = await running_job(store)
@@ -83,7 +84,7 @@ async def test_a_deleted_card_is_posted_again(store: Store) -> None:
     assert await store.pending_outbox_count() == 0
 
 
-async def test_closed_dms_fall_back_to_a_channel_mention_and_are_remembered(store: Store) -> None:
+async def test_closed_dms_fall_back_to_a_channel_mention_and_are_remembered(store: SqliteStore) -> None:
     messenger = ScriptedMessenger(errors={"dm": [DmsClosed("403 50007")]})
     notifier = Notifier(store, messenger, edit_interval=0)  # type: ignore[arg-type]
     job = await running_job(store)
@@ -98,7 +99,7 @@ async def test_closed_dms_fall_back_to_a_channel_mention_and_are_remembered(stor
     assert len(messenger.ops("dm")) == 1  # no second attempt at a closed DM
 
 
-async def test_an_outage_backs_off_and_stops_the_pass(store: Store, clock) -> None:
+async def test_an_outage_backs_off_and_stops_the_pass(store: SqliteStore, clock) -> None:
     messenger = ScriptedMessenger(errors={"edit": [DiscordUnavailable("503")]})
     notifier = Notifier(store, messenger, edit_interval=0)  # type: ignore[arg-type]
     await running_job(store)
@@ -110,7 +111,7 @@ async def test_an_outage_backs_off_and_stops_the_pass(store: Store, clock) -> No
     assert await notifier.deliver_due() == 2
 
 
-async def test_one_poison_item_does_not_block_the_others(store: Store) -> None:
+async def test_one_poison_item_does_not_block_the_others(store: SqliteStore) -> None:
     messenger = ScriptedMessenger(errors={"edit": [RuntimeError("bug")]})
     notifier = Notifier(store, messenger, edit_interval=0)  # type: ignore[arg-type]
     await running_job(store)
@@ -120,7 +121,7 @@ async def test_one_poison_item_does_not_block_the_others(store: Store) -> None:
     assert tuple(row) == (1, "RuntimeError")
 
 
-async def test_a_job_without_a_card_gets_no_card_item(store: Store) -> None:
+async def test_a_job_without_a_card_gets_no_card_item(store: SqliteStore) -> None:
     job = await store.create_job(owner_id=1, guild_id=1, channel_id=2, name="n", params={}, image_count=5)
     await store.apply_event(job.id, Event(Action.SUBMIT, EventSource.USER), plan_transition)
     result = await store.apply_event(job.id, Event(Action.FAIL, EventSource.SYSTEM, detail="x"), plan_transition)
@@ -129,7 +130,7 @@ async def test_a_job_without_a_card_gets_no_card_item(store: Store) -> None:
     assert keys == [f"dm:{job.id}:failed"]
 
 
-async def test_items_of_a_deleted_job_are_dropped(store: Store) -> None:
+async def test_items_of_a_deleted_job_are_dropped(store: SqliteStore) -> None:
     messenger = ScriptedMessenger()
     notifier = Notifier(store, messenger, edit_interval=0)  # type: ignore[arg-type]
     await store.enqueue(None, OutboxDraft("dm", "dm:orphan", {"state": "model_ready"}))
@@ -137,7 +138,7 @@ async def test_items_of_a_deleted_job_are_dropped(store: Store) -> None:
     assert messenger.calls == [] and await store.pending_outbox_count() == 0
 
 
-async def test_cannot_post_on_a_card_edit_gives_up_on_that_edit(store: Store) -> None:
+async def test_cannot_post_on_a_card_edit_gives_up_on_that_edit(store: SqliteStore) -> None:
     messenger = ScriptedMessenger(errors={"edit": [CannotPost("403 50013")]})
     notifier = Notifier(store, messenger, edit_interval=0)  # type: ignore[arg-type]
     await running_job(store)
@@ -148,7 +149,7 @@ async def test_cannot_post_on_a_card_edit_gives_up_on_that_edit(store: Store) ->
 # -- the card never lags behind the DM ------------------------------------------------------------
 
 
-async def test_the_card_shows_the_outcome_before_the_dm_is_sent(store: Store, clock) -> None:
+async def test_the_card_shows_the_outcome_before_the_dm_is_sent(store: SqliteStore, clock) -> None:
     messenger = ScriptedMessenger()
     notifier = Notifier(store, messenger, edit_interval=30)  # type: ignore[arg-type]
     job = await running_job(store)
@@ -165,7 +166,7 @@ async def test_the_card_shows_the_outcome_before_the_dm_is_sent(store: Store, cl
     assert await notifier.deliver_due() == 0 and len(messenger.calls) == 3  # nothing sent twice
 
 
-async def test_a_terminal_edit_is_not_delayed_by_the_interval(store: Store, clock) -> None:
+async def test_a_terminal_edit_is_not_delayed_by_the_interval(store: SqliteStore, clock) -> None:
     messenger = ScriptedMessenger()
     notifier = Notifier(store, messenger, edit_interval=30)  # type: ignore[arg-type]
     job = await running_job(store)
@@ -180,7 +181,7 @@ async def test_a_terminal_edit_is_not_delayed_by_the_interval(store: Store, cloc
     assert len(messenger.ops("edit")) == 2 and await store.pending_card_item(job.id) is None
 
 
-async def test_the_dm_waits_while_discord_cannot_take_the_card_edit(store: Store, clock) -> None:
+async def test_the_dm_waits_while_discord_cannot_take_the_card_edit(store: SqliteStore, clock) -> None:
     messenger = ScriptedMessenger()
     notifier = Notifier(store, messenger, edit_interval=30)  # type: ignore[arg-type]
     job = await running_job(store)
@@ -195,7 +196,7 @@ async def test_the_dm_waits_while_discord_cannot_take_the_card_edit(store: Store
     assert [call[0] for call in messenger.calls] == ["edit", "edit", "edit", "dm"]
 
 
-async def test_the_dm_still_goes_when_the_card_cannot_be_edited(store: Store) -> None:
+async def test_the_dm_still_goes_when_the_card_cannot_be_edited(store: SqliteStore) -> None:
     messenger = ScriptedMessenger()
     notifier = Notifier(store, messenger, edit_interval=30)  # type: ignore[arg-type]
     job = await running_job(store)
@@ -208,7 +209,7 @@ async def test_the_dm_still_goes_when_the_card_cannot_be_edited(store: Store) ->
     assert await store.pending_outbox_count() == 0  # the edit was given up, the DM delivered
 
 
-async def test_the_dm_still_goes_when_the_card_edit_hits_a_bug(store: Store) -> None:
+async def test_the_dm_still_goes_when_the_card_edit_hits_a_bug(store: SqliteStore) -> None:
     messenger = ScriptedMessenger()
     notifier = Notifier(store, messenger, edit_interval=30)  # type: ignore[arg-type]
     job = await running_job(store)

@@ -9,11 +9,12 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from bot.jobs.model import Job
 from bot.jobs.reconciler import Reconciler
 from bot.jobs.service import JobService
 from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.transitions import plan_transition
-from bot.store import Job, Store
+from bot.store.sqlite import SqliteStore
 
 TID = "F5jvdzGnYi"
 INTERVAL, DEADLINE, PREVIEW_TIMEOUT = 300, 3600, 600
@@ -43,7 +44,7 @@ def status_answer(word: str, data: str = LOG) -> httpx.Response:
 
 
 @pytest.fixture
-def build(store: Store, settings, make_provider):
+def build(store: SqliteStore, settings, make_provider):
     def make(answer=None) -> tuple[Reconciler, JobService, StatusProvider]:
         provider = StatusProvider(answer or status_answer("training_started"))
         service = JobService(store, make_provider(provider), settings)
@@ -55,7 +56,7 @@ def build(store: Store, settings, make_provider):
     return make
 
 
-async def running_job(store: Store, training_id: str | None = TID, owner: int = 1) -> Job:
+async def running_job(store: SqliteStore, training_id: str | None = TID, owner: int = 1) -> Job:
     job = await store.create_job(owner_id=owner, guild_id=1, channel_id=2, name="n", params={}, image_count=5)
     await store.apply_event(job.id, Event(Action.SUBMIT, EventSource.USER), plan_transition)
     await store.set_card(job.id, 2, 9000 + job.id)  # the Start flow posts the card next
@@ -65,11 +66,11 @@ async def running_job(store: Store, training_id: str | None = TID, owner: int = 
     return (await store.apply_event(job.id, event, plan_transition)).after
 
 
-async def outbox_keys(store: Store) -> list[str]:
+async def outbox_keys(store: SqliteStore) -> list[str]:
     return [row[0] for row in await store.db.fetchall("SELECT dedupe_key FROM outbox ORDER BY id")]
 
 
-async def test_an_overdue_job_is_polled_and_advanced_through_record(build, store: Store, clock) -> None:
+async def test_an_overdue_job_is_polled_and_advanced_through_record(build, store: SqliteStore, clock) -> None:
     reconciler, _, provider = build(status_answer("training_started"))
     job = await running_job(store)
     clock.advance(INTERVAL - 1)
@@ -92,7 +93,7 @@ async def test_an_overdue_job_is_polled_and_advanced_through_record(build, store
     assert await reconciler.run_once() == 0  # just looked at: not polled again this interval
 
 
-async def test_a_poll_to_model_ready_dms_once_like_a_webhook(build, store: Store, clock) -> None:
+async def test_a_poll_to_model_ready_dms_once_like_a_webhook(build, store: SqliteStore, clock) -> None:
     reconciler, _, _ = build(status_answer("model_ready"))
     job = await running_job(store)
     clock.advance(1)
@@ -103,7 +104,7 @@ async def test_a_poll_to_model_ready_dms_once_like_a_webhook(build, store: Store
     assert [k for k in await outbox_keys(store) if k.startswith("dm:")] == [f"dm:{job.id}:model_ready"]
 
 
-async def test_a_stalled_job_fails_and_its_owner_is_told(build, store: Store, clock) -> None:
+async def test_a_stalled_job_fails_and_its_owner_is_told(build, store: SqliteStore, clock) -> None:
     reconciler, _, provider = build()
     job = await running_job(store)
     clock.advance(DEADLINE - 10)
@@ -120,7 +121,7 @@ async def test_a_stalled_job_fails_and_its_owner_is_told(build, store: Store, cl
     assert (event.status, event.source) == ("failed", EventSource.SYSTEM)
 
 
-async def test_progress_resets_the_stall_clock(build, store: Store, clock) -> None:
+async def test_progress_resets_the_stall_clock(build, store: SqliteStore, clock) -> None:
     reconciler, service, _ = build(status_answer("training_started"))
     job = await running_job(store)
     clock.advance(DEADLINE - 100)
@@ -130,7 +131,7 @@ async def test_progress_resets_the_stall_clock(build, store: Store, clock) -> No
     assert (await store.require_job(job.id)).state is JobState.TRAINING_STARTED
 
 
-async def test_an_unknown_status_word_is_recorded_and_shown(build, store: Store, clock) -> None:
+async def test_an_unknown_status_word_is_recorded_and_shown(build, store: SqliteStore, clock) -> None:
     reconciler, _, _ = build(status_answer("Queued_On_New_Cluster", data=""))
     job = await running_job(store)
     outbox_before = await store.pending_outbox_count()
@@ -159,7 +160,7 @@ async def test_an_unknown_status_word_is_recorded_and_shown(build, store: Store,
         httpx.Response(401, json={"status": "error", "message": "Invalid Api Key"}),
     ],
 )
-async def test_provider_errors_leave_the_job_alone(build, store: Store, clock, answer: httpx.Response) -> None:
+async def test_provider_errors_leave_the_job_alone(build, store: SqliteStore, clock, answer: httpx.Response) -> None:
     reconciler, _, provider = build(answer)
     job = await running_job(store)
     events_before = await store.events_for_job(job.id)
@@ -188,7 +189,7 @@ NOT_FOUND = [
 
 
 @pytest.mark.parametrize("answer", NOT_FOUND)
-async def test_not_found_never_fails_a_job_which_then_becomes_ready(build, store: Store, clock, answer) -> None:
+async def test_not_found_never_fails_a_job_which_then_becomes_ready(build, store: SqliteStore, clock, answer) -> None:
     answers = [answer, answer, status_answer("model_ready")]
     reconciler, _, provider = build(lambda _request: answers.pop(0))
     job = await running_job(store)
@@ -203,7 +204,9 @@ async def test_not_found_never_fails_a_job_which_then_becomes_ready(build, store
     assert provider.asked == [TID, TID, TID]
 
 
-async def test_a_training_never_found_fails_only_at_the_stall_deadline_saying_so(build, store: Store, clock) -> None:
+async def test_a_training_never_found_fails_only_at_the_stall_deadline_saying_so(
+    build, store: SqliteStore, clock
+) -> None:
     reconciler, _, _ = build(NOT_FOUND[0])
     job = await running_job(store)
     clock.advance(DEADLINE - 10)
@@ -225,7 +228,7 @@ async def test_a_training_never_found_fails_only_at_the_stall_deadline_saying_so
     ],
 )
 async def test_a_failure_only_polling_reveals_fails_the_job_at_once_with_the_reason(
-    build, store: Store, clock, body
+    build, store: SqliteStore, clock, body
 ) -> None:
     reconciler, _, _ = build(httpx.Response(200, json=body))
     job = await running_job(store)
@@ -239,7 +242,7 @@ async def test_a_failure_only_polling_reveals_fails_the_job_at_once_with_the_rea
     assert (event.status, event.source) == ("failed", EventSource.POLL)
 
 
-async def test_one_job_that_vanishes_mid_pass_does_not_end_the_pass(build, store: Store, clock) -> None:
+async def test_one_job_that_vanishes_mid_pass_does_not_end_the_pass(build, store: SqliteStore, clock) -> None:
     reconciler, _service, _provider = build(status_answer("training_started"))
     first = await running_job(store, "FIRST00001", owner=1)
     second = await running_job(store, "SECOND0002", owner=2)
@@ -259,7 +262,7 @@ async def test_one_job_that_vanishes_mid_pass_does_not_end_the_pass(build, store
 # -- unconfirmed submissions ------------------------------------------------------------------------
 
 
-async def uncertain_job(store: Store, owner: int, baseline: list[str] | None) -> Job:
+async def uncertain_job(store: SqliteStore, owner: int, baseline: list[str] | None) -> Job:
     job = await running_job(store, training_id=None, owner=owner)
     if baseline is not None:
         await store.record_listing(baseline, baseline_for=job.id)
@@ -267,7 +270,7 @@ async def uncertain_job(store: Store, owner: int, baseline: list[str] | None) ->
 
 
 async def test_an_unconfirmed_submission_adopts_the_one_model_that_appeared_after_it(
-    build, store: Store, clock
+    build, store: SqliteStore, clock
 ) -> None:
     reconciler, _, provider = build(status_answer("training_started"))
     job = await uncertain_job(store, 1, baseline=["OLD0000001"])
@@ -284,7 +287,7 @@ async def test_an_unconfirmed_submission_adopts_the_one_model_that_appeared_afte
     assert provider.asked == ["NEW0000001"]
 
 
-async def test_a_model_claimed_by_another_job_is_not_adopted(build, store: Store, clock) -> None:
+async def test_a_model_claimed_by_another_job_is_not_adopted(build, store: SqliteStore, clock) -> None:
     reconciler, _, provider = build()
     job = await uncertain_job(store, 1, baseline=[])
     await running_job(store, "TAKEN00001", owner=2)
@@ -294,7 +297,7 @@ async def test_a_model_claimed_by_another_job_is_not_adopted(build, store: Store
     assert (await store.require_job(job.id)).training_id is None
 
 
-async def test_ambiguous_candidates_are_never_adopted(build, store: Store, clock) -> None:
+async def test_ambiguous_candidates_are_never_adopted(build, store: SqliteStore, clock) -> None:
     reconciler, _, provider = build()
     first = await uncertain_job(store, 1, baseline=[])
     second = await uncertain_job(store, 2, baseline=[])
@@ -306,7 +309,7 @@ async def test_ambiguous_candidates_are_never_adopted(build, store: Store, clock
     assert provider.listings == 1  # one listing serves every unconfirmed job
 
 
-async def test_a_job_without_a_baseline_listing_is_never_matched(build, store: Store, clock) -> None:
+async def test_a_job_without_a_baseline_listing_is_never_matched(build, store: SqliteStore, clock) -> None:
     reconciler, _, provider = build()
     job = await uncertain_job(store, 1, baseline=None)
     provider.models = ["NEW0000001"]
@@ -317,7 +320,7 @@ async def test_a_job_without_a_baseline_listing_is_never_matched(build, store: S
 
 
 async def test_an_unconfirmed_submission_fails_at_the_deadline_saying_the_outcome_is_unknown(
-    build, store: Store, clock
+    build, store: SqliteStore, clock
 ) -> None:
     reconciler, _, _provider = build()
     job = await uncertain_job(store, 1, baseline=[])
@@ -330,7 +333,7 @@ async def test_an_unconfirmed_submission_fails_at_the_deadline_saying_the_outcom
     assert f"dm:{job.id}:failed" in await outbox_keys(store)
 
 
-async def test_previews_expire_after_their_timeout(build, store: Store, clock) -> None:
+async def test_previews_expire_after_their_timeout(build, store: SqliteStore, clock) -> None:
     reconciler, _, provider = build()
     old = await store.create_job(owner_id=1, guild_id=1, channel_id=2, name="old", params={}, image_count=5)
     clock.advance(PREVIEW_TIMEOUT - 100)
@@ -344,7 +347,7 @@ async def test_previews_expire_after_their_timeout(build, store: Store, clock) -
     assert provider.asked == []
 
 
-async def test_a_pass_over_everything_pages_through_more_than_one_batch(build, store: Store, clock) -> None:
+async def test_a_pass_over_everything_pages_through_more_than_one_batch(build, store: SqliteStore, clock) -> None:
     reconciler, _, _ = build()
     for index in range(105):
         await store.create_job(owner_id=index, guild_id=1, channel_id=2, name="p", params={}, image_count=5)
@@ -363,7 +366,7 @@ class StopClock(Exception):
 
 
 async def test_polling_mode_polls_each_job_once_per_interval_spread_over_it(
-    store: Store, settings, make_provider, clock
+    store: SqliteStore, settings, make_provider, clock
 ) -> None:
     poll, jobs, end = 60, 4, 400
     for index in range(jobs):  # all updated at the same instant, as after a restart
@@ -412,7 +415,7 @@ async def test_polling_mode_polls_each_job_once_per_interval_spread_over_it(
 
 
 async def test_polling_mode_passes_called_often_still_poll_a_job_once_per_interval(
-    store: Store, settings, make_provider, clock
+    store: SqliteStore, settings, make_provider, clock
 ) -> None:
     provider = StatusProvider(status_answer("training_started"))
     service = JobService(store, make_provider(provider), settings)
@@ -435,7 +438,7 @@ async def test_polling_mode_passes_called_often_still_poll_a_job_once_per_interv
     assert provider.asked == [TID, TID]
 
 
-async def test_with_webhooks_the_safety_net_polls_every_overdue_job_at_once(build, store: Store, clock) -> None:
+async def test_with_webhooks_the_safety_net_polls_every_overdue_job_at_once(build, store: SqliteStore, clock) -> None:
     reconciler, _, provider = build(status_answer("training_started"))
     assert reconciler.spread is False and reconciler.period == min(60.0, INTERVAL / 2)
     for index in range(3):

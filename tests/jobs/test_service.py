@@ -1,4 +1,4 @@
-"""JobService against the real Store (temp SQLite) and a real ProviderClient on an httpx.MockTransport."""
+"""JobService against the real SqliteStore (temp SQLite) and a real ProviderClient on an httpx.MockTransport."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import pytest
 
 from bot.errors import UserError
 from bot.jobs import service as service_module
+from bot.jobs.model import Job, OutboxDraft, TransitionPlan
 from bot.jobs.service import JobService, TrainingParams, hash_secret, provider_training_type, secret_matches
 from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.transitions import plan_transition
 from bot.provider import ProviderError
-from bot.store import Job, OutboxDraft, Store, TransitionPlan
-from bot.store import repository as repository_module
+from bot.store import sqlite as repository_module
+from bot.store.sqlite import SqliteStore
 
 TID = "F5jvdzGnYi"
 URLS = [f"https://cdn.discordapp.com/attachments/1/2/crop{i}.png" for i in range(6)]
@@ -67,7 +68,7 @@ def ok(body: dict, status: int = 200) -> httpx.Response:
 
 
 @pytest.fixture
-def build(store: Store, settings, make_provider) -> Callable[..., tuple[JobService, Provider, list[int]]]:
+def build(store: SqliteStore, settings, make_provider) -> Callable[..., tuple[JobService, Provider, list[int]]]:
     def make(**answers: object) -> tuple[JobService, Provider, list[int]]:
         provider = Provider(**answers)
         wakeups: list[int] = []
@@ -102,14 +103,14 @@ async def training(service: JobService, training_id: str = TID, owner: int = 1) 
     return (await service.record(job.id, event)).after
 
 
-async def counts(store: Store) -> dict[str, int]:
+async def counts(store: SqliteStore) -> dict[str, int]:
     return {
         table: (await store.db.fetchone(f"SELECT COUNT(*) FROM {table}"))[0]
         for table in ("jobs", "job_events", "outbox")
     }
 
 
-async def outbox_keys(store: Store) -> list[str]:
+async def outbox_keys(store: SqliteStore) -> list[str]:
     return [row[0] for row in await store.db.fetchall("SELECT dedupe_key FROM outbox ORDER BY id")]
 
 
@@ -120,7 +121,7 @@ def webhook(word: str, training_id: str | None = TID) -> Event:
 # -- record: the one state-change function --------------------------------------------------------
 
 
-async def test_record_writes_state_event_and_outbox_and_wakes_the_worker(build, store: Store) -> None:
+async def test_record_writes_state_event_and_outbox_and_wakes_the_worker(build, store: SqliteStore) -> None:
     service, _, wakeups = build()
     job = await training(service)
     assert job.state is JobState.DEPLOYING_GPU
@@ -135,7 +136,9 @@ async def test_record_writes_state_event_and_outbox_and_wakes_the_worker(build, 
     assert wakeups == [1]
 
 
-async def test_a_crash_in_the_planner_or_an_outbox_insert_writes_nothing(build, store: Store, monkeypatch) -> None:
+async def test_a_crash_in_the_planner_or_an_outbox_insert_writes_nothing(
+    build, store: SqliteStore, monkeypatch
+) -> None:
     service, _, wakeups = build()
     job = await training(service)
     before_counts, before_job = await counts(store), await store.require_job(job.id)
@@ -183,7 +186,7 @@ async def test_a_crash_in_the_planner_or_an_outbox_insert_writes_nothing(build, 
     assert await outbox_keys(store) == [f"card:{job.id}", f"dm:{job.id}:model_ready"]
 
 
-async def test_model_ready_three_times_makes_exactly_one_dm(build, store: Store) -> None:
+async def test_model_ready_three_times_makes_exactly_one_dm(build, store: SqliteStore) -> None:
     service, _, _ = build()
     job = await training(service)
     for _ in range(3):
@@ -194,7 +197,7 @@ async def test_model_ready_three_times_makes_exactly_one_dm(build, store: Store)
     assert statuses.count("model_ready") == 1
 
 
-async def test_out_of_order_webhooks_end_at_the_furthest_state(build, store: Store) -> None:
+async def test_out_of_order_webhooks_end_at_the_furthest_state(build, store: SqliteStore) -> None:
     service, _, _ = build()
     job = await training(service)
     await service.record(job.id, webhook("training_started"))
@@ -208,7 +211,7 @@ async def test_out_of_order_webhooks_end_at_the_furthest_state(build, store: Sto
     assert events["training_success"] is True
 
 
-async def test_a_late_first_word_is_recorded_as_not_applied(build, store: Store) -> None:
+async def test_a_late_first_word_is_recorded_as_not_applied(build, store: SqliteStore) -> None:
     service, _, _ = build()
     job = await submitting(service)
     await service.record(job.id, webhook("training_started"))  # deploying_gpu never came first
@@ -226,7 +229,7 @@ async def test_a_late_first_word_is_recorded_as_not_applied(build, store: Store)
     ]
 
 
-async def test_a_webhook_for_an_uncertain_job_adopts_its_training_id(build, store: Store) -> None:
+async def test_a_webhook_for_an_uncertain_job_adopts_its_training_id(build, store: SqliteStore) -> None:
     service, _, _ = build()
     job = await submitting(service)
     await service.record(job.id, Event(Action.UNCERTAIN, EventSource.SYSTEM, detail="no answer"))
@@ -240,7 +243,7 @@ async def test_a_webhook_for_an_uncertain_job_adopts_its_training_id(build, stor
 # -- submit -----------------------------------------------------------------------------------------
 
 
-async def test_submit_accepted_stores_the_id_and_only_the_secret_hash(build, store: Store, settings) -> None:
+async def test_submit_accepted_stores_the_id_and_only_the_secret_hash(build, store: SqliteStore, settings) -> None:
     service, provider, _ = build(lora_fine_tune=ok(ACCEPTED))
     job = await submitting(service, training_type="woman", seed=42)
 
@@ -275,7 +278,7 @@ async def test_submit_accepted_stores_the_id_and_only_the_secret_hash(build, sto
     assert json.loads(event.payload)["training_id"] == TID
 
 
-async def test_each_submission_gets_its_own_secret(build, store: Store) -> None:
+async def test_each_submission_gets_its_own_secret(build, store: SqliteStore) -> None:
     service, provider, _ = build(lora_fine_tune=lambda r: ok({**ACCEPTED, "training_id": f"T{len(provider.requests)}"}))
     first = await service.submit(await submitting(service, owner=1), URLS)
     second = await service.submit(await submitting(service, owner=2), URLS)
@@ -286,7 +289,7 @@ async def test_each_submission_gets_its_own_secret(build, store: Store) -> None:
     assert not secret_matches(secrets[0], second.webhook_secret_hash)
 
 
-async def test_submit_rejected_fails_with_the_providers_message(build, store: Store) -> None:
+async def test_submit_rejected_fails_with_the_providers_message(build, store: SqliteStore) -> None:
     service, provider, _ = build(lora_fine_tune=ok({"status": "error", "messege": "Images are not accessible"}))
     job = await submitting(service)
     after = await service.submit(job, URLS)
@@ -297,7 +300,7 @@ async def test_submit_rejected_fails_with_the_providers_message(build, store: St
     assert f"dm:{job.id}:failed" in await outbox_keys(store)
 
 
-async def test_submit_without_an_answer_is_uncertain_and_sent_once(build, store: Store) -> None:
+async def test_submit_without_an_answer_is_uncertain_and_sent_once(build, store: SqliteStore) -> None:
     service, provider, _ = build(lora_fine_tune=httpx.ReadTimeout("no answer"))
     job = await submitting(service)
     after = await service.submit(job, URLS)
@@ -319,7 +322,7 @@ async def test_a_gateway_timeout_on_submit_is_uncertain_too(build) -> None:
 # -- after a restart ----------------------------------------------------------------------------------
 
 
-async def test_recover_interrupted(build, store: Store) -> None:
+async def test_recover_interrupted(build, store: SqliteStore) -> None:
     service, provider, _ = build()
     never_sent = await submitting(service, owner=1)
     maybe_sent = await submitting(service, owner=2)
@@ -341,7 +344,7 @@ async def test_recover_interrupted(build, store: Store) -> None:
     assert await service.recover_interrupted() == 0
 
 
-async def test_expire_stale_previews(build, store: Store, clock, settings) -> None:
+async def test_expire_stale_previews(build, store: SqliteStore, clock, settings) -> None:
     service, _, _ = build()
     old = await preview(service, owner=1)
     clock.advance(settings.preview_timeout_seconds - 60)
@@ -359,7 +362,7 @@ async def test_expire_stale_previews(build, store: Store, clock, settings) -> No
     assert (await store.require_job(young.id)).state is JobState.EXPIRED
 
 
-async def test_expire_preview_does_not_touch_a_started_job(build, store: Store) -> None:
+async def test_expire_preview_does_not_touch_a_started_job(build, store: SqliteStore) -> None:
     service, _, _ = build()
     job = await submitting(service)
     result = await service.expire_preview(job.id, "timed out")
@@ -370,7 +373,7 @@ async def test_expire_preview_does_not_touch_a_started_job(build, store: Store) 
 # -- cancel and forget -----------------------------------------------------------------------------------
 
 
-async def test_cancel_calls_the_provider_on_the_documented_path(build, store: Store) -> None:
+async def test_cancel_calls_the_provider_on_the_documented_path(build, store: SqliteStore) -> None:
     service, provider, _ = build(cancle_training=ok({"status": "success", "messege": "Training cancelled"}))
     job = await training(service)
     after = await service.cancel(job, by_user_id=job.owner_id)
@@ -394,7 +397,7 @@ async def test_cancel_without_a_training_id_does_not_call_the_provider(build) ->
     assert provider.requests == []
 
 
-async def test_cancelling_a_finished_job_is_a_user_error(build, store: Store) -> None:
+async def test_cancelling_a_finished_job_is_a_user_error(build, store: SqliteStore) -> None:
     service, provider, _ = build()
     job = await training(service)
     await service.record(job.id, webhook("model_ready"))
@@ -405,7 +408,7 @@ async def test_cancelling_a_finished_job_is_a_user_error(build, store: Store) ->
     assert (await store.require_job(job.id)).state is JobState.MODEL_READY
 
 
-async def test_cancel_of_a_job_that_finished_meanwhile_is_a_user_error(build, store: Store) -> None:
+async def test_cancel_of_a_job_that_finished_meanwhile_is_a_user_error(build, store: SqliteStore) -> None:
     service, _, _ = build(cancle_training=ok({"status": "error", "messege": "Training has already finished."}))
     stale_copy = await training(service)
     await service.record(stale_copy.id, webhook("model_ready"))
@@ -424,7 +427,7 @@ async def test_cancel_when_the_provider_does_not_know_the_training(build) -> Non
     assert provider.paths[0] == f"/api/v3/cancle_training/{TID}"
 
 
-async def test_cancel_when_the_provider_is_down_leaves_the_job_alone(build, store: Store) -> None:
+async def test_cancel_when_the_provider_is_down_leaves_the_job_alone(build, store: SqliteStore) -> None:
     service, provider, _ = build(cancle_training=httpx.Response(503, text="down"))
     job = await training(service)
     with pytest.raises(ProviderError):
@@ -433,7 +436,7 @@ async def test_cancel_when_the_provider_is_down_leaves_the_job_alone(build, stor
     assert len(provider.requests) == 2  # retried (max_attempts=2), then given up
 
 
-async def test_forget_user_cancels_running_trainings_then_deletes(build, store: Store) -> None:
+async def test_forget_user_cancels_running_trainings_then_deletes(build, store: SqliteStore) -> None:
     service, provider, _ = build(cancle_training=ok({"status": "success"}), finetune=ok({"status": "success"}))
     await training(service, owner=1)
     await preview(service, owner=1)
@@ -443,7 +446,7 @@ async def test_forget_user_cancels_running_trainings_then_deletes(build, store: 
     assert [row[0] for row in await store.db.fetchall("SELECT id FROM jobs")] == [other.id]
 
 
-async def test_forget_user_deletes_finished_models_and_tolerates_models_already_gone(build, store: Store) -> None:
+async def test_forget_user_deletes_finished_models_and_tolerates_models_already_gone(build, store: SqliteStore) -> None:
     deleted: list[str] = []
 
     def delete(request: httpx.Request) -> httpx.Response:
@@ -461,7 +464,7 @@ async def test_forget_user_deletes_finished_models_and_tolerates_models_already_
     assert await store.db.fetchall("SELECT id FROM jobs") == []
 
 
-async def test_forget_user_deletes_nothing_when_a_model_cannot_be_deleted(build, store: Store) -> None:
+async def test_forget_user_deletes_nothing_when_a_model_cannot_be_deleted(build, store: SqliteStore) -> None:
     service, _, _ = build(finetune=httpx.Response(503, text="down"))
     job = await training(service, "READY1", owner=1)
     await service.record(job.id, Event(Action.PROVIDER_STATUS, EventSource.WEBHOOK, status="model_ready"))
@@ -479,7 +482,7 @@ async def test_forget_user_tells_the_listeners(build) -> None:
     assert told == [7]
 
 
-async def test_forget_user_deletes_nothing_when_a_cancel_fails(build, store: Store) -> None:
+async def test_forget_user_deletes_nothing_when_a_cancel_fails(build, store: SqliteStore) -> None:
     service, _, _ = build(cancle_training=httpx.Response(503, text="down"))
     job = await training(service, owner=1)
     with pytest.raises(UserError, match="nothing was deleted"):
@@ -536,7 +539,7 @@ def sleeps_into(waits: list[float]) -> Callable[[float], object]:
     return sleep
 
 
-async def test_a_full_queue_is_waited_out_and_the_training_created_once(build, store: Store) -> None:
+async def test_a_full_queue_is_waited_out_and_the_training_created_once(build, store: SqliteStore) -> None:
     service, provider, _ = build(lora_fine_tune=scripted(ok(QUEUE_FULL, 429), ok(QUEUE_FULL), ok(ACCEPTED)))
     waits: list[float] = []
     told: list[float] = []
@@ -595,7 +598,7 @@ async def test_the_duplicate_filter_makes_a_submission_uncertain_and_it_is_never
     "shape", [TYPE_REFUSED, {"status": "error", "messege": "The selected training type is invalid."}]
 )
 async def test_a_woman_is_resubmitted_once_with_the_other_spelling_which_is_remembered(
-    build, store: Store, shape: dict
+    build, store: SqliteStore, shape: dict
 ) -> None:
     service, provider, _ = build(
         lora_fine_tune=scripted(ok(shape, 400), ok(ACCEPTED), ok({**ACCEPTED, "training_id": "T2"}))
@@ -609,7 +612,7 @@ async def test_a_woman_is_resubmitted_once_with_the_other_spelling_which_is_reme
     assert provider.body(2)["training_type"] == "women" and len(provider.requests) == 3
 
 
-async def test_a_second_spelling_refusal_fails_the_job_after_two_attempts(build, store: Store) -> None:
+async def test_a_second_spelling_refusal_fails_the_job_after_two_attempts(build, store: SqliteStore) -> None:
     service, provider, _ = build(lora_fine_tune=ok(TYPE_REFUSED))
     after = await service.submit(await submitting(service, training_type="woman"), URLS)
     assert after.state is JobState.FAILED and "training_type" in after.last_error
@@ -638,7 +641,7 @@ async def test_an_unknown_word_in_the_create_answer_is_still_an_accepted_trainin
     assert after.training_id == TID and after.provider_status == "queued_for_gpu"
 
 
-async def test_the_accounts_models_are_listed_before_each_submission(build, store: Store) -> None:
+async def test_the_accounts_models_are_listed_before_each_submission(build, store: SqliteStore) -> None:
     listed = ok({"status": "success", "messege": "model list", "data": ["OLD1", "OLD2"]})
     service, provider, _ = build(lora_fine_tune=ok(ACCEPTED), finetune_list=listed)
     after = await service.submit(await submitting(service), URLS)

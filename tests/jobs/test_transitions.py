@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from bot.jobs.model import Job
 from bot.jobs.states import PROVIDER_PROGRESS, TERMINAL_STATES, Action, Event, EventSource, JobState
 from bot.jobs.transitions import DM_STATES, card_draft, dm_draft, plan_transition
-from bot.store import Job
 
 S = JobState
 NOW = datetime(2030, 1, 1, tzinfo=UTC)

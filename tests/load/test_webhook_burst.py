@@ -31,9 +31,9 @@ from typing import Any
 
 import httpx
 
+from bot.jobs.model import Job, JobEvent
 from bot.jobs.service import TrainingParams, hash_secret
 from bot.jobs.states import PROVIDER_PROGRESS, RANK, Action, Event, EventSource, JobState
-from bot.store import Job, JobEvent
 from tests.e2e.harness import CHANNEL, GUILD, World
 from tests.load.conftest import GcPauses, LoopLagProbe, WorldFactory, percentile, report
 

@@ -1,4 +1,4 @@
-"""Store: jobs, events, the outbox and its coalescing, users, key/value, forgetting a user, index use."""
+"""SqliteStore: jobs, events, the outbox and its coalescing, users, key/value, forgetting a user, index use."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from bot.jobs.model import Job, JobNotFound, OutboxDraft, TransitionPlan
 from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.transitions import card_draft, plan_transition
-from bot.store import Database, Job, JobNotFound, OutboxDraft, Store, TransitionPlan
+from bot.store import Database
+from bot.store.sqlite import SqliteStore
 
 SUBMIT = Event(Action.SUBMIT, EventSource.USER)
 
@@ -23,13 +25,13 @@ def webhook(word: str) -> Event:
     return Event(Action.PROVIDER_STATUS, EventSource.WEBHOOK, status=word)
 
 
-async def new_job(store: Store, owner: int = 1, *, guild: int | None = 10, name: str = "portrait") -> Job:
+async def new_job(store: SqliteStore, owner: int = 1, *, guild: int | None = 10, name: str = "portrait") -> Job:
     return await store.create_job(
         owner_id=owner, guild_id=guild, channel_id=100, name=name, params={"instance_prompt": "p"}, image_count=6
     )
 
 
-async def submitted_job(store: Store, owner: int = 1, *, guild: int | None = 10, name: str = "portrait") -> Job:
+async def submitted_job(store: SqliteStore, owner: int = 1, *, guild: int | None = 10, name: str = "portrait") -> Job:
     job = await new_job(store, owner, guild=guild, name=name)
     await store.apply_event(job.id, SUBMIT, plan_transition)
     await store.set_card(job.id, job.channel_id, 9000 + job.id)  # the Start flow posts the card next
@@ -47,7 +49,7 @@ async def row_counts(db: Database) -> dict[str, int]:
 # -- jobs -------------------------------------------------------------------------------------
 
 
-async def test_create_and_get_a_job(store: Store, clock) -> None:
+async def test_create_and_get_a_job(store: SqliteStore, clock) -> None:
     job = await store.create_job(
         owner_id=7,
         guild_id=None,
@@ -69,7 +71,7 @@ async def test_create_and_get_a_job(store: Store, clock) -> None:
         await store.require_job(job.id + 1)
 
 
-async def test_negative_image_count_is_refused_by_the_schema(store: Store) -> None:
+async def test_negative_image_count_is_refused_by_the_schema(store: SqliteStore) -> None:
     with pytest.raises(sqlite3.IntegrityError):
         await store.create_job(owner_id=1, guild_id=None, channel_id=1, name="x", params={}, image_count=-1)
     assert await count(store.db, "jobs") == 0
@@ -78,7 +80,7 @@ async def test_negative_image_count_is_refused_by_the_schema(store: Store) -> No
 async def test_timestamps_are_timezone_aware_utc(db: Database) -> None:
     plus_five = timezone(timedelta(hours=5))
     moment = datetime(2030, 6, 1, 17, 30, tzinfo=plus_five)
-    store = Store(db, now=lambda: moment)
+    store = SqliteStore(db, now=lambda: moment)
     job = await submitted_job(store)
     for value in (job.created_at, job.updated_at, job.progressed_at, job.submitted_at):
         assert value is not None
@@ -86,12 +88,12 @@ async def test_timestamps_are_timezone_aware_utc(db: Database) -> None:
         assert value == moment
     row = await db.fetchone("SELECT created_at, updated_at, progressed_at, submitted_at FROM jobs")
     assert all(text.endswith("+00:00") and text.startswith("2030-06-01T12:30:00") for text in row)
-    naive = Store(db, now=lambda: datetime(2030, 1, 1))
+    naive = SqliteStore(db, now=lambda: datetime(2030, 1, 1))
     with pytest.raises(ValueError, match="timezone-aware"):
         await new_job(naive)
 
 
-async def test_job_card_submission_data_and_touch(store: Store, clock) -> None:
+async def test_job_card_submission_data_and_touch(store: SqliteStore, clock) -> None:
     job = await submitted_job(store)
     await store.set_card(job.id, 555, 666)
     clock.advance(10)
@@ -111,14 +113,14 @@ async def test_job_card_submission_data_and_touch(store: Store, clock) -> None:
     assert job.progressed_at < clock()  # a touch is not progress
 
 
-async def test_get_job_by_training_id(store: Store) -> None:
+async def test_get_job_by_training_id(store: SqliteStore) -> None:
     job = await submitted_job(store)
     await store.apply_event(job.id, accepted("F5jvdzGnYi"), plan_transition)
     assert (await store.get_job_by_training_id("F5jvdzGnYi")).id == job.id
     assert await store.get_job_by_training_id("other") is None
 
 
-async def test_jobs_for_owner_newest_first_paged_without_previews_or_other_users(store: Store) -> None:
+async def test_jobs_for_owner_newest_first_paged_without_previews_or_other_users(store: SqliteStore) -> None:
     mine = [await submitted_job(store, owner=1, name=f"mine {i}") for i in range(5)]
     await submitted_job(store, owner=2, name="theirs")
     await new_job(store, owner=1, name="still a preview")
@@ -134,7 +136,7 @@ async def test_jobs_for_owner_newest_first_paged_without_previews_or_other_users
     assert await store.jobs_for_owner(3, limit=10) == []
 
 
-async def test_search_owner_jobs(store: Store) -> None:
+async def test_search_owner_jobs(store: SqliteStore) -> None:
     cat = await submitted_job(store, name="Cat portraits")
     sale = await submitted_job(store, name="50% off_sale")
     dog = await submitted_job(store, name="dog")
@@ -156,7 +158,7 @@ async def test_search_owner_jobs(store: Store) -> None:
     assert len(await store.search_owner_jobs(1, "", limit=2)) == 2
 
 
-async def test_count_active_jobs(store: Store) -> None:
+async def test_count_active_jobs(store: SqliteStore) -> None:
     await new_job(store)  # preview: not active
     submitting = await submitted_job(store)
     uncertain = await submitted_job(store)
@@ -172,7 +174,7 @@ async def test_count_active_jobs(store: Store) -> None:
     assert await store.count_active_jobs(2) == 1
 
 
-async def test_submissions_since(store: Store, clock) -> None:
+async def test_submissions_since(store: SqliteStore, clock) -> None:
     start = clock()
     first = await submitted_job(store, owner=1, guild=10)
     clock.advance(hours=1)
@@ -192,7 +194,7 @@ async def test_submissions_since(store: Store, clock) -> None:
         await store.submissions_since(start)
 
 
-async def test_overdue_jobs_only_non_terminal_older_than_the_cutoff(store: Store, clock) -> None:
+async def test_overdue_jobs_only_non_terminal_older_than_the_cutoff(store: SqliteStore, clock) -> None:
     old_preview = await new_job(store)
     old_training = await submitted_job(store)
     await store.apply_event(old_training.id, accepted("T-old"), plan_transition)
@@ -216,7 +218,7 @@ async def test_overdue_jobs_only_non_terminal_older_than_the_cutoff(store: Store
     assert [job.id for job in await store.overdue_jobs(other_zone)] == [job.id for job in later]
 
 
-async def test_job_ids_in_states(store: Store) -> None:
+async def test_job_ids_in_states(store: SqliteStore) -> None:
     preview = await new_job(store)
     submitting = await submitted_job(store)
     assert await store.job_ids_in_states([JobState.PREVIEW]) == [preview.id]
@@ -227,7 +229,7 @@ async def test_job_ids_in_states(store: Store) -> None:
 # -- the one state-change path -------------------------------------------------------------------
 
 
-async def test_apply_event_writes_state_event_and_outbox_together(store: Store, clock) -> None:
+async def test_apply_event_writes_state_event_and_outbox_together(store: SqliteStore, clock) -> None:
     job = await submitted_job(store)
     clock.advance(30)
     result = await store.apply_event(job.id, accepted("TID1"), plan_transition, payload='{"raw": true}')
@@ -249,7 +251,7 @@ async def test_apply_event_writes_state_event_and_outbox_together(store: Store, 
     ]
 
 
-async def test_a_duplicate_status_is_recorded_once(store: Store) -> None:
+async def test_a_duplicate_status_is_recorded_once(store: SqliteStore) -> None:
     job = await submitted_job(store)
     await store.apply_event(job.id, accepted("T"), plan_transition)
     first = await store.apply_event(job.id, webhook("training_started"), plan_transition)
@@ -259,7 +261,7 @@ async def test_a_duplicate_status_is_recorded_once(store: Store) -> None:
     assert [e.status for e in await store.events_for_job(job.id)] == ["submitting", "deploying_gpu", "training_started"]
 
 
-async def test_terminal_state_sets_finished_at(store: Store, clock) -> None:
+async def test_terminal_state_sets_finished_at(store: SqliteStore, clock) -> None:
     job = await submitted_job(store)
     clock.advance(60)
     result = await store.apply_event(job.id, Event(Action.FAIL, EventSource.SYSTEM, detail="boom"), plan_transition)
@@ -268,13 +270,13 @@ async def test_terminal_state_sets_finished_at(store: Store, clock) -> None:
     assert result.after.last_error == "boom"
 
 
-async def test_apply_event_for_a_missing_job(store: Store) -> None:
+async def test_apply_event_for_a_missing_job(store: SqliteStore) -> None:
     with pytest.raises(JobNotFound):
         await store.apply_event(404, SUBMIT, plan_transition)
     assert await count(store.db, "job_events") == 0
 
 
-async def test_a_crash_inside_apply_event_writes_nothing(store: Store) -> None:
+async def test_a_crash_inside_apply_event_writes_nothing(store: SqliteStore) -> None:
     job = await submitted_job(store)
     before = await row_counts(store.db)
 
@@ -307,7 +309,7 @@ async def test_a_crash_inside_apply_event_writes_nothing(store: Store) -> None:
 # -- outbox -----------------------------------------------------------------------------------
 
 
-async def test_a_dm_is_enqueued_once_per_key(store: Store) -> None:
+async def test_a_dm_is_enqueued_once_per_key(store: SqliteStore) -> None:
     job = await submitted_job(store)
     await store.enqueue(job.id, OutboxDraft("dm", f"dm:{job.id}:model_ready", {"n": 1}))
     await store.enqueue(job.id, OutboxDraft("dm", f"dm:{job.id}:model_ready", {"n": 2}))
@@ -318,14 +320,14 @@ async def test_a_dm_is_enqueued_once_per_key(store: Store) -> None:
     assert await store.pending_outbox_count() == 0  # a delivered DM is never sent again
 
 
-async def test_an_outbox_item_without_a_job(store: Store) -> None:
+async def test_an_outbox_item_without_a_job(store: SqliteStore) -> None:
     await store.enqueue(None, OutboxDraft("dm", "dm:user:5:hello", {"user": 5}))
     (item,) = await store.due_outbox()
     assert item.job_id is None
     assert dict(item.payload) == {"user": 5}
 
 
-async def test_two_card_drafts_for_one_job_coalesce_into_one_pending_row(store: Store) -> None:
+async def test_two_card_drafts_for_one_job_coalesce_into_one_pending_row(store: SqliteStore) -> None:
     job = await submitted_job(store)
     await store.enqueue(job.id, card_draft(job.id, "deploying_gpu"))
     await store.enqueue(job.id, card_draft(job.id, "training_started"))
@@ -335,7 +337,7 @@ async def test_two_card_drafts_for_one_job_coalesce_into_one_pending_row(store: 
     assert dict(item.payload) == {"reason": "training_started"}
 
 
-async def test_a_card_rearmed_while_in_flight_is_not_lost(store: Store, clock) -> None:
+async def test_a_card_rearmed_while_in_flight_is_not_lost(store: SqliteStore, clock) -> None:
     job = await submitted_job(store)
     await store.enqueue(job.id, card_draft(job.id, "deploying_gpu"))
     (in_flight,) = await store.due_outbox()
@@ -354,7 +356,7 @@ async def test_a_card_rearmed_while_in_flight_is_not_lost(store: Store, clock) -
     assert dict(again.payload) == {"reason": "training_success"}
 
 
-async def test_rearming_a_postponed_card_keeps_its_time(store: Store, clock) -> None:
+async def test_rearming_a_postponed_card_keeps_its_time(store: SqliteStore, clock) -> None:
     job = await submitted_job(store)
     await store.enqueue(job.id, card_draft(job.id, "a"))
     (item,) = await store.due_outbox()
@@ -369,7 +371,7 @@ async def test_rearming_a_postponed_card_keeps_its_time(store: Store, clock) -> 
     assert item.attempts == 0
 
 
-async def test_postpone_mark_failed_and_give_up(store: Store, clock) -> None:
+async def test_postpone_mark_failed_and_give_up(store: SqliteStore, clock) -> None:
     job = await submitted_job(store)
     await store.enqueue(job.id, OutboxDraft("dm", "dm:1", {}))
     (item,) = await store.due_outbox()
@@ -398,7 +400,7 @@ async def test_postpone_mark_failed_and_give_up(store: Store, clock) -> None:
     assert await store.next_outbox_due() is None
 
 
-async def test_due_outbox_order_and_limit(store: Store, clock) -> None:
+async def test_due_outbox_order_and_limit(store: SqliteStore, clock) -> None:
     job = await submitted_job(store)
     await store.enqueue(job.id, OutboxDraft("dm", "first", {}))
     clock.advance(1)
@@ -412,7 +414,7 @@ async def test_due_outbox_order_and_limit(store: Store, clock) -> None:
 # -- users, key/value, forgetting ---------------------------------------------------------------
 
 
-async def test_dms_closed_flag(store: Store) -> None:
+async def test_dms_closed_flag(store: SqliteStore) -> None:
     assert await store.dms_closed(5) is False
     await store.mark_dms_closed(5)
     await store.mark_dms_closed(5)
@@ -420,7 +422,7 @@ async def test_dms_closed_flag(store: Store) -> None:
     assert await store.dms_closed(6) is False
 
 
-async def test_key_value(store: Store) -> None:
+async def test_key_value(store: SqliteStore) -> None:
     assert await store.get_value("commands_synced") is None
     await store.set_value("commands_synced", "v1")
     await store.set_value("commands_synced", "v2")
@@ -428,7 +430,7 @@ async def test_key_value(store: Store) -> None:
     assert await count(store.db, "kv") == 1
 
 
-async def test_forget_user_cascades_to_events_and_outbox(store: Store) -> None:
+async def test_forget_user_cascades_to_events_and_outbox(store: SqliteStore) -> None:
     mine = await submitted_job(store, owner=1)
     await store.apply_event(mine.id, accepted("MINE"), plan_transition)
     await store.apply_event(mine.id, Event(Action.CANCEL, EventSource.USER), plan_transition)
@@ -453,7 +455,7 @@ async def test_forget_user_cascades_to_events_and_outbox(store: Store) -> None:
 # -- query plans ------------------------------------------------------------------------------
 
 
-async def query_plan(store: Store, method, *args, **kwargs) -> str:
+async def query_plan(store: SqliteStore, method, *args, **kwargs) -> str:
     """Run a store method, capture its SELECT, and return SQLite's plan for that exact query."""
     seen: list[tuple[str, tuple]] = []
     fetchall = store.db.fetchall
@@ -472,7 +474,7 @@ async def query_plan(store: Store, method, *args, **kwargs) -> str:
     return " | ".join(row["detail"] for row in rows)
 
 
-async def test_jobs_for_owner_uses_the_owner_index(store: Store) -> None:
+async def test_jobs_for_owner_uses_the_owner_index(store: SqliteStore) -> None:
     for owner in (1, 2, 3):
         await submitted_job(store, owner=owner)
     plan = await query_plan(store, store.jobs_for_owner, 1, limit=10)
@@ -480,14 +482,14 @@ async def test_jobs_for_owner_uses_the_owner_index(store: Store) -> None:
     assert "TEMP B-TREE" not in plan  # the index gives the order too
 
 
-async def test_overdue_jobs_uses_the_partial_active_index(store: Store, clock) -> None:
+async def test_overdue_jobs_uses_the_partial_active_index(store: SqliteStore, clock) -> None:
     await submitted_job(store)
     plan = await query_plan(store, store.overdue_jobs, clock())
     assert "USING INDEX jobs_active_updated" in plan
     assert "TEMP B-TREE" not in plan
 
 
-async def test_stored_payloads_are_json(store: Store) -> None:
+async def test_stored_payloads_are_json(store: SqliteStore) -> None:
     job = await submitted_job(store)
     await store.enqueue(job.id, OutboxDraft("dm", "k", {"b": 1, "a": [1, 2]}))
     row = await store.db.fetchone("SELECT payload FROM outbox")
@@ -495,7 +497,7 @@ async def test_stored_payloads_are_json(store: Store) -> None:
     assert datetime.fromisoformat((await store.db.fetchone("SELECT created_at FROM outbox"))[0]).tzinfo == UTC
 
 
-async def test_retry_outbox_now_makes_every_pending_item_due(store: Store, clock) -> None:
+async def test_retry_outbox_now_makes_every_pending_item_due(store: SqliteStore, clock) -> None:
     job = await submitted_job(store)
     await store.enqueue(job.id, OutboxDraft("dm", "waiting", {}))
     await store.enqueue(job.id, OutboxDraft("dm", "done", {}))
@@ -511,7 +513,7 @@ async def test_retry_outbox_now_makes_every_pending_item_due(store: Store, clock
     assert await store.retry_outbox_now() == 0
 
 
-async def test_a_provider_report_for_a_finished_job_writes_nothing(store: Store) -> None:
+async def test_a_provider_report_for_a_finished_job_writes_nothing(store: SqliteStore) -> None:
     """The terminal check is made inside the transaction, so a webhook racing model_ready
     cannot slip an event row in after the job finished."""
     job = await submitted_job(store)
@@ -528,7 +530,7 @@ async def test_a_provider_report_for_a_finished_job_writes_nothing(store: Store)
     assert (await store.require_job(job.id)).updated_at == finished.updated_at
 
 
-async def test_autocomplete_searches_only_the_newest_window_of_jobs(store: Store) -> None:
+async def test_autocomplete_searches_only_the_newest_window_of_jobs(store: SqliteStore) -> None:
     for index in range(6):
         await submitted_job(store, owner=5, name=f"cat-{index}")
     found = await store.search_owner_jobs(5, "cat", window=4)

@@ -1,20 +1,17 @@
-"""Typed rows returned by the store. Plain data: no I/O, no behaviour beyond parsing."""
+"""The domain's records: jobs, their events, outbox items and transition plans.
+
+Plain data with no I/O. Every store adapter returns these and the services only ever see these,
+so a second store (PostgreSQL beside SQLite) is one new adapter, not a change here.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import aiosqlite
-
-from bot.jobs.states import EventSource, JobState
-
-
-def parse_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
+from bot.jobs.states import Event, EventSource, JobState
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,33 +40,6 @@ class Job:
     #: The provider listing taken just before submission (settles an unconfirmed submission).
     baseline_listing: int | None = None
 
-    @classmethod
-    def from_row(cls, row: aiosqlite.Row) -> Job:
-        return cls(
-            id=row["id"],
-            owner_id=row["owner_id"],
-            guild_id=row["guild_id"],
-            channel_id=row["channel_id"],
-            card_channel_id=row["card_channel_id"],
-            card_message_id=row["card_message_id"],
-            name=row["name"],
-            state=JobState(row["state"]),
-            provider_status=row["provider_status"],
-            training_id=row["training_id"],
-            params=json.loads(row["params"]),
-            image_count=row["image_count"],
-            image_urls=tuple(json.loads(row["image_urls"] or "[]")),
-            webhook_secret_hash=row["webhook_secret_hash"],
-            eta_text=row["eta_text"],
-            last_error=row["last_error"],
-            created_at=datetime.fromisoformat(row["created_at"]),
-            updated_at=datetime.fromisoformat(row["updated_at"]),
-            progressed_at=datetime.fromisoformat(row["progressed_at"]),
-            submitted_at=parse_time(row["submitted_at"]),
-            finished_at=parse_time(row["finished_at"]),
-            baseline_listing=row["baseline_listing"],
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class JobEvent:
@@ -80,18 +50,6 @@ class JobEvent:
     payload: str | None
     received_at: datetime
     applied: bool
-
-    @classmethod
-    def from_row(cls, row: aiosqlite.Row) -> JobEvent:
-        return cls(
-            id=row["id"],
-            job_id=row["job_id"],
-            status=row["status"],
-            source=EventSource(row["source"]),
-            payload=row["payload"],
-            received_at=datetime.fromisoformat(row["received_at"]),
-            applied=bool(row["applied"]),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,18 +72,6 @@ class OutboxItem:
     payload: Mapping[str, Any]
     attempts: int
     next_attempt_at: datetime
-
-    @classmethod
-    def from_row(cls, row: aiosqlite.Row) -> OutboxItem:
-        return cls(
-            id=row["id"],
-            job_id=row["job_id"],
-            kind=row["kind"],
-            dedupe_key=row["dedupe_key"],
-            payload=json.loads(row["payload"]),
-            attempts=row["attempts"],
-            next_attempt_at=datetime.fromisoformat(row["next_attempt_at"]),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,3 +99,29 @@ class TransitionResult:
     @property
     def changed(self) -> bool:
         return self.plan.new_state is not None
+
+
+class JobNotFound(LookupError):
+    """No job has this id (never created, or erased with /forgetme)."""
+
+
+#: Decides, inside the store's transaction, what an event does to the job as it is then.
+Planner = Callable[[Job, Event], TransitionPlan]
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewPhoto:
+    """One prepared crop of a preview, as posted with the card once Start is pressed."""
+
+    filename: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """A preview waiting for Start, kept in the database so any process can start it."""
+
+    job_id: int
+    photos: tuple[PreviewPhoto, ...]
+    card_in_dms: bool
+    expires_at: datetime

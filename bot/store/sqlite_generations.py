@@ -1,4 +1,4 @@
-"""Generations (pictures made with a trained LoRA): their rows, pictures and the one write path.
+"""The SQLite generation store: generation rows, their pictures and the one write path.
 
 Like jobs, every change of a generation's state is applied in one transaction with the outbox
 item it causes (`GenerationStore.apply`), so a crash can neither lose a result nor post one for a
@@ -8,163 +8,23 @@ change that did not happen.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
+from bot.jobs.generation_model import (
+    Generation,
+    GenerationChange,
+    GenerationNotFound,
+    GenerationPlanner,
+    GenerationState,
+    NewGeneration,
+    StoredPicture,
+)
+from bot.jobs.model import JobNotFound
 from bot.store.database import Database, utcnow
-from bot.store.models import OutboxDraft, parse_time
-from bot.store.repository import JobNotFound, iso, write_outbox
-
-
-class GenerationState(StrEnum):
-    QUEUED = "queued"  # written; waits for a place in the provider's queue (or its retry time)
-    SUBMITTING = "submitting"  # the text2img call may be under way
-    PROCESSING = "processing"  # the provider took it; fetched until it is done
-    READY = "ready"  # the pictures are downloaded and stored; the result is in the outbox
-    FAILED = "failed"
-    UNCERTAIN = "uncertain"  # the submission may have reached the provider: never resent
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in (GenerationState.READY, GenerationState.FAILED, GenerationState.UNCERTAIN)
-
-
-class GenerationNotFound(LookupError):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Generation:
-    id: int
-    job_id: int
-    owner_id: int
-    guild_id: int | None
-    channel_id: int | None
-    kind: str
-    state: GenerationState
-    user_prompt: str
-    prompt: str
-    negative_prompt: str | None
-    strength: float
-    samples: int
-    seed: int
-    width: int
-    height: int
-    base_model_id: str
-    lora_model: str
-    safety_checker: bool
-    age_restricted: bool
-    request_id: str | None
-    attempts: int
-    last_error: str | None
-    reply_to_message_id: int | None
-    created_at: datetime
-    updated_at: datetime
-    submitted_at: datetime | None
-    finished_at: datetime | None
-    next_check_at: datetime
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Generation:
-        return cls(
-            id=row["id"],
-            job_id=row["job_id"],
-            owner_id=row["owner_id"],
-            guild_id=row["guild_id"],
-            channel_id=row["channel_id"],
-            kind=row["kind"],
-            state=GenerationState(row["state"]),
-            user_prompt=row["user_prompt"],
-            prompt=row["prompt"],
-            negative_prompt=row["negative_prompt"],
-            strength=float(row["strength"]),
-            samples=row["samples"],
-            seed=row["seed"],
-            width=row["width"],
-            height=row["height"],
-            base_model_id=row["base_model_id"],
-            lora_model=row["lora_model"],
-            safety_checker=bool(row["safety_checker"]),
-            age_restricted=bool(row["age_restricted"]),
-            request_id=row["request_id"],
-            attempts=row["attempts"],
-            last_error=row["last_error"],
-            reply_to_message_id=row["reply_to_message_id"],
-            created_at=datetime.fromisoformat(row["created_at"]),
-            updated_at=datetime.fromisoformat(row["updated_at"]),
-            submitted_at=parse_time(row["submitted_at"]),
-            finished_at=parse_time(row["finished_at"]),
-            next_check_at=datetime.fromisoformat(row["next_check_at"]),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class NewGeneration:
-    """Everything a generation is created with (the settings Again reuses)."""
-
-    job_id: int
-    owner_id: int
-    guild_id: int | None
-    channel_id: int | None
-    kind: str
-    user_prompt: str
-    prompt: str
-    negative_prompt: str | None
-    strength: float
-    samples: int
-    seed: int
-    width: int
-    height: int
-    base_model_id: str
-    lora_model: str
-    safety_checker: bool
-    age_restricted: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Picture:
-    """A downloaded picture, before it is posted."""
-
-    data: bytes
-    content_type: str
-    nsfw: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StoredPicture:
-    position: int
-    data: bytes | None
-    content_type: str
-    nsfw: bool
-    url: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationPlan:
-    """What the domain decided a generation event does; applied in one transaction."""
-
-    new_state: GenerationState | None
-    reason: str
-    updates: Mapping[str, Any] = field(default_factory=dict)
-    outbox: tuple[OutboxDraft, ...] = ()
-    pictures: tuple[Picture, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationChange:
-    before: Generation
-    after: Generation
-    plan: GenerationPlan
-
-    @property
-    def changed(self) -> bool:
-        return self.plan.new_state is not None
-
-
-GenerationPlanner = Callable[[Generation], GenerationPlan]
+from bot.store.rows import generation_from_row
+from bot.store.sqlite import iso, write_outbox
 
 #: Columns a plan may update besides `state`.
 _PLAN_COLUMNS = frozenset(
@@ -173,8 +33,8 @@ _PLAN_COLUMNS = frozenset(
 _IN_FLIGHT = (GenerationState.SUBMITTING.value, GenerationState.PROCESSING.value)
 
 
-class GenerationStore:
-    """Repository of generations over the same database (and clock) as the job `Store`."""
+class SqliteGenerationStore:
+    """Repository of generations over the same database (and clock) as the job `SqliteStore`."""
 
     def __init__(self, db: Database, *, now: Callable[[], datetime] = utcnow) -> None:
         self.db = db
@@ -215,7 +75,7 @@ class GenerationStore:
 
     async def get(self, generation_id: int) -> Generation | None:
         row = await self.db.fetchone("SELECT * FROM generations WHERE id = ?", (generation_id,))
-        return Generation.from_row(row) if row else None
+        return generation_from_row(row) if row else None
 
     async def require(self, generation_id: int) -> Generation:
         generation = await self.get(generation_id)
@@ -226,7 +86,7 @@ class GenerationStore:
     async def sample_set(self, job_id: int) -> Generation | None:
         """The pictures made for a job's ready DM, if any were asked for."""
         row = await self.db.fetchone("SELECT * FROM generations WHERE job_id = ? AND kind = 'sample'", (job_id,))
-        return Generation.from_row(row) if row else None
+        return generation_from_row(row) if row else None
 
     async def due(self, *, limit: int = 50) -> list[Generation]:
         """Queued and processing generations whose next check is due, oldest first."""
@@ -235,7 +95,7 @@ class GenerationStore:
             " ORDER BY next_check_at, id LIMIT ?",
             (iso(self.now()), limit),
         )
-        return [Generation.from_row(row) for row in rows]
+        return [generation_from_row(row) for row in rows]
 
     async def next_due(self, *, include_queued: bool = True) -> datetime | None:
         """When the runner should look next (queued generations left out while it is at capacity)."""
@@ -319,7 +179,7 @@ class GenerationStore:
             row = conn.execute("SELECT * FROM generations WHERE id = ?", (generation_id,)).fetchone()
             if row is None:
                 raise GenerationNotFound(generation_id)
-            before = Generation.from_row(row)
+            before = generation_from_row(row)
             plan = planner(before)
             unknown = set(plan.updates) - _PLAN_COLUMNS
             if unknown:
@@ -346,29 +206,9 @@ class GenerationStore:
             )
             for draft in plan.outbox:
                 write_outbox(conn, before.job_id, draft, now)
-            after = Generation.from_row(
+            after = generation_from_row(
                 conn.execute("SELECT * FROM generations WHERE id = ?", (generation_id,)).fetchone()
             )
             return GenerationChange(before, after, plan)
 
         return await self.db.run_transaction(apply)
-
-
-def result_draft(generation_id: int) -> OutboxDraft:
-    """Post a generation's result (its pictures, or why there are none). Once per generation."""
-    return OutboxDraft("generation", f"generation:{generation_id}", {"generation": generation_id})
-
-
-__all__ = [
-    "Generation",
-    "GenerationChange",
-    "GenerationNotFound",
-    "GenerationPlan",
-    "GenerationPlanner",
-    "GenerationState",
-    "GenerationStore",
-    "NewGeneration",
-    "Picture",
-    "StoredPicture",
-    "result_draft",
-]

@@ -1,4 +1,4 @@
-"""The typed repository: the only place in the project that writes SQL.
+"""The SQLite job store: implements the domain's `JobStore` (jobs, events, outbox, users, kv).
 
 Its surface is deliberately narrow (jobs, events, outbox, users, key/value) so that a
 PostgreSQL adapter is one new module with the same methods.
@@ -12,11 +12,19 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bot.jobs.model import (
+    Job,
+    JobEvent,
+    JobNotFound,
+    OutboxDraft,
+    OutboxItem,
+    Planner,
+    TransitionPlan,
+    TransitionResult,
+)
 from bot.jobs.states import ACTIVE_STATES, TERMINAL_STATES, Event, JobState
 from bot.store.database import Database, utcnow
-from bot.store.models import Job, JobEvent, OutboxDraft, OutboxItem, TransitionPlan, TransitionResult
-
-Planner = Callable[[Job, Event], TransitionPlan]
+from bot.store.rows import job_event_from_row, job_from_row, outbox_item_from_row
 
 #: Columns a transition plan may update besides `state` (never ids or owners).
 _PLAN_COLUMNS = frozenset({"training_id", "provider_status", "last_error", "eta_text", "submitted_at", "image_urls"})
@@ -30,10 +38,6 @@ _ACTIVE_SQL = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_STATES))
 
 #: How many of a user's newest jobs /status and /cancel autocomplete search through.
 AUTOCOMPLETE_WINDOW = 100
-
-
-class JobNotFound(LookupError):
-    pass
 
 
 def iso(moment: datetime) -> str:
@@ -65,7 +69,7 @@ def write_outbox(conn: sqlite3.Connection, job_id: int | None, draft: OutboxDraf
         )
 
 
-class Store:
+class SqliteStore:
     """Repository over an open `Database`. `now` is injectable so tests can move time."""
 
     def __init__(self, db: Database, *, now: Callable[[], datetime] = utcnow) -> None:
@@ -110,7 +114,7 @@ class Store:
 
     async def get_job(self, job_id: int) -> Job | None:
         row = await self.db.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        return Job.from_row(row) if row else None
+        return job_from_row(row) if row else None
 
     async def require_job(self, job_id: int) -> Job:
         job = await self.get_job(job_id)
@@ -120,7 +124,7 @@ class Store:
 
     async def get_job_by_training_id(self, training_id: str) -> Job | None:
         row = await self.db.fetchone("SELECT * FROM jobs WHERE training_id = ?", (training_id,))
-        return Job.from_row(row) if row else None
+        return job_from_row(row) if row else None
 
     async def jobs_for_owner(self, owner_id: int, *, limit: int, offset: int = 0) -> list[Job]:
         """This user's jobs, newest first (served by jobs_owner_newest)."""
@@ -128,7 +132,7 @@ class Store:
             "SELECT * FROM jobs WHERE owner_id = ? AND state != 'preview' ORDER BY id DESC LIMIT ? OFFSET ?",
             (owner_id, limit, offset),
         )
-        return [Job.from_row(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     async def count_jobs_for_owner(self, owner_id: int) -> int:
         row = await self.db.fetchone("SELECT COUNT(*) FROM jobs WHERE owner_id = ? AND state != 'preview'", (owner_id,))
@@ -153,7 +157,7 @@ class Store:
             " ORDER BY id DESC LIMIT ?",
             (owner_id, window, pattern, pattern, pattern, pattern, int(ready), limit),
         )
-        return [Job.from_row(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     async def count_active_jobs(self, owner_id: int) -> int:
         row = await self.db.fetchone(
@@ -183,7 +187,7 @@ class Store:
             " ORDER BY updated_at LIMIT ?",
             (iso(updated_before), limit),
         )
-        return [Job.from_row(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     async def count_pollable_jobs(self) -> int:
         """Unfinished jobs with a training id: the ones the reconciler asks the provider about."""
@@ -231,7 +235,7 @@ class Store:
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise JobNotFound(job_id)
-            before = Job.from_row(row)
+            before = job_from_row(row)
             plan = planner(before, event)
             if not plan.write:
                 return TransitionResult(before, before, plan, False)
@@ -246,7 +250,7 @@ class Store:
             for draft in plan.outbox:
                 write_outbox(conn, job_id, draft, now)
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            return TransitionResult(before, Job.from_row(row), plan, recorded)
+            return TransitionResult(before, job_from_row(row), plan, recorded)
 
         # The whole transaction runs in the database thread in one step: a webhook costs one
         # hand-off between threads instead of a dozen.
@@ -275,7 +279,7 @@ class Store:
 
     async def events_for_job(self, job_id: int) -> list[JobEvent]:
         rows = await self.db.fetchall("SELECT * FROM job_events WHERE job_id = ? ORDER BY id", (job_id,))
-        return [JobEvent.from_row(row) for row in rows]
+        return [job_event_from_row(row) for row in rows]
 
     # -- outbox -------------------------------------------------------------------------------
 
@@ -290,7 +294,7 @@ class Store:
             " ORDER BY next_attempt_at, id LIMIT ?",
             (iso(self.now()), limit),
         )
-        return [OutboxItem.from_row(row) for row in rows]
+        return [outbox_item_from_row(row) for row in rows]
 
     async def next_outbox_due(self) -> datetime | None:
         row = await self.db.fetchone("SELECT MIN(next_attempt_at) FROM outbox WHERE delivered_at IS NULL")
@@ -359,7 +363,7 @@ class Store:
             "SELECT * FROM outbox WHERE dedupe_key = ? AND kind = 'card' AND delivered_at IS NULL",
             (f"card:{job_id}",),
         )
-        return OutboxItem.from_row(row) if row else None
+        return outbox_item_from_row(row) if row else None
 
     # -- users and key/value --------------------------------------------------------------------
 
