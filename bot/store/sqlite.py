@@ -19,6 +19,8 @@ from bot.jobs.model import (
     OutboxDraft,
     OutboxItem,
     Planner,
+    Preview,
+    PreviewPhoto,
     TransitionPlan,
     TransitionResult,
 )
@@ -296,15 +298,40 @@ class SqliteStore:
         )
         return [outbox_item_from_row(row) for row in rows]
 
+    async def claim_outbox(self, owner: str, *, lease: timedelta, limit: int = 50) -> list[OutboxItem]:
+        """Lease the due items no other process holds to `owner` until `now + lease`, oldest first.
+
+        Delivering, failing or postponing an item ends its lease; a lease that runs out (its process
+        died) makes the item claimable again.
+        """
+        now = self.now()
+
+        def claim(conn: sqlite3.Connection) -> list[OutboxItem]:
+            rows = conn.execute(
+                "UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE id IN ("
+                " SELECT id FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= ?"
+                " AND (claimed_until IS NULL OR claimed_until <= ?) ORDER BY next_attempt_at, id LIMIT ?)"
+                " RETURNING *",
+                (owner, iso(now + lease), iso(now), iso(now), limit),
+            ).fetchall()
+            return sorted((outbox_item_from_row(row) for row in rows), key=lambda i: (i.next_attempt_at, i.id))
+
+        return await self.db.run_transaction(claim)
+
     async def next_outbox_due(self) -> datetime | None:
-        row = await self.db.fetchone("SELECT MIN(next_attempt_at) FROM outbox WHERE delivered_at IS NULL")
+        """When the next item becomes claimable (a leased item: when its lease ends)."""
+        row = await self.db.fetchone(
+            "SELECT MIN(MAX(next_attempt_at, COALESCE(claimed_until, next_attempt_at)))"
+            " FROM outbox WHERE delivered_at IS NULL"
+        )
         return datetime.fromisoformat(row[0]) if row and row[0] else None
 
     async def mark_delivered(self, item: OutboxItem) -> None:
         """Done, unless the item was re-armed (same key, new payload) while it was being sent."""
         async with self.db.transaction() as conn:
             await conn.execute(
-                "UPDATE outbox SET delivered_at = ?, last_error = NULL WHERE id = ? AND payload = ?",
+                "UPDATE outbox SET delivered_at = ?, last_error = NULL, claimed_by = NULL, claimed_until = NULL"
+                " WHERE id = ? AND payload = ?",
                 (iso(self.now()), item.id, json.dumps(dict(item.payload), sort_keys=True)),
             )
 
@@ -314,12 +341,14 @@ class SqliteStore:
         async with self.db.transaction() as conn:
             if retry_in is None:
                 await conn.execute(
-                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?, delivered_at = ? WHERE id = ?",
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?, delivered_at = ?,"
+                    " claimed_by = NULL, claimed_until = NULL WHERE id = ?",
                     (error[:500], iso(now), item.id),
                 )
             else:
                 await conn.execute(
-                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ?",
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?,"
+                    " claimed_by = NULL, claimed_until = NULL WHERE id = ?",
                     (error[:500], iso(now + retry_in), item.id),
                 )
 
@@ -327,7 +356,8 @@ class SqliteStore:
         """Move a due item later without counting an attempt (edit coalescing, Discord outage)."""
         async with self.db.transaction() as conn:
             await conn.execute(
-                "UPDATE outbox SET next_attempt_at = ? WHERE id = ? AND delivered_at IS NULL",
+                "UPDATE outbox SET next_attempt_at = ?, claimed_by = NULL, claimed_until = NULL"
+                " WHERE id = ? AND delivered_at IS NULL",
                 (iso(until), item.id),
             )
 
@@ -364,6 +394,49 @@ class SqliteStore:
             (f"card:{job_id}",),
         )
         return outbox_item_from_row(row) if row else None
+
+    # -- previews -------------------------------------------------------------------------------
+
+    async def save_preview(
+        self, job_id: int, photos: Sequence[PreviewPhoto], *, card_in_dms: bool, expires_at: datetime
+    ) -> None:
+        """Keep a preview's crops until it is started, dismissed or expires (any process can start it)."""
+
+        def save(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO previews (job_id, card_in_dms, expires_at) VALUES (?, ?, ?)",
+                (job_id, int(card_in_dms), iso(expires_at)),
+            )
+            conn.executemany(
+                "INSERT INTO preview_photos (job_id, position, filename, data) VALUES (?, ?, ?, ?)",
+                [(job_id, position, photo.filename, photo.data) for position, photo in enumerate(photos)],
+            )
+
+        try:
+            await self.db.run_transaction(save)
+        except sqlite3.IntegrityError as error:
+            if "FOREIGN KEY" in str(error):
+                raise JobNotFound(job_id) from None
+            raise
+
+    async def load_preview(self, job_id: int) -> Preview | None:
+        row = await self.db.fetchone("SELECT card_in_dms, expires_at FROM previews WHERE job_id = ?", (job_id,))
+        if row is None:
+            return None
+        photos = await self.db.fetchall(
+            "SELECT filename, data FROM preview_photos WHERE job_id = ? ORDER BY position", (job_id,)
+        )
+        return Preview(
+            job_id=job_id,
+            photos=tuple(PreviewPhoto(str(p[0]), bytes(p[1])) for p in photos),
+            card_in_dms=bool(row[0]),
+            expires_at=datetime.fromisoformat(row[1]),
+        )
+
+    async def drop_preview(self, job_id: int) -> None:
+        """Forget a preview's crops (its photos cascade)."""
+        async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM previews WHERE job_id = ?", (job_id,))
 
     # -- users and key/value --------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ TABLES = {
     "generations",
     "generation_images",
     "state_counts",
+    "previews",
+    "preview_photos",
     "schema_migrations",
 }
 INDEXES = {
@@ -54,7 +56,7 @@ async def raw_db(tmp_path: Path):
         await database.close()
 
 
-MIGRATIONS = [(1, "initial"), (2, "provider_models"), (3, "generations"), (4, "state_counts")]
+MIGRATIONS = [(1, "initial"), (2, "provider_models"), (3, "generations"), (4, "state_counts"), (5, "leases_previews")]
 
 
 async def test_a_fresh_database_gets_every_migration_and_every_table(raw_db: Database) -> None:
