@@ -29,7 +29,8 @@ log = logging.getLogger("bot.cli")
 EXIT_CODES = """\
 exit status:
   0  done, or stopped cleanly (SIGTERM, Ctrl-C)
-  1  an unexpected error (its traceback is printed), or `check` found a problem
+  1  an unexpected error (its traceback is printed), `check` found a problem, or `copy-database`
+     found the copy's row counts differ from the source's
   2  a configuration error: a setting, an argument or the machine's setup must change (the one-line
      message names it: e.g. DATABASE_URL unwritable, WEBHOOK_PORT busy, DISCORD_TOKEN rejected);
      starting again unchanged will fail the same way
@@ -55,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{run,migrate,backup,simulate,demo,invite,check}"
+        dest="command", required=True, metavar="{run,migrate,backup,copy-database,simulate,demo,invite,check}"
     )
 
     run = sub.add_parser("run", help="run the bot: webhook server, Discord client, workers")
@@ -84,6 +85,14 @@ def _parser() -> argparse.ArgumentParser:
     backup.add_argument("--force", action="store_true", help="replace PATH if it exists")
     backup.add_argument("--database-url", help="overrides DATABASE_URL")
     backup.add_argument("--env-file", default=None, help=ENV_FILE_HELP)
+
+    copy = sub.add_parser(
+        "copy-database",
+        help="copy every row from one database to an empty one (SQLite and PostgreSQL, either way), "
+        "then compare the row counts; stop the bot first",
+    )
+    copy.add_argument("--from", dest="source", required=True, metavar="URL", help="e.g. sqlite:///lorabot.db")
+    copy.add_argument("--to", dest="target", required=True, metavar="URL", help="e.g. postgresql://lorabot@db/lorabot")
 
     simulate = sub.add_parser("simulate", help="serve a local simulator of the provider's training API")
     simulate.add_argument("--host", default="127.0.0.1")
@@ -134,7 +143,12 @@ def _log_where(env_file: Path | None, database_url: str) -> None:
     """Say which settings file and which database this run uses: both depend on the working
     directory. Warn about keys of the file that look like a misspelt setting."""
     log.info(describe_env_file(env_file))
-    log.info(describe_database(database_url))
+    if database_url.startswith(("postgresql://", "postgres://")):
+        from bot.store.pg_database import redact_url
+
+        log.info("database: %s", redact_url(database_url))
+    else:
+        log.info(describe_database(database_url))
     for warning in misspelt_keys(env_file, Settings.model_fields):
         log.warning(warning)
 
@@ -183,23 +197,27 @@ async def _serve(settings: Settings, simulator_step_seconds: float | None) -> No
 
 
 def _migrate(database_url: str | None, env_file: Path | None = None) -> int:
-    from bot.store import Database, MigrationError
+    from bot.store import MigrationError
+    from bot.store.open import UnknownDatabaseUrl, database_kind, open_stores
+    from bot.store.pg_database import url_passwords
 
     config = _DatabaseOnly(_env_file=env_file)
     url = database_url or config.database_url
-    setup_logging(config.log_level, fmt=config.log_format)
-    if not url.startswith("sqlite:///"):
-        print(f"DATABASE_URL: must look like sqlite:///path/to/file.db, got {url!r}", file=sys.stderr)
+    setup_logging(config.log_level, url_passwords(url), fmt=config.log_format)
+    try:
+        database_kind(url)
+    except UnknownDatabaseUrl as error:
+        print(error, file=sys.stderr)
         return 2
     _log_where(env_file, url)
 
     async def migrate() -> int:
-        db = await Database.open(url.removeprefix("sqlite:///"))
+        stores = await open_stores(url)
         try:
-            applied = await db.migrate()
-            version = await db.schema_version()
+            applied = await stores.database.migrate()
+            version = await stores.database.schema_version()
         finally:
-            await db.close()
+            await stores.close()
         print(f"applied {len(applied)} migration(s); schema version {version}")
         return 0
 
@@ -234,6 +252,25 @@ def _backup(path: str, *, force: bool, database_url: str | None, env_file: Path 
         return 2
     print(result.summary())
     return 0
+
+
+def _copy_database(source: str, target: str) -> int:
+    """Copy one database into an empty one and print the row counts of both; 1 if they differ."""
+    from bot.store import MigrationError
+    from bot.store.copy import CopyRefused, copy_database
+    from bot.store.pg_database import url_passwords
+
+    setup_logging("WARNING", [*url_passwords(source), *url_passwords(target)])
+    try:
+        report = asyncio.run(copy_database(source, target))
+    except (ConfigError, CopyRefused) as error:  # unreachable or unknown URL, a non-empty target
+        print(error, file=sys.stderr)
+        return 2
+    except MigrationError as error:
+        print(f"migration failed: {error}", file=sys.stderr)
+        return 3
+    print(report.table())
+    return 0 if report.ok else 1
 
 
 def _demo(out: str, step_seconds: float) -> int:
@@ -305,6 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _migrate(args.database_url, env_file)
     if args.command == "backup":
         return _backup(args.path, force=args.force, database_url=args.database_url, env_file=env_file)
+    if args.command == "copy-database":
+        return _copy_database(args.source, args.target)
     if args.command == "invite":
         return _invite(str(env_file or DEFAULT_ENV_FILE))
     if args.command == "check":

@@ -219,8 +219,14 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_database(cls, value: str) -> str:
+        # The message never repeats the value: a PostgreSQL URL may carry a password.
+        scheme, _, rest = value.partition("://")
+        if scheme in ("postgresql", "postgres") and rest:
+            return value
         if not value.startswith("sqlite:///") or value == "sqlite:///":
-            raise ValueError("must look like sqlite:///path/to/file.db (or sqlite:///:memory:)")
+            raise ValueError(
+                "must look like sqlite:///path/to/file.db (or sqlite:///:memory:) or postgresql://user@host/database"
+            )
         return value
 
     @field_validator("max_images")
@@ -235,7 +241,7 @@ class Settings(BaseSettings):
 
     @property
     def database_path(self) -> str:
-        """The SQLite file path (or ``:memory:``) named by DATABASE_URL."""
+        """The SQLite file path (or ``:memory:``) named by DATABASE_URL (for SQLite only)."""
         return self.database_url.removeprefix("sqlite:///")
 
     @property

@@ -12,10 +12,11 @@ import asyncio
 import importlib.resources
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -30,6 +31,8 @@ MIGRATIONS_PACKAGE = "migrations.postgres"
 #: A deadlock or a serialization failure aborts a transaction that would succeed if run again.
 _RETRIED = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 _ATTEMPTS = 5
+_USERINFO_PASSWORD = re.compile(r"(://[^/?#@:]*):([^/?#@]*)@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)([^&#]*)", re.IGNORECASE)
 #: A pooled connection, as the stores use it.
 Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 
@@ -45,13 +48,16 @@ def load_postgres_migrations() -> list[Migration]:
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password (for messages and logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """The URL without its password (in the authority or as a `password=` parameter), for
+    messages and logs. Never raises, whatever the URL."""
+    url = _USERINFO_PASSWORD.sub(r"\1:***@", url)
+    return _QUERY_PASSWORD.sub(r"\1***", url)
+
+
+def url_passwords(url: str) -> list[str]:
+    found = [match[2] for match in _USERINFO_PASSWORD.finditer(url)]
+    found += [match[2] for match in _QUERY_PASSWORD.finditer(url)]
+    return [form for password in found if password for form in {password, unquote(password)}]
 
 
 def is_postgres_url(url: str) -> bool:
@@ -62,8 +68,7 @@ class PostgresUnavailable(DatabaseUnavailable):
     """The server cannot be reached or refuses us; the message names DATABASE_URL, never the password."""
 
     def __init__(self, url: str, reason: str) -> None:
-        password = urlsplit(url).password
-        if password:
+        for password in url_passwords(url):
             reason = reason.replace(password, "***")
         self.path = redact_url(url)
         self.reason = reason
@@ -76,10 +81,21 @@ class PostgresUnavailable(DatabaseUnavailable):
 
 
 async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
-    # jsonb columns read and write Python values (dicts, lists); the stores dump with sorted keys.
+    # jsonb columns read and write Python values (dicts, lists), dumped with sorted keys. Binary
+    # format (a version byte, then the text) so COPY, which is binary only, can write them too.
     await conn.set_type_codec(
-        "jsonb", schema="pg_catalog", encoder=lambda value: json.dumps(value, sort_keys=True), decoder=json.loads
+        "jsonb", schema="pg_catalog", encoder=_jsonb_encode, decoder=_jsonb_decode, format="binary"
     )
+
+
+def _jsonb_encode(value: Any) -> bytes:
+    return b"\x01" + json.dumps(value, sort_keys=True).encode()
+
+
+def _jsonb_decode(data: bytes) -> Any:
+    if data[:1] != b"\x01":
+        raise ValueError(f"unknown jsonb format version {data[:1]!r}")
+    return json.loads(data[1:])
 
 
 async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
