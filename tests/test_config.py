@@ -210,7 +210,8 @@ def test_a_broken_configuration_names_every_bad_setting_at_once(clean_env: pytes
         ("DISCORD_GATEWAY_URL", "https://gateway.discord.gg"),
         ("WEBHOOK_PORT", "70000"),
         ("WEBHOOK_PORT", "80.5"),
-        ("DATABASE_URL", "postgres://db/bot"),
+        ("DATABASE_URL", "mysql://db/bot"),
+        ("DATABASE_URL", "postgresql://"),
         ("DATABASE_URL", "sqlite:///"),
         ("LOG_LEVEL", "LOUD"),
         ("LOG_FORMAT", "xml"),
@@ -234,6 +235,21 @@ def test_each_bad_value_is_reported_by_name(clean_env: pytest.MonkeyPatch, varia
     lines = str(caught.value).splitlines()[1:]
     assert lines
     assert all(line.startswith(f"  - {variable}") for line in lines), lines
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://lorabot:pw@db.internal:5432/lorabot", "postgres://db/bot", "postgresql:///bot?host=/run/pg"]
+)
+def test_a_postgresql_database_url_is_accepted(make_settings, url: str) -> None:
+    assert make_settings(database_url=url).database_url == url
+
+
+def test_a_bad_database_url_is_reported_without_its_password(clean_env: pytest.MonkeyPatch) -> None:
+    required_only(clean_env)
+    clean_env.setenv("DATABASE_URL", "mysql://lorabot:hunter2-secret@db/bot")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env_file=None)
+    assert "DATABASE_URL" in str(caught.value) and "hunter2" not in str(caught.value)
 
 
 def test_min_images_equal_to_max_images_is_fine(make_settings) -> None:
