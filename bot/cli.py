@@ -162,9 +162,15 @@ def _run(env_file: Path | None, *, simulate: bool = False, step_seconds: float =
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
+    from bot.store.pg_database import url_passwords
+
     setup_logging(
         settings.log_level,
-        [settings.discord_token.get_secret_value(), settings.sdapi_key.get_secret_value()],
+        [
+            settings.discord_token.get_secret_value(),
+            settings.sdapi_key.get_secret_value(),
+            *url_passwords(settings.database_url),
+        ],
         settings.log_format,
     )
     _log_where(env_file, settings.database_url)

@@ -70,6 +70,9 @@ def isolated_env(installed: Path, **settings: str) -> dict[str, str]:
 def test_the_install_carries_the_migrations_and_runs_from_there(installed: Path) -> None:
     shipped = sorted(p.name for p in (installed / "migrations").glob("*.sql"))
     assert shipped == sorted(p.name for p in (ROOT / "migrations").glob("*.sql"))
+    shipped_postgres = sorted(p.name for p in (installed / "migrations" / "postgres").glob("*.sql"))
+    assert shipped_postgres == sorted(p.name for p in (ROOT / "migrations" / "postgres").glob("*.sql"))
+    assert shipped_postgres  # PostgreSQL's numbered migrations ship too
     where = subprocess.run(
         [sys.executable, "-S", "-c", "import bot, migrations; print(bot.__file__); print(migrations.__file__)"],
         env=isolated_env(installed), cwd=installed.parent, capture_output=True, text=True, check=True,
