@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, Literal, TypeAlias, TypeVar
 from urllib.parse import unquote
 
 import asyncpg
@@ -33,11 +33,13 @@ _RETRIED = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 _ATTEMPTS = 5
 _USERINFO_PASSWORD = re.compile(r"(://[^/?#@:]*):([^/?#@]*)@")
 _QUERY_PASSWORD = re.compile(r"([?&]password=)([^&#]*)", re.IGNORECASE)
+Isolation: TypeAlias = Literal["serializable", "repeatable_read", "read_uncommitted", "read_committed"]
 #: A pooled connection, as the stores use it.
 Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 
 
 def load_postgres_migrations() -> list[Migration]:
+    """The PostgreSQL migrations, read like SQLite's (`load_migrations`) from their own package."""
     try:
         directory = importlib.resources.files(MIGRATIONS_PACKAGE)
     except ModuleNotFoundError:
@@ -55,6 +57,7 @@ def redact_url(url: str) -> str:
 
 
 def url_passwords(url: str) -> list[str]:
+    """The passwords in a URL, as written and percent-decoded (for the log redactor)."""
     found = [match[2] for match in _USERINFO_PASSWORD.finditer(url)]
     found += [match[2] for match in _QUERY_PASSWORD.finditer(url)]
     return [form for password in found if password for form in {password, unquote(password)}]
@@ -161,9 +164,11 @@ class PostgresDatabase:
             yield conn
 
     @asynccontextmanager
-    async def transaction(self, *, isolation: str | None = None, readonly: bool = False) -> AsyncIterator[Connection]:
+    async def transaction(
+        self, *, isolation: Isolation | None = None, readonly: bool = False
+    ) -> AsyncIterator[Connection]:
         """One transaction on one pooled connection (committed on exit, rolled back on error)."""
-        async with self.connection() as conn, conn.transaction(isolation=isolation, readonly=readonly):  # type: ignore[arg-type]
+        async with self.connection() as conn, conn.transaction(isolation=isolation, readonly=readonly):
             yield conn
 
     async def run(self, work: Callable[[Connection], Awaitable[T]], *, transaction: bool = False) -> T:
