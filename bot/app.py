@@ -25,6 +25,7 @@ from bot.images import ImageLimits
 from bot.jobs.generations import GenerationRunner, GenerationService
 from bot.jobs.notifier import Notifier
 from bot.jobs.picture_delivery import PictureDelivery
+from bot.jobs.provider_errors import InvalidApiKey, ProviderError, ProviderMisconfigured
 from bot.jobs.reconciler import Reconciler
 from bot.jobs.service import JobService
 from bot.jobs.submission import TrainingStarter
@@ -32,7 +33,6 @@ from bot.logging_setup import redactor
 from bot.messenger import Messenger
 from bot.metrics import Metrics
 from bot.provider.client import ProviderClient
-from bot.provider.errors import InvalidApiKey, ProviderError, ProviderMisconfigured
 from bot.store import Database
 from bot.store.sqlite import SqliteStore
 from bot.store.sqlite_generations import SqliteGenerationStore

@@ -29,8 +29,7 @@ from aiohttp import web
 
 from bot.config import ConfigError, Settings, is_loopback_host, load_settings
 from bot.invite import application_info, discord_rest, invite_url
-from bot.provider.client import ProviderClient
-from bot.provider.errors import (
+from bot.jobs.provider_errors import (
     InsufficientCredits,
     InvalidApiKey,
     ProviderError,
@@ -39,6 +38,7 @@ from bot.provider.errors import (
     RateLimited,
     RequestRejected,
 )
+from bot.provider.client import ProviderClient
 from bot.store import MigrationError, load_migrations
 
 Outcome = Literal["ok", "fail", "skip"]

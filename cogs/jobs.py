@@ -16,7 +16,7 @@ from discord.ext import commands
 
 from bot.errors import UserError
 from bot.jobs.model import Job
-from bot.provider.errors import ProviderError
+from bot.jobs.provider_errors import ProviderError
 from bot.render import job_card, job_list_embed, status_text
 from cogs.errors import report_error
 

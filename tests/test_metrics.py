@@ -21,7 +21,7 @@ from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.transitions import plan_transition
 from bot.messenger import DiscordUnavailable
 from bot.metrics import CONTENT_TYPE, Metrics
-from bot.provider import ProviderClient
+from bot.provider.client import ProviderClient
 from bot.store import Database, load_migrations
 from bot.store.sqlite import SqliteStore
 from bot.store.sqlite_generations import SqliteGenerationStore

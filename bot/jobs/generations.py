@@ -30,12 +30,12 @@ from bot.jobs.generation_model import (
     Picture,
     result_draft,
 )
+from bot.jobs.image_api import GenerationAnswer, GenerationRequest
 from bot.jobs.limits import DAY, LimitReached, when
 from bot.jobs.model import Job
+from bot.jobs.provider_errors import GenerationFailed, ProviderError, RateLimited, SubmissionUncertain
 from bot.jobs.states import JobState
 from bot.provider.client import ProviderClient
-from bot.provider.errors import GenerationFailed, ProviderError, RateLimited, SubmissionUncertain
-from bot.provider.generation import GenerationAnswer, GenerationRequest
 from bot.store.sqlite import SqliteStore
 from bot.store.sqlite_generations import SqliteGenerationStore
 

@@ -30,10 +30,10 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from bot.jobs.model import Job, JobNotFound
+from bot.jobs.provider_errors import ProviderError, TrainingNotFound
 from bot.jobs.service import JobService
 from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.metrics import Metrics
-from bot.provider.errors import ProviderError, TrainingNotFound
 from bot.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)

@@ -20,11 +20,7 @@ from datetime import timedelta
 from bot.config import Settings
 from bot.errors import UserError
 from bot.jobs.model import Job, TransitionResult
-from bot.jobs.states import Action, Event, EventSource, JobState
-from bot.jobs.transitions import plan_transition
-from bot.metrics import Metrics
-from bot.provider.client import DUPLICATE_WINDOW_SECONDS, ProviderClient
-from bot.provider.errors import (
+from bot.jobs.provider_errors import (
     InsufficientCredits,
     InvalidApiKey,
     ProviderError,
@@ -33,7 +29,11 @@ from bot.provider.errors import (
     SubmissionUncertain,
     TrainingNotFound,
 )
-from bot.provider.models import TrainingRequest
+from bot.jobs.states import Action, Event, EventSource, JobState
+from bot.jobs.training_api import DUPLICATE_WINDOW_SECONDS, TrainingRequest
+from bot.jobs.transitions import plan_transition
+from bot.metrics import Metrics
+from bot.provider.client import ProviderClient
 from bot.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)

@@ -13,10 +13,10 @@ import pytest
 from bot.errors import UserError
 from bot.jobs import service as service_module
 from bot.jobs.model import Job, OutboxDraft, TransitionPlan
+from bot.jobs.provider_errors import ProviderError
 from bot.jobs.service import JobService, TrainingParams, hash_secret, provider_training_type, secret_matches
 from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.transitions import plan_transition
-from bot.provider import ProviderError
 from bot.store import sqlite as repository_module
 from bot.store.sqlite import SqliteStore
 
