@@ -255,9 +255,10 @@ class _Inert:
 async def expected_commands(settings: Settings) -> list[dict[str, Any]]:
     """The application commands this code defines, as it would sync them (the cogs' command tree)."""
     from bot.discord_bot import EXTENSIONS, LoraBot, Services
+    from bot.jobs.ports import KeyValue
 
     bot = LoraBot(settings)
-    bot.attach(cast(Services, _Inert()))  # a cog's `cog_load` may register with a service
+    bot.attach(cast(Services, _Inert()), cast(KeyValue, _Inert()))  # a cog's `cog_load` may register with a service
     try:
         for extension in EXTENSIONS:
             await bot.load_extension(extension)

@@ -15,7 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.images import PreparedImage
-from bot.jobs.limits import Requester, check_can_train
+from bot.jobs.limits import Requester
 from bot.jobs.model import JobNotFound
 from bot.jobs.photos import collect_photos, preview_grid
 from bot.jobs.service import TrainingParams
@@ -171,7 +171,7 @@ class Training(commands.Cog):
         # Acknowledge first: downloads and image work can take longer than Discord's 3 seconds.
         await interaction.response.defer(ephemeral=True, thinking=True)
         services = self.bot.services
-        await check_can_train(services.store, services.settings, requester(interaction))
+        await services.jobs.check_can_train(requester(interaction))
 
         attachments = [
             a for a in (image1, image2, image3, image4, image5, image6, image7, image8, image9, image10) if a
@@ -251,7 +251,7 @@ class Training(commands.Cog):
             await interaction.response.send_message("This preview isn't yours.", ephemeral=True)
             return
         if preview is None:
-            job = await self.bot.services.store.get_job(job_id)
+            job = await self.bot.services.jobs.get_job(job_id)
             if job is not None and job.owner_id != interaction.user.id:
                 await interaction.response.send_message("This preview isn't yours.", ephemeral=True)
                 return
@@ -260,7 +260,7 @@ class Training(commands.Cog):
         del self.previews[job_id]
         if preview.timer:
             preview.timer.cancel()
-        job = await self.bot.services.store.get_job(job_id)
+        job = await self.bot.services.jobs.get_job(job_id)
         if job is None or job.state is not JobState.PREVIEW:  # deleted (/forgetme) or settled meanwhile
             await self._no_longer_active(interaction)
             return

@@ -12,21 +12,21 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bot.delivery.notifier import Notifier
+from bot.jobs.delivery_errors import DiscordUnavailable
 from bot.jobs.generation_model import NewGeneration
 from bot.jobs.model import OutboxDraft
-from bot.jobs.notifier import Notifier
 from bot.jobs.reconciler import Reconciler
 from bot.jobs.service import JobService
 from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.transitions import plan_transition
-from bot.messenger import DiscordUnavailable
 from bot.metrics import CONTENT_TYPE, Metrics
 from bot.provider.client import ProviderClient
 from bot.store import Database, load_migrations
 from bot.store.sqlite import SqliteStore
 from bot.store.sqlite_generations import SqliteGenerationStore
 from bot.webhooks import WebhookServer
-from tests.jobs.test_notifier import ScriptedMessenger, running_job
+from tests.delivery.test_notifier import ScriptedMessenger, running_job
 from tests.test_webhooks import SECRET, TID, body, make_job
 
 KEY = "metrics-test-api-key-0123456789abcdef"

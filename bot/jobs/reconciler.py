@@ -30,11 +30,10 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from bot.jobs.model import Job, JobNotFound
+from bot.jobs.ports import JobStore, Metrics, NoMetrics
 from bot.jobs.provider_errors import ProviderError, TrainingNotFound
 from bot.jobs.service import JobService
 from bot.jobs.states import Action, Event, EventSource, JobState
-from bot.metrics import Metrics
-from bot.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ log = logging.getLogger(__name__)
 class Reconciler:
     def __init__(
         self,
-        store: SqliteStore,
+        store: JobStore,
         service: JobService,
         *,
         interval: float,
@@ -55,7 +54,7 @@ class Reconciler:
         self.store = store
         self.service = service
         #: Completed passes and the jobs they checked.
-        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics: Metrics = metrics if metrics is not None else NoMetrics()
         self.interval = timedelta(seconds=interval)
         self.stall_deadline = timedelta(seconds=stall_deadline)
         self.preview_timeout = timedelta(seconds=preview_timeout)

@@ -19,7 +19,9 @@ from datetime import timedelta
 
 from bot.config import Settings
 from bot.errors import UserError
+from bot.jobs import limits
 from bot.jobs.model import Job, TransitionResult
+from bot.jobs.ports import JobStore, Metrics, NoMetrics, TrainingProvider
 from bot.jobs.provider_errors import (
     InsufficientCredits,
     InvalidApiKey,
@@ -32,9 +34,6 @@ from bot.jobs.provider_errors import (
 from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.training_api import DUPLICATE_WINDOW_SECONDS, TrainingRequest
 from bot.jobs.transitions import plan_transition
-from bot.metrics import Metrics
-from bot.provider.client import ProviderClient
-from bot.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +114,8 @@ class TrainingParams:
 class JobService:
     def __init__(
         self,
-        store: SqliteStore,
-        provider: ProviderClient,
+        store: JobStore,
+        provider: TrainingProvider,
         settings: Settings,
         *,
         on_outbox: Callable[[], None] = lambda: None,
@@ -126,7 +125,7 @@ class JobService:
         self.store = store
         self.provider = provider
         self.settings = settings
-        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics: Metrics = metrics if metrics is not None else NoMetrics()
         self._on_outbox = on_outbox
         self._sleep = sleep
         self._forget_listeners: list[Callable[[int], None]] = []
@@ -165,6 +164,14 @@ class JobService:
             params=params.as_dict(),
             image_count=images,
         )
+
+    async def get_job(self, job_id: int) -> Job | None:
+        """The job (e.g. behind a preview's buttons), or None once it was deleted."""
+        return await self.store.get_job(job_id)
+
+    async def check_can_train(self, who: limits.Requester) -> None:
+        """Raise LimitReached when `who` may not start a training now (roles, running jobs, quotas)."""
+        await limits.check_can_train(self.store, self.settings, who)
 
     async def expire_preview(self, job_id: int, reason: str) -> TransitionResult:
         return await self.record(job_id, Event(Action.EXPIRE, EventSource.USER, detail=reason))

@@ -12,19 +12,18 @@ from collections.abc import Sequence
 from bot.config import Settings
 from bot.errors import UserError
 from bot.images import PreparedImage
+from bot.jobs.delivery_errors import CannotPost, DeliveryError, DmsClosed, MessageGone
 from bot.jobs.limits import LimitReached, Requester, check_can_train
-from bot.jobs.model import Job
+from bot.jobs.model import Job, Posted
+from bot.jobs.ports import CardPoster, JobStore
 from bot.jobs.service import JobService, QueueWait
-from bot.messenger import CannotPost, DeliveryError, DmsClosed, MessageGone, Messenger, Posted
-from bot.render import job_card
-from bot.store.sqlite import SqliteStore
 
 
 class TrainingStarter:
-    def __init__(self, store: SqliteStore, jobs: JobService, messenger: Messenger, settings: Settings) -> None:
+    def __init__(self, store: JobStore, jobs: JobService, cards: CardPoster, settings: Settings) -> None:
         self.store = store
         self.jobs = jobs
-        self.messenger = messenger
+        self.cards = cards
         self.settings = settings
 
     async def start(
@@ -62,15 +61,13 @@ class TrainingStarter:
 
     async def _post_card(self, job: Job, files: list[tuple[str, bytes]], *, channel_id: int, in_dms: bool) -> Posted:
         """Post the job's card with the crops in the channel, or in the owner's DMs if it can't be."""
-        embed = job_card(job, await self.store.events_for_job(job.id), simulated=self.settings.simulated)
-        nonce = f"card:{job.id}"
         if not in_dms:
             try:
-                return await self.messenger.post(channel_id, embed=embed, files=files, nonce_key=nonce)
+                return await self.cards.post_card(job, files, channel_id=channel_id)
             except (CannotPost, MessageGone):
                 pass
         try:
-            return await self.messenger.dm(job.owner_id, embed=embed, files=files, nonce_key=nonce)
+            return await self.cards.dm_card(job, files)
         except DeliveryError as error:
             await self.jobs.record_failure(job.id, "I could not post the job's card in the channel or in your DMs.")
             if isinstance(error, DmsClosed):

@@ -19,13 +19,14 @@ from datetime import datetime, timedelta
 
 import discord
 
+from bot.delivery.messenger import Messenger
+from bot.delivery.pictures import PictureDelivery, ReadyDmPictures
+from bot.jobs.delivery_errors import CannotPost, DiscordUnavailable, DmsClosed, MessageGone
 from bot.jobs.model import Job, OutboxItem
-from bot.jobs.picture_delivery import PictureDelivery, ReadyDmPictures
+from bot.jobs.ports import JobStore
 from bot.jobs.states import JobState
-from bot.messenger import CannotPost, DiscordUnavailable, DmsClosed, MessageGone, Messenger
 from bot.metrics import Metrics
 from bot.render import generate_view, job_card, outcome_message
-from bot.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def retry_delay(attempts: int) -> timedelta:
 class Notifier:
     def __init__(
         self,
-        store: SqliteStore,
+        store: JobStore,
         messenger: Messenger,
         *,
         edit_interval: float = 3.0,

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 
 import discord
 
-from bot.jobs.model import Job, OutboxDraft
-from bot.jobs.notifier import Notifier
+from bot.delivery.notifier import Notifier
+from bot.jobs.delivery_errors import CannotPost, DiscordUnavailable, DmsClosed, MessageGone
+from bot.jobs.model import Job, OutboxDraft, Posted
 from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.transitions import plan_transition
-from bot.messenger import CannotPost, DiscordUnavailable, DmsClosed, MessageGone, Posted
 from bot.store.sqlite import SqliteStore
 
 
