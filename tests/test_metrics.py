@@ -27,6 +27,7 @@ from bot.store.sqlite import SqliteStore
 from bot.store.sqlite_generations import SqliteGenerationStore
 from bot.webhooks import WebhookServer
 from tests.delivery.test_notifier import ScriptedMessenger, running_job
+from tests.store_helpers import enqueue
 from tests.test_webhooks import SECRET, TID, body, make_job
 
 KEY = "metrics-test-api-key-0123456789abcdef"
@@ -190,7 +191,7 @@ async def test_metrics_page_has_the_store_gauges_and_writes_nothing(scrape, stor
     _server, client, _metrics = scrape
     running = await running_job(store)  # submitting, then deploying_gpu: a card item in the outbox
     await store.create_job(owner_id=1, guild_id=1, channel_id=2, name="n", params={}, image_count=5)
-    await store.enqueue(running.id, OutboxDraft("dm", "dm:test", {}))
+    await enqueue(store, running.id, OutboxDraft("dm", "dm:test", {}))
     clock.advance(90)
     changes = (await store.db.fetchone("SELECT total_changes()"))[0]
     response = await client.get("/metrics")

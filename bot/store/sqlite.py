@@ -124,10 +124,6 @@ class SqliteStore:
             raise JobNotFound(job_id)
         return job
 
-    async def get_job_by_training_id(self, training_id: str) -> Job | None:
-        row = await self.db.fetchone("SELECT * FROM jobs WHERE training_id = ?", (training_id,))
-        return job_from_row(row) if row else None
-
     async def jobs_for_owner(self, owner_id: int, *, limit: int, offset: int = 0) -> list[Job]:
         """This user's jobs, newest first (served by jobs_owner_newest)."""
         rows = await self.db.fetchall(
@@ -285,11 +281,6 @@ class SqliteStore:
 
     # -- outbox -------------------------------------------------------------------------------
 
-    async def enqueue(self, job_id: int | None, draft: OutboxDraft) -> None:
-        """Queue a notification outside a transition (e.g. re-posting a deleted card)."""
-        now = iso(self.now())
-        await self.db.run_transaction(lambda conn: write_outbox(conn, job_id, draft, now))
-
     async def due_outbox(self, *, limit: int = 50) -> list[OutboxItem]:
         rows = await self.db.fetchall(
             "SELECT * FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= ?"
@@ -382,10 +373,6 @@ class SqliteStore:
                 "UPDATE outbox SET delivered_at = ? WHERE dedupe_key = ? AND delivered_at IS NULL",
                 (iso(self.now()), dedupe_key),
             )
-
-    async def pending_outbox_count(self) -> int:
-        row = await self.db.fetchone("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL")
-        return int(row[0]) if row else 0
 
     async def pending_card_item(self, job_id: int) -> OutboxItem | None:
         """The job's undelivered card edit, due or postponed (`card:<job id>`, as the transitions key it)."""

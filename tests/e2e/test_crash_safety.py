@@ -8,6 +8,7 @@ import pytest
 from bot.jobs.states import JobState
 from tests.e2e.harness import ALICE, CHANNEL, GUILD, BotProcess, World, job_id_of, photos
 from tests.e2e.test_process import fakes, run_train, started, wait_row  # noqa: F401 (fixture)
+from tests.store_helpers import pending_outbox_count
 
 
 def restart_of(bot: BotProcess, tmp_path, fake, sim) -> BotProcess:
@@ -102,7 +103,7 @@ async def test_a_dm_interrupted_before_it_was_marked_sent_is_not_repeated(world:
             await notifier.deliver_due()
     assert len(world.dm_texts(ALICE)) == 1
     await notifier.deliver_due()  # the restarted process delivers the item again
-    assert await store.pending_outbox_count() == 0
+    assert await pending_outbox_count(store) == 0
     assert len(world.dm_texts(ALICE)) == 1
     dm_posts = [r for r in world.fake.requests if r.method == "POST" and r.json and r.json.get("nonce")]
     assert len({r.json["nonce"] for r in dm_posts if "is ready" in (r.json.get("content") or "")}) == 1

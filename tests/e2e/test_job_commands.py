@@ -21,6 +21,7 @@ from bot.jobs.model import Job
 from bot.jobs.service import TrainingParams
 from bot.jobs.states import Action, Event, EventSource, JobState
 from tests.e2e.harness import ALICE, BOB, CHANNEL, GUILD, MANAGE_GUILD, MANAGER, World, embed_text
+from tests.store_helpers import pending_outbox_count
 
 EPHEMERAL = 1 << 6
 NOT_FOUND = "I can't find that job among yours"
@@ -102,7 +103,7 @@ async def settle(world: World) -> None:
     """Wait until the notifier (its own loop: never a second, concurrent pass) has delivered the
     outbox, then give a stray duplicate delivery a moment to show."""
     deadline = asyncio.get_running_loop().time() + 10
-    while await world.store.pending_outbox_count():
+    while await pending_outbox_count(world.store):
         assert asyncio.get_running_loop().time() < deadline, "the outbox was not delivered"
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.3)

@@ -19,6 +19,7 @@ from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.transitions import plan_transition
 from bot.store import sqlite as repository_module
 from bot.store.sqlite import SqliteStore
+from tests.store_helpers import job_by_training_id, pending_outbox_count
 
 TID = "F5jvdzGnYi"
 URLS = [f"https://cdn.discordapp.com/attachments/1/2/crop{i}.png" for i in range(6)]
@@ -237,7 +238,7 @@ async def test_a_webhook_for_an_uncertain_job_adopts_its_training_id(build, stor
     assert result.before.state is JobState.UNCERTAIN
     assert result.after.state is JobState.TRAINING_STARTED
     assert result.after.training_id == "LATE42abc"
-    assert (await store.get_job_by_training_id("LATE42abc")).id == job.id
+    assert (await job_by_training_id(store, "LATE42abc")).id == job.id
 
 
 # -- submit -----------------------------------------------------------------------------------------
@@ -356,7 +357,7 @@ async def test_expire_stale_previews(build, store: SqliteStore, clock, settings)
     assert expired.state is JobState.EXPIRED
     assert expired.finished_at == clock()
     assert (await store.require_job(young.id)).state is JobState.PREVIEW
-    assert await store.pending_outbox_count() == 0  # a preview's card is not a channel message
+    assert await pending_outbox_count(store) == 0  # a preview's card is not a channel message
 
     assert await service.expire_stale_previews(all_previews=True) == 1
     assert (await store.require_job(young.id)).state is JobState.EXPIRED

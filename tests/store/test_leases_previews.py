@@ -9,6 +9,7 @@ from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.transitions import dm_draft, plan_transition
 from bot.store.sqlite import SqliteStore
 from tests.store.test_repository import new_job
+from tests.store_helpers import enqueue
 
 LEASE = timedelta(seconds=60)
 
@@ -16,7 +17,7 @@ LEASE = timedelta(seconds=60)
 async def a_pending_dm(store: SqliteStore) -> int:
     job = await new_job(store)
     await store.apply_event(job.id, Event(Action.SUBMIT, EventSource.USER), plan_transition)
-    await store.enqueue(job.id, dm_draft(job.id, JobState.FAILED))
+    await enqueue(store, job.id, dm_draft(job.id, JobState.FAILED))
     return job.id
 
 

@@ -13,6 +13,7 @@ from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.transitions import card_draft, plan_transition
 from bot.store import Database
 from bot.store.sqlite import SqliteStore
+from tests.store_helpers import enqueue, job_by_training_id, pending_outbox_count
 
 SUBMIT = Event(Action.SUBMIT, EventSource.USER)
 
@@ -116,8 +117,8 @@ async def test_job_card_submission_data_and_touch(store: SqliteStore, clock) -> 
 async def test_get_job_by_training_id(store: SqliteStore) -> None:
     job = await submitted_job(store)
     await store.apply_event(job.id, accepted("F5jvdzGnYi"), plan_transition)
-    assert (await store.get_job_by_training_id("F5jvdzGnYi")).id == job.id
-    assert await store.get_job_by_training_id("other") is None
+    assert (await job_by_training_id(store, "F5jvdzGnYi")).id == job.id
+    assert await job_by_training_id(store, "other") is None
 
 
 async def test_jobs_for_owner_newest_first_paged_without_previews_or_other_users(store: SqliteStore) -> None:
@@ -303,7 +304,7 @@ async def test_a_crash_inside_apply_event_writes_nothing(store: SqliteStore) -> 
 
     assert await row_counts(store.db) == before
     assert await store.require_job(job.id) == job
-    assert await store.pending_outbox_count() == 0
+    assert await pending_outbox_count(store) == 0
 
 
 # -- outbox -----------------------------------------------------------------------------------
@@ -311,17 +312,17 @@ async def test_a_crash_inside_apply_event_writes_nothing(store: SqliteStore) -> 
 
 async def test_a_dm_is_enqueued_once_per_key(store: SqliteStore) -> None:
     job = await submitted_job(store)
-    await store.enqueue(job.id, OutboxDraft("dm", f"dm:{job.id}:model_ready", {"n": 1}))
-    await store.enqueue(job.id, OutboxDraft("dm", f"dm:{job.id}:model_ready", {"n": 2}))
+    await enqueue(store, job.id, OutboxDraft("dm", f"dm:{job.id}:model_ready", {"n": 1}))
+    await enqueue(store, job.id, OutboxDraft("dm", f"dm:{job.id}:model_ready", {"n": 2}))
     due = await store.due_outbox()
     assert [dict(item.payload) for item in due] == [{"n": 1}]
     await store.mark_delivered(due[0])
-    await store.enqueue(job.id, OutboxDraft("dm", f"dm:{job.id}:model_ready", {"n": 3}))
-    assert await store.pending_outbox_count() == 0  # a delivered DM is never sent again
+    await enqueue(store, job.id, OutboxDraft("dm", f"dm:{job.id}:model_ready", {"n": 3}))
+    assert await pending_outbox_count(store) == 0  # a delivered DM is never sent again
 
 
 async def test_an_outbox_item_without_a_job(store: SqliteStore) -> None:
-    await store.enqueue(None, OutboxDraft("dm", "dm:user:5:hello", {"user": 5}))
+    await enqueue(store, None, OutboxDraft("dm", "dm:user:5:hello", {"user": 5}))
     (item,) = await store.due_outbox()
     assert item.job_id is None
     assert dict(item.payload) == {"user": 5}
@@ -329,8 +330,8 @@ async def test_an_outbox_item_without_a_job(store: SqliteStore) -> None:
 
 async def test_two_card_drafts_for_one_job_coalesce_into_one_pending_row(store: SqliteStore) -> None:
     job = await submitted_job(store)
-    await store.enqueue(job.id, card_draft(job.id, "deploying_gpu"))
-    await store.enqueue(job.id, card_draft(job.id, "training_started"))
+    await enqueue(store, job.id, card_draft(job.id, "deploying_gpu"))
+    await enqueue(store, job.id, card_draft(job.id, "training_started"))
     assert await count(store.db, "outbox") == 1
     (item,) = await store.due_outbox()
     assert item.dedupe_key == f"card:{job.id}"
@@ -339,18 +340,18 @@ async def test_two_card_drafts_for_one_job_coalesce_into_one_pending_row(store: 
 
 async def test_a_card_rearmed_while_in_flight_is_not_lost(store: SqliteStore, clock) -> None:
     job = await submitted_job(store)
-    await store.enqueue(job.id, card_draft(job.id, "deploying_gpu"))
+    await enqueue(store, job.id, card_draft(job.id, "deploying_gpu"))
     (in_flight,) = await store.due_outbox()
-    await store.enqueue(job.id, card_draft(job.id, "training_started"))  # arrives while the edit is being sent
+    await enqueue(store, job.id, card_draft(job.id, "training_started"))  # arrives while the edit is being sent
     await store.mark_delivered(in_flight)
     (pending,) = await store.due_outbox()
     assert pending.id == in_flight.id
     assert dict(pending.payload) == {"reason": "training_started"}
     await store.mark_delivered(pending)
-    assert await store.pending_outbox_count() == 0
+    assert await pending_outbox_count(store) == 0
 
     clock.advance(5)
-    await store.enqueue(job.id, card_draft(job.id, "training_success"))  # re-arming a delivered card
+    await enqueue(store, job.id, card_draft(job.id, "training_success"))  # re-arming a delivered card
     (again,) = await store.due_outbox()
     assert again.next_attempt_at == clock()
     assert dict(again.payload) == {"reason": "training_success"}
@@ -358,11 +359,11 @@ async def test_a_card_rearmed_while_in_flight_is_not_lost(store: SqliteStore, cl
 
 async def test_rearming_a_postponed_card_keeps_its_time(store: SqliteStore, clock) -> None:
     job = await submitted_job(store)
-    await store.enqueue(job.id, card_draft(job.id, "a"))
+    await enqueue(store, job.id, card_draft(job.id, "a"))
     (item,) = await store.due_outbox()
     later = clock() + timedelta(seconds=3)
     await store.postpone(item, later)
-    await store.enqueue(job.id, card_draft(job.id, "b"))
+    await enqueue(store, job.id, card_draft(job.id, "b"))
     assert await store.due_outbox() == []  # coalesced, still waiting for the edit interval
     assert await store.next_outbox_due() == later
     clock.advance(3)
@@ -373,7 +374,7 @@ async def test_rearming_a_postponed_card_keeps_its_time(store: SqliteStore, cloc
 
 async def test_postpone_mark_failed_and_give_up(store: SqliteStore, clock) -> None:
     job = await submitted_job(store)
-    await store.enqueue(job.id, OutboxDraft("dm", "dm:1", {}))
+    await enqueue(store, job.id, OutboxDraft("dm", "dm:1", {}))
     (item,) = await store.due_outbox()
     assert await store.next_outbox_due() == clock()
 
@@ -393,7 +394,7 @@ async def test_postpone_mark_failed_and_give_up(store: SqliteStore, clock) -> No
 
     await store.mark_failed(item, "Forbidden", None)  # give up
     assert await store.due_outbox() == []
-    assert await store.pending_outbox_count() == 0
+    assert await pending_outbox_count(store) == 0
     row = await store.db.fetchone("SELECT attempts, last_error, delivered_at FROM outbox WHERE id = ?", (item.id,))
     assert (row[0], row[1]) == (2, "Forbidden")
     assert row[2] is not None
@@ -402,13 +403,13 @@ async def test_postpone_mark_failed_and_give_up(store: SqliteStore, clock) -> No
 
 async def test_due_outbox_order_and_limit(store: SqliteStore, clock) -> None:
     job = await submitted_job(store)
-    await store.enqueue(job.id, OutboxDraft("dm", "first", {}))
+    await enqueue(store, job.id, OutboxDraft("dm", "first", {}))
     clock.advance(1)
-    await store.enqueue(job.id, OutboxDraft("dm", "second", {}))
-    await store.enqueue(job.id, OutboxDraft("dm", "third", {}))
+    await enqueue(store, job.id, OutboxDraft("dm", "second", {}))
+    await enqueue(store, job.id, OutboxDraft("dm", "third", {}))
     assert [item.dedupe_key for item in await store.due_outbox()] == ["first", "second", "third"]
     assert [item.dedupe_key for item in await store.due_outbox(limit=1)] == ["first"]
-    assert await store.pending_outbox_count() == 3
+    assert await pending_outbox_count(store) == 3
 
 
 # -- users, key/value, forgetting ---------------------------------------------------------------
@@ -448,7 +449,7 @@ async def test_forget_user_cascades_to_events_and_outbox(store: SqliteStore) -> 
     assert [row[0] for row in await store.db.fetchall("SELECT job_id FROM outbox")] == [theirs.id]
     assert await store.dms_closed(1) is False
     assert await store.dms_closed(2) is True
-    assert await store.get_job_by_training_id("MINE") is None
+    assert await job_by_training_id(store, "MINE") is None
     assert await store.forget_user(1) == 0
 
 
@@ -491,7 +492,7 @@ async def test_overdue_jobs_uses_the_partial_active_index(store: SqliteStore, cl
 
 async def test_stored_payloads_are_json(store: SqliteStore) -> None:
     job = await submitted_job(store)
-    await store.enqueue(job.id, OutboxDraft("dm", "k", {"b": 1, "a": [1, 2]}))
+    await enqueue(store, job.id, OutboxDraft("dm", "k", {"b": 1, "a": [1, 2]}))
     row = await store.db.fetchone("SELECT payload FROM outbox")
     assert json.loads(row[0]) == {"a": [1, 2], "b": 1}
     assert datetime.fromisoformat((await store.db.fetchone("SELECT created_at FROM outbox"))[0]).tzinfo == UTC
@@ -499,8 +500,8 @@ async def test_stored_payloads_are_json(store: SqliteStore) -> None:
 
 async def test_retry_outbox_now_makes_every_pending_item_due(store: SqliteStore, clock) -> None:
     job = await submitted_job(store)
-    await store.enqueue(job.id, OutboxDraft("dm", "waiting", {}))
-    await store.enqueue(job.id, OutboxDraft("dm", "done", {}))
+    await enqueue(store, job.id, OutboxDraft("dm", "waiting", {}))
+    await enqueue(store, job.id, OutboxDraft("dm", "done", {}))
     waiting, done = await store.due_outbox()
     await store.mark_failed(waiting, "Discord is down", timedelta(minutes=30))
     await store.mark_delivered(done)
