@@ -154,6 +154,19 @@ async def test_a_dead_connection_found_at_the_next_try_ends_the_leadership_and_r
     assert await site.holder_pid() not in (None, first_pid)
 
 
+async def test_a_lock_that_vanished_from_a_live_session_is_noticed(site: Site, caplog) -> None:
+    """Something unlocked the leader's session behind its back (a pooler in between, a stray
+    pg_advisory_unlock_all): a mere "the connection answers" check would leave two leaders."""
+    first, second = site.leadership(), site.leadership()
+    assert await first.try_acquire()
+    await first._conn.execute("SELECT pg_advisory_unlock_all()")
+    assert await second.try_acquire()
+    with caplog.at_level(logging.WARNING, logger="bot.store.leadership"):
+        assert not await first.try_acquire()
+    assert "vanished" in caplog.text
+    assert not first.held and second.held
+
+
 async def test_release_unlocks_so_the_other_leads_at_once(site: Site) -> None:
     first, second = site.leadership(), site.leadership()
     assert await first.try_acquire()
@@ -278,7 +291,12 @@ async def until_async(probe: Callable[[], Awaitable[object]], wanted: object, wh
 
 
 async def test_a_server_that_accepts_but_never_answers_does_not_hang_the_bot(caplog) -> None:
-    silent = await asyncio.start_server(lambda reader, writer: asyncio.sleep(3600), "127.0.0.1", 0)
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    silent = await asyncio.start_server(say_nothing, "127.0.0.1", 0)
     port = silent.sockets[0].getsockname()[1]
     try:
         leadership = AdvisoryLockLeadership(f"postgresql://u@127.0.0.1:{port}/db", timeout=0.3)
@@ -289,7 +307,11 @@ async def test_a_server_that_accepts_but_never_answers_does_not_hang_the_bot(cap
         assert not leadership.held
         await leadership.release()
     finally:
+        for writer in accepted:
+            writer.close()
+            await writer.wait_closed()
         silent.close()
+        await silent.wait_closed()
 
 
 # -- secrets ---------------------------------------------------------------------------------------
