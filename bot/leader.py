@@ -3,9 +3,11 @@ process leads.
 
 Every `interval` seconds the loop asks its `Leadership` to take or keep the lead. On becoming the
 leader it starts the leader-only tasks under the supervisor (so they are restarted and reported
-like any other); on losing the lead it cancels them first thing, so two processes overlap by at
-most one interval. When the loop stops (shutdown, or an error the supervisor restarts it after)
-it cancels the tasks and releases the lead, so another process takes over at its next try.
+like any other); on losing the lead it cancels them before anything else. A leader that lost its
+connection notices at its next try, so two processes may overlap by up to one interval (plus the
+leadership's call timeout): the leader-only work must stay safe to run twice for that long.
+When the loop stops (shutdown, or an error the supervisor restarts it after) it cancels the
+tasks and releases the lead, so another process takes over at its next try.
 """
 
 from __future__ import annotations
