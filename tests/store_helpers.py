@@ -4,9 +4,9 @@ counting what is undelivered, finding a job by its training id, a generation tha
 from __future__ import annotations
 
 from bot.jobs.generation_model import Generation, GenerationNotFound
-from bot.jobs.model import Job, OutboxDraft
+from bot.jobs.model import Job, OutboxDraft, OutboxItem
 from bot.jobs.ports import GenerationStore
-from bot.store.rows import job_from_row
+from bot.store.rows import job_from_row, outbox_item_from_row
 from bot.store.sqlite import SqliteStore, iso, write_outbox
 
 
@@ -14,6 +14,15 @@ async def enqueue(store: SqliteStore, job_id: int | None, draft: OutboxDraft) ->
     """Queue a notification outside a transition, with the store's own outbox writer."""
     now = iso(store.now())
     await store.db.run_transaction(lambda conn: write_outbox(conn, job_id, draft, now))
+
+
+async def due_outbox(store: SqliteStore, *, limit: int = 50) -> list[OutboxItem]:
+    """Every due, undelivered item, leased or not (what a test expects the notifier to see)."""
+    rows = await store.db.fetchall(
+        "SELECT * FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
+        (iso(store.now()), limit),
+    )
+    return [outbox_item_from_row(row) for row in rows]
 
 
 async def pending_outbox_count(store: SqliteStore) -> int:

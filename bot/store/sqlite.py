@@ -281,14 +281,6 @@ class SqliteStore:
 
     # -- outbox -------------------------------------------------------------------------------
 
-    async def due_outbox(self, *, limit: int = 50) -> list[OutboxItem]:
-        rows = await self.db.fetchall(
-            "SELECT * FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= ?"
-            " ORDER BY next_attempt_at, id LIMIT ?",
-            (iso(self.now()), limit),
-        )
-        return [outbox_item_from_row(row) for row in rows]
-
     async def claim_outbox(self, owner: str, *, lease: timedelta, limit: int = 50) -> list[OutboxItem]:
         """Lease the due items no other process holds to `owner` until `now + lease`, oldest first.
 

@@ -112,6 +112,41 @@ async def test_an_outage_backs_off_and_stops_the_pass(store: SqliteStore, clock)
     assert await notifier.deliver_due() == 2
 
 
+async def test_items_left_untried_by_an_outage_are_handed_back_at_once(store: SqliteStore) -> None:
+    messenger = ScriptedMessenger(errors={"edit": [DiscordUnavailable("503")]})
+    notifier = Notifier(store, messenger, edit_interval=0, owner="a")  # type: ignore[arg-type]
+    await running_job(store)
+    await running_job(store, owner=2)
+    await notifier.deliver_due()
+    other = Notifier(store, ScriptedMessenger(), edit_interval=0, owner="b")  # type: ignore[arg-type]
+    assert await other.deliver_due() == 1  # not left leased to "a" until its lease ran out
+
+
+async def test_two_processes_sharing_the_outbox_never_deliver_one_item_twice(store: SqliteStore, clock) -> None:
+    first, second = ScriptedMessenger(), ScriptedMessenger()
+    a = Notifier(store, first, edit_interval=0, owner="a")  # type: ignore[arg-type]
+    b = Notifier(store, second, edit_interval=0, owner="b")  # type: ignore[arg-type]
+    for owner in range(1, 7):
+        await running_job(store, owner=owner)
+    leased = await store.claim_outbox("a", lease=a.lease, limit=3)  # "a" is busy with three of them
+    assert await b.deliver_due() == 3
+    assert await b.deliver_due() == 0
+    for item in leased:
+        assert await a.deliver(item)
+    assert len(first.ops("edit")) + len(second.ops("edit")) == 6
+    assert {call[1] for call in first.ops("edit")}.isdisjoint({call[1] for call in second.ops("edit")})
+
+
+async def test_a_dead_process_s_items_are_delivered_by_another_when_the_lease_ends(store: SqliteStore, clock) -> None:
+    await running_job(store)
+    (item,) = await store.claim_outbox("dead", lease=Notifier(store, ScriptedMessenger()).lease)  # type: ignore[arg-type]
+    survivor = Notifier(store, messenger := ScriptedMessenger(), edit_interval=0, owner="b")  # type: ignore[arg-type]
+    assert await survivor.deliver_due() == 0
+    clock.advance(survivor.lease.total_seconds())
+    assert await survivor.deliver_due() == 1
+    assert [call[1] for call in messenger.ops("edit")] == [900 + item.job_id]
+
+
 async def test_one_poison_item_does_not_block_the_others(store: SqliteStore) -> None:
     messenger = ScriptedMessenger(errors={"edit": [RuntimeError("bug")]})
     notifier = Notifier(store, messenger, edit_interval=0)  # type: ignore[arg-type]

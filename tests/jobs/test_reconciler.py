@@ -15,7 +15,7 @@ from bot.jobs.service import JobService
 from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.transitions import plan_transition
 from bot.store.sqlite import SqliteStore
-from tests.store_helpers import pending_outbox_count
+from tests.store_helpers import due_outbox, pending_outbox_count
 
 TID = "F5jvdzGnYi"
 INTERVAL, DEADLINE, PREVIEW_TIMEOUT = 300, 3600, 600
@@ -147,7 +147,7 @@ async def test_an_unknown_status_word_is_recorded_and_shown(build, store: Sqlite
     assert after.provider_status == "queued_on_new_cluster"
     event = (await store.events_for_job(job.id))[-1]
     assert (event.status, event.applied, event.source) == ("queued_on_new_cluster", False, EventSource.POLL)
-    (card,) = await store.due_outbox()
+    (card,) = await due_outbox(store)
     assert card.dedupe_key == f"card:{job.id}"
     assert dict(card.payload) == {"reason": "queued_on_new_cluster"}
 

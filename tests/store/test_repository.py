@@ -13,7 +13,7 @@ from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.transitions import card_draft, plan_transition
 from bot.store import Database
 from bot.store.sqlite import SqliteStore
-from tests.store_helpers import enqueue, job_by_training_id, pending_outbox_count
+from tests.store_helpers import due_outbox, enqueue, job_by_training_id, pending_outbox_count
 
 SUBMIT = Event(Action.SUBMIT, EventSource.USER)
 
@@ -246,7 +246,7 @@ async def test_apply_event_writes_state_event_and_outbox_together(store: SqliteS
         ("deploying_gpu", EventSource.SYSTEM, True, '{"raw": true}'),
     ]
     assert events[1].received_at == clock()
-    due = await store.due_outbox()
+    due = await due_outbox(store)
     assert [(item.kind, item.dedupe_key, dict(item.payload)) for item in due] == [
         ("card", f"card:{job.id}", {"reason": "deploying_gpu"})
     ]
@@ -314,7 +314,7 @@ async def test_a_dm_is_enqueued_once_per_key(store: SqliteStore) -> None:
     job = await submitted_job(store)
     await enqueue(store, job.id, OutboxDraft("dm", f"dm:{job.id}:model_ready", {"n": 1}))
     await enqueue(store, job.id, OutboxDraft("dm", f"dm:{job.id}:model_ready", {"n": 2}))
-    due = await store.due_outbox()
+    due = await due_outbox(store)
     assert [dict(item.payload) for item in due] == [{"n": 1}]
     await store.mark_delivered(due[0])
     await enqueue(store, job.id, OutboxDraft("dm", f"dm:{job.id}:model_ready", {"n": 3}))
@@ -323,7 +323,7 @@ async def test_a_dm_is_enqueued_once_per_key(store: SqliteStore) -> None:
 
 async def test_an_outbox_item_without_a_job(store: SqliteStore) -> None:
     await enqueue(store, None, OutboxDraft("dm", "dm:user:5:hello", {"user": 5}))
-    (item,) = await store.due_outbox()
+    (item,) = await due_outbox(store)
     assert item.job_id is None
     assert dict(item.payload) == {"user": 5}
 
@@ -333,7 +333,7 @@ async def test_two_card_drafts_for_one_job_coalesce_into_one_pending_row(store: 
     await enqueue(store, job.id, card_draft(job.id, "deploying_gpu"))
     await enqueue(store, job.id, card_draft(job.id, "training_started"))
     assert await count(store.db, "outbox") == 1
-    (item,) = await store.due_outbox()
+    (item,) = await due_outbox(store)
     assert item.dedupe_key == f"card:{job.id}"
     assert dict(item.payload) == {"reason": "training_started"}
 
@@ -341,10 +341,10 @@ async def test_two_card_drafts_for_one_job_coalesce_into_one_pending_row(store: 
 async def test_a_card_rearmed_while_in_flight_is_not_lost(store: SqliteStore, clock) -> None:
     job = await submitted_job(store)
     await enqueue(store, job.id, card_draft(job.id, "deploying_gpu"))
-    (in_flight,) = await store.due_outbox()
+    (in_flight,) = await due_outbox(store)
     await enqueue(store, job.id, card_draft(job.id, "training_started"))  # arrives while the edit is being sent
     await store.mark_delivered(in_flight)
-    (pending,) = await store.due_outbox()
+    (pending,) = await due_outbox(store)
     assert pending.id == in_flight.id
     assert dict(pending.payload) == {"reason": "training_started"}
     await store.mark_delivered(pending)
@@ -352,7 +352,7 @@ async def test_a_card_rearmed_while_in_flight_is_not_lost(store: SqliteStore, cl
 
     clock.advance(5)
     await enqueue(store, job.id, card_draft(job.id, "training_success"))  # re-arming a delivered card
-    (again,) = await store.due_outbox()
+    (again,) = await due_outbox(store)
     assert again.next_attempt_at == clock()
     assert dict(again.payload) == {"reason": "training_success"}
 
@@ -360,14 +360,14 @@ async def test_a_card_rearmed_while_in_flight_is_not_lost(store: SqliteStore, cl
 async def test_rearming_a_postponed_card_keeps_its_time(store: SqliteStore, clock) -> None:
     job = await submitted_job(store)
     await enqueue(store, job.id, card_draft(job.id, "a"))
-    (item,) = await store.due_outbox()
+    (item,) = await due_outbox(store)
     later = clock() + timedelta(seconds=3)
     await store.postpone(item, later)
     await enqueue(store, job.id, card_draft(job.id, "b"))
-    assert await store.due_outbox() == []  # coalesced, still waiting for the edit interval
+    assert await due_outbox(store) == []  # coalesced, still waiting for the edit interval
     assert await store.next_outbox_due() == later
     clock.advance(3)
-    (item,) = await store.due_outbox()
+    (item,) = await due_outbox(store)
     assert dict(item.payload) == {"reason": "b"}
     assert item.attempts == 0
 
@@ -375,25 +375,25 @@ async def test_rearming_a_postponed_card_keeps_its_time(store: SqliteStore, cloc
 async def test_postpone_mark_failed_and_give_up(store: SqliteStore, clock) -> None:
     job = await submitted_job(store)
     await enqueue(store, job.id, OutboxDraft("dm", "dm:1", {}))
-    (item,) = await store.due_outbox()
+    (item,) = await due_outbox(store)
     assert await store.next_outbox_due() == clock()
 
     await store.postpone(item, clock() + timedelta(seconds=30))
-    assert await store.due_outbox() == []
+    assert await due_outbox(store) == []
     clock.advance(30)
-    (item,) = await store.due_outbox()
+    (item,) = await due_outbox(store)
     assert item.attempts == 0  # postponing is not an attempt
 
     await store.mark_failed(item, "HTTP 503 " + "x" * 1000, timedelta(minutes=1))
-    assert await store.due_outbox() == []
+    assert await due_outbox(store) == []
     clock.advance(minutes=1)
-    (item,) = await store.due_outbox()
+    (item,) = await due_outbox(store)
     assert item.attempts == 1
     row = await store.db.fetchone("SELECT last_error FROM outbox WHERE id = ?", (item.id,))
     assert row[0].startswith("HTTP 503") and len(row[0]) == 500
 
     await store.mark_failed(item, "Forbidden", None)  # give up
-    assert await store.due_outbox() == []
+    assert await due_outbox(store) == []
     assert await pending_outbox_count(store) == 0
     row = await store.db.fetchone("SELECT attempts, last_error, delivered_at FROM outbox WHERE id = ?", (item.id,))
     assert (row[0], row[1]) == (2, "Forbidden")
@@ -401,14 +401,15 @@ async def test_postpone_mark_failed_and_give_up(store: SqliteStore, clock) -> No
     assert await store.next_outbox_due() is None
 
 
-async def test_due_outbox_order_and_limit(store: SqliteStore, clock) -> None:
+async def test_claim_outbox_order_and_limit(store: SqliteStore, clock) -> None:
     job = await submitted_job(store)
     await enqueue(store, job.id, OutboxDraft("dm", "first", {}))
     clock.advance(1)
     await enqueue(store, job.id, OutboxDraft("dm", "second", {}))
     await enqueue(store, job.id, OutboxDraft("dm", "third", {}))
-    assert [item.dedupe_key for item in await store.due_outbox()] == ["first", "second", "third"]
-    assert [item.dedupe_key for item in await store.due_outbox(limit=1)] == ["first"]
+    lease = timedelta(seconds=60)
+    assert [item.dedupe_key for item in await store.claim_outbox("a", lease=lease, limit=1)] == ["first"]
+    assert [item.dedupe_key for item in await store.claim_outbox("b", lease=lease)] == ["second", "third"]
     assert await pending_outbox_count(store) == 3
 
 
@@ -502,13 +503,13 @@ async def test_retry_outbox_now_makes_every_pending_item_due(store: SqliteStore,
     job = await submitted_job(store)
     await enqueue(store, job.id, OutboxDraft("dm", "waiting", {}))
     await enqueue(store, job.id, OutboxDraft("dm", "done", {}))
-    waiting, done = await store.due_outbox()
+    waiting, done = await due_outbox(store)
     await store.mark_failed(waiting, "Discord is down", timedelta(minutes=30))
     await store.mark_delivered(done)
-    assert await store.due_outbox() == []
+    assert await due_outbox(store) == []
 
     assert await store.retry_outbox_now() == 1
-    (item,) = await store.due_outbox()
+    (item,) = await due_outbox(store)
     assert item.dedupe_key == "waiting"
     assert item.attempts == 1  # the count of failed attempts is kept
     assert await store.retry_outbox_now() == 0
