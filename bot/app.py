@@ -219,7 +219,7 @@ class Application:
             raise ConfigError(listen_error(settings.webhook_host, settings.webhook_port, error)) from None
         self._log_mode()
         settled = await self.service.recover_interrupted()
-        expired = await self.service.expire_stale_previews(all_previews=True)
+        expired = await self.service.expire_stale_previews()
         if settled or expired:
             log.info("start-up recovery: %d interrupted submissions settled, %d previews expired", settled, expired)
         self.supervisor.supervise("discord", self._run_discord)

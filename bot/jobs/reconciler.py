@@ -117,6 +117,15 @@ class Reconciler:
         except Exception:
             log.exception("job %s: check failed; trying again next pass", job.id)
 
+    def _interrupted(self, job: Job, now: datetime) -> bool:
+        """A submission older than any live one can be: the process making it is gone."""
+        started = job.submitted_at
+        return (
+            job.state is JobState.SUBMITTING
+            and started is not None
+            and now - started >= self.service.submission_grace()
+        )
+
     def _stalled(self, job: Job) -> bool:
         return self.store.now() - job.progressed_at >= self.stall_deadline
 
@@ -127,6 +136,9 @@ class Reconciler:
                 await self.service.expire_preview(job.id, "The preview timed out.")
             else:
                 await self.store.touch(job.id)
+            return
+        if self._interrupted(job, now):  # its process died mid-submission (several processes share the jobs)
+            await self.service.settle_interrupted(job)
             return
         if self._stalled(job):
             await self.service.record(job.id, Event(Action.FAIL, EventSource.SYSTEM, detail=self._stall_reason(job)))

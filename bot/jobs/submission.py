@@ -7,11 +7,8 @@ stored, and only then is the provider called.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from bot.config import Settings
 from bot.errors import UserError
-from bot.images import PreparedImage
 from bot.jobs.delivery_errors import CannotPost, DeliveryError, DmsClosed, MessageGone
 from bot.jobs.limits import LimitReached, Requester, check_can_train
 from bot.jobs.model import Job, Posted
@@ -26,32 +23,29 @@ class TrainingStarter:
         self.cards = cards
         self.settings = settings
 
-    async def start(
-        self,
-        job_id: int,
-        who: Requester,
-        *,
-        channel_id: int,
-        images: Sequence[PreparedImage],
-        card_in_dms: bool,
-        on_queue_wait: QueueWait | None = None,
-    ) -> Job:
+    async def start(self, job_id: int, who: Requester, *, on_queue_wait: QueueWait | None = None) -> Job:
         """Submit a confirmed preview; returns the job as the provider left it (or raises UserError).
 
-        `on_queue_wait(seconds)` is told each time the provider's queue is full and the submission
-        waits before trying again (so the owner can be told why Start takes a while).
+        The preview (crops, where the card goes) is read from the store, so the Start click may land
+        on any process. `on_queue_wait(seconds)` is told each time the provider's queue is full and
+        the submission waits before trying again (so the owner can be told why Start takes a while).
         """
+        preview = await self.jobs.load_preview(job_id)
+        if preview is None:
+            raise UserError("This preview can no longer be started. Run /train again.")
         try:
             await check_can_train(self.store, self.settings, who)
         except LimitReached:
             await self.jobs.expire_preview(job_id, "A training limit was reached before Start.")
             raise
+        # Leaving `preview` deletes the stored crops (they are the member's photos): they are posted
+        # from `preview`, read above.
         result = await self.jobs.begin_submission(job_id)
         if not result.changed:
             raise UserError("This preview can no longer be started. Run /train again.")
         job = result.after
-        files = [(f"photo{i + 1}.{image.extension}", image.data) for i, image in enumerate(images)]
-        posted = await self._post_card(job, files, channel_id=channel_id, in_dms=card_in_dms)
+        files = [(photo.filename, photo.data) for photo in preview.photos]
+        posted = await self._post_card(job, files, channel_id=job.channel_id, in_dms=preview.card_in_dms)
         await self.store.set_card(job.id, posted.channel_id, posted.message_id)
         if len(posted.attachment_urls) != len(files):
             await self.jobs.record_failure(job.id, "Discord did not return the uploaded photos' links.")

@@ -285,7 +285,8 @@ class SqliteStore:
         """Lease the due items no other process holds to `owner` until `now + lease`, oldest first.
 
         Delivering, failing or postponing an item ends its lease; a lease that runs out (its process
-        died) makes the item claimable again.
+        died) makes the item claimable again. An owner may claim again what it holds: a process that
+        keeps its name across restarts (the only one, on SQLite) takes its items back at once.
         """
         now = self.now()
 
@@ -293,9 +294,10 @@ class SqliteStore:
             rows = conn.execute(
                 "UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE id IN ("
                 " SELECT id FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= ?"
-                " AND (claimed_until IS NULL OR claimed_until <= ?) ORDER BY next_attempt_at, id LIMIT ?)"
+                " AND (claimed_until IS NULL OR claimed_until <= ? OR claimed_by = ?)"
+                " ORDER BY next_attempt_at, id LIMIT ?)"
                 " RETURNING *",
-                (owner, iso(now + lease), iso(now), iso(now), limit),
+                (owner, iso(now + lease), iso(now), iso(now), owner, limit),
             ).fetchall()
             return sorted((outbox_item_from_row(row) for row in rows), key=lambda i: (i.next_attempt_at, i.id))
 

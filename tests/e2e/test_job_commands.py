@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 
 from bot.discord_standin import FakeMessage, InteractionRecord
-from bot.jobs.model import Job
+from bot.jobs.model import Job, PreviewPhoto
 from bot.jobs.service import TrainingParams
 from bot.jobs.states import Action, Event, EventSource, JobState
 from tests.e2e.harness import ALICE, BOB, CHANNEL, GUILD, MANAGE_GUILD, MANAGER, World, embed_text
@@ -42,7 +43,9 @@ async def make_jobs(world: World, owner_id: int, names: list[str]) -> list[Job]:
             channel_id=CHANNEL,
             name=name,
             params=TrainingParams("photo of sks man", "photo of a man"),
-            images=5,
+            photos=[PreviewPhoto(f"photo{i}.jpg", b"jpeg") for i in range(5)],
+            card_in_dms=False,
+            expires_at=world.store.now() + timedelta(minutes=10),
         )
         await world.app.service.begin_submission(job.id)
         jobs.append(await world.store.require_job(job.id))

@@ -6,13 +6,14 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Callable
+from datetime import timedelta
 
 import httpx
 import pytest
 
 from bot.errors import UserError
 from bot.jobs import service as service_module
-from bot.jobs.model import Job, OutboxDraft, TransitionPlan
+from bot.jobs.model import Job, OutboxDraft, PreviewPhoto, TransitionPlan
 from bot.jobs.provider_errors import ProviderError
 from bot.jobs.service import JobService, TrainingParams, hash_secret, provider_training_type, secret_matches
 from bot.jobs.states import Action, Event, EventSource, JobState
@@ -86,7 +87,9 @@ async def preview(service: JobService, owner: int = 1, **params: object) -> Job:
         channel_id=20,
         name="portrait",
         params=TrainingParams(instance_prompt="photo of sks man", class_prompt="photo of a man", **params),
-        images=len(URLS),
+        photos=[PreviewPhoto(f"photo{i}.jpg", b"jpeg") for i in range(len(URLS))],
+        card_in_dms=False,
+        expires_at=service.store.now() + timedelta(minutes=10),
     )
 
 
@@ -359,8 +362,10 @@ async def test_expire_stale_previews(build, store: SqliteStore, clock, settings)
     assert (await store.require_job(young.id)).state is JobState.PREVIEW
     assert await pending_outbox_count(store) == 0  # a preview's card is not a channel message
 
-    assert await service.expire_stale_previews(all_previews=True) == 1
-    assert (await store.require_job(young.id)).state is JobState.EXPIRED
+    assert await service.expire_stale_previews() == 0  # a young preview survives (and a restart too)
+    assert (await store.require_job(young.id)).state is JobState.PREVIEW
+    assert await store.load_preview(old.id) is None  # the expired one's crops are deleted with it
+    assert await store.load_preview(young.id) is not None
 
 
 async def test_expire_preview_does_not_touch_a_started_job(build, store: SqliteStore) -> None:

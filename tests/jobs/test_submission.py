@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import pytest
 
 from bot.errors import UserError
-from bot.images import PreparedImage
 from bot.jobs.delivery_errors import CannotPost, DeliveryError, DiscordUnavailable, DmsClosed, MessageGone
 from bot.jobs.limits import Requester
-from bot.jobs.model import Job, Posted
+from bot.jobs.model import Job, Posted, PreviewPhoto
 from bot.jobs.service import JobService
 from bot.jobs.states import JobState
 from bot.jobs.submission import TrainingStarter
@@ -23,9 +23,7 @@ from .test_service import URLS, Provider, ok, preview
 
 OWNER, CHANNEL, DM_CHANNEL = 1, 20, 777
 ACCEPTED = {"status": "success", "messege": "deploying_gpu", "training_id": "T1"}
-IMAGES = [
-    PreparedImage(f"p{i}.jpg", bytes([i]) * 10, "image/jpeg", "jpg", (800, 800), f"d{i}") for i in range(len(URLS))
-]
+IMAGES = [bytes([i]) * 10 for i in range(len(URLS))]
 
 
 @dataclass
@@ -57,7 +55,10 @@ def start(store: SqliteStore, settings, make_provider):
         job = await preview(service, OWNER)
         starter = TrainingStarter(store, service, cards, settings)
         who = Requester(user_id=OWNER, guild_id=10)
-        await starter.start(job.id, who, channel_id=CHANNEL, images=IMAGES, card_in_dms=in_dms)
+        await store.drop_preview(job.id)
+        photos = [PreviewPhoto(f"photo{i + 1}.jpg", data) for i, data in enumerate(IMAGES)]
+        await store.save_preview(job.id, photos, card_in_dms=in_dms, expires_at=store.now() + timedelta(minutes=10))
+        await starter.start(job.id, who)
         return await store.require_job(job.id), provider
 
     return run

@@ -26,6 +26,7 @@ async def test_a_claimed_item_is_not_claimed_again_until_its_lease_runs_out(stor
     first = await store.claim_outbox("a", lease=LEASE)
     assert len(first) == 1
     assert await store.claim_outbox("b", lease=LEASE) == []
+    assert [i.id for i in await store.claim_outbox("a", lease=LEASE)] == [first[0].id]  # its own, again
     assert await store.next_outbox_due() == clock() + LEASE  # due again when the lease ends
     clock.advance(LEASE.total_seconds())
     again = await store.claim_outbox("b", lease=LEASE)  # "a" died: "b" takes it over
