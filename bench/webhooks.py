@@ -59,7 +59,10 @@ LATE_JOBS = 500  # one block (see bench._loadgen.target)
 
 
 async def _template(db_path: Path) -> int:
+    from datetime import timedelta
+
     from bot.config import load_settings
+    from bot.jobs.model import PreviewPhoto
     from bot.jobs.service import JobService, TrainingParams, hash_secret
     from bot.jobs.states import Action, Event, EventSource
     from bot.provider.client import ProviderClient
@@ -81,7 +84,9 @@ async def _template(db_path: Path) -> int:
             channel_id=645027906669510667,
             name="sks man",
             params=TrainingParams("photo of sks man", "photo of a man"),
-            images=10,
+            photos=[PreviewPhoto(f"photo{i}.jpg", b"jpeg") for i in range(10)],
+            card_in_dms=False,
+            expires_at=store.now() + timedelta(minutes=10),
         )
         await service.begin_submission(job.id)
         urls = [

@@ -20,19 +20,21 @@ import aiohttp
 import discord
 
 from bot.config import ConfigError, Settings
+from bot.delivery.cards import DiscordCardPoster
+from bot.delivery.messenger import Messenger
+from bot.delivery.notifier import Notifier
+from bot.delivery.pictures import PictureDelivery
 from bot.discord_bot import LoraBot, Services, point_discord_at
 from bot.images import ImageLimits
 from bot.jobs.generations import GenerationRunner, GenerationService
-from bot.jobs.notifier import Notifier
-from bot.jobs.picture_delivery import PictureDelivery
+from bot.jobs.provider_errors import InvalidApiKey, ProviderError, ProviderMisconfigured
+from bot.jobs.queries import JobQueries
 from bot.jobs.reconciler import Reconciler
 from bot.jobs.service import JobService
 from bot.jobs.submission import TrainingStarter
 from bot.logging_setup import redactor
-from bot.messenger import Messenger
 from bot.metrics import Metrics
 from bot.provider.client import ProviderClient
-from bot.provider.errors import InvalidApiKey, ProviderError, ProviderMisconfigured
 from bot.store import Database
 from bot.store.sqlite import SqliteStore
 from bot.store.sqlite_generations import SqliteGenerationStore
@@ -171,20 +173,20 @@ class Application:
             self.store, self.provider, settings, on_outbox=self.notifier.wake, metrics=self.metrics
         )
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="images")
+        cards = DiscordCardPoster(self.store, messenger, simulated=settings.simulated)
         self.bot.attach(
             Services(
-                settings,
-                self.store,
-                self.service,
-                self.provider,
-                self.notifier,
-                messenger,
-                image_limits(settings),
-                TrainingStarter(self.store, self.service, messenger, settings),
-                self.generations,
-                self.executor,
-                self.supervisor,
-            )
+                settings=settings,
+                jobs=self.service,
+                queries=JobQueries(self.store, self.provider),
+                notifier=self.notifier,
+                image_limits=image_limits(settings),
+                starter=TrainingStarter(self.store, self.service, cards, settings),
+                generations=self.generations,
+                executor=self.executor,
+                supervisor=self.supervisor,
+            ),
+            memory=self.store,
         )
         self.webhooks = WebhookServer(
             self.service,
@@ -217,7 +219,7 @@ class Application:
             raise ConfigError(listen_error(settings.webhook_host, settings.webhook_port, error)) from None
         self._log_mode()
         settled = await self.service.recover_interrupted()
-        expired = await self.service.expire_stale_previews(all_previews=True)
+        expired = await self.service.expire_stale_previews()
         if settled or expired:
             log.info("start-up recovery: %d interrupted submissions settled, %d previews expired", settled, expired)
         self.supervisor.supervise("discord", self._run_discord)

@@ -13,15 +13,14 @@ import yarl
 from discord.ext import commands
 
 from bot.config import Settings
+from bot.delivery.notifier import Notifier
 from bot.images import ImageLimits
 from bot.invite import invite_url
 from bot.jobs.generations import GenerationService
-from bot.jobs.notifier import Notifier
+from bot.jobs.ports import KeyValue
+from bot.jobs.queries import JobQueries
 from bot.jobs.service import JobService
 from bot.jobs.submission import TrainingStarter
-from bot.messenger import Messenger
-from bot.provider.client import ProviderClient
-from bot.store.sqlite import SqliteStore
 from bot.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -37,14 +36,13 @@ discord.VoiceClient.warn_dave = False
 
 @dataclass
 class Services:
-    """Everything the cogs use, built once by the app and handed to the bot."""
+    """Everything the cogs use (services, never a store or a provider client), built once by the
+    app and handed to the bot."""
 
     settings: Settings
-    store: SqliteStore
     jobs: JobService
-    provider: ProviderClient
+    queries: JobQueries
     notifier: Notifier
-    messenger: Messenger
     image_limits: ImageLimits
     starter: TrainingStarter
     generations: GenerationService
@@ -60,6 +58,7 @@ def point_discord_at(api_base: str, gateway_url: str) -> None:
 
 class LoraBot(commands.Bot):
     services: Services
+    memory: KeyValue
 
     def __init__(self, settings: Settings) -> None:
         intents = discord.Intents.none()
@@ -76,8 +75,10 @@ class LoraBot(commands.Bot):
         self.has_connected = False
         self._invite_logged = False
 
-    def attach(self, services: Services) -> None:
+    def attach(self, services: Services, memory: KeyValue) -> None:
+        """The services for the cogs, and where the digest of the synced commands is kept."""
         self.services = services
+        self.memory = memory
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
@@ -104,11 +105,11 @@ class LoraBot(commands.Bot):
                 sort_keys=True,
             ).encode()
         ).hexdigest()
-        if await self.services.store.get_value(COMMANDS_HASH_KEY) == digest:
+        if await self.memory.get_value(COMMANDS_HASH_KEY) == digest:
             log.info("application commands unchanged; not syncing")
             return False
         await self.tree.sync(guild=guild)
-        await self.services.store.set_value(COMMANDS_HASH_KEY, digest)
+        await self.memory.set_value(COMMANDS_HASH_KEY, digest)
         log.info("synced %d application commands %s", len(definition), f"to guild {guild.id}" if guild else "globally")
         return True
 

@@ -1,8 +1,8 @@
 """What the bot asks for when it is invited to a server, and the invite URL (`lorabot invite`).
 
 The permission set is kept here, in one place, and derived from what the code does with the bot
-token in a server's channels (`bot/messenger.py`; `bot_can_post` in `cogs/training.py` checks the
-same permissions before a card goes to a channel instead of the member's DMs):
+token in a server's channels (`bot/delivery/messenger.py`; `bot_can_post` in `cogs/training.py`
+checks the same permissions before a card goes to a channel instead of the member's DMs):
 
 - View Channel: see the channel where `/train` or `/imagine` ran, to post there.
 - Send Messages: post a job's card, `/imagine` results, and the mention that replaces a DM when

@@ -2,8 +2,9 @@
 
 Each `Application` makes one `Metrics`, with a registry of its own (never the library's global
 one, so several applications in one process, as in the tests, don't clash), and hands it to
-the components that count. A component made without one counts into a private `Metrics` that
-nobody reads, so it works the same with or without metrics.
+the components that count; the domain's services see it as the `Metrics` protocol of
+`bot/jobs/ports.py`. A component made without one counts nothing (the domain's `NoMetrics`)
+or into a private `Metrics` that nobody reads, so it works the same with or without metrics.
 
 Labels take values from small fixed sets only (states, sources, endpoint names, reasons): never
 an id, a secret or free text.

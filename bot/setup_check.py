@@ -29,8 +29,7 @@ from aiohttp import web
 
 from bot.config import ConfigError, Settings, is_loopback_host, load_settings
 from bot.invite import application_info, discord_rest, invite_url
-from bot.provider.client import ProviderClient
-from bot.provider.errors import (
+from bot.jobs.provider_errors import (
     InsufficientCredits,
     InvalidApiKey,
     ProviderError,
@@ -39,6 +38,7 @@ from bot.provider.errors import (
     RateLimited,
     RequestRejected,
 )
+from bot.provider.client import ProviderClient
 from bot.store import MigrationError, load_migrations
 
 Outcome = Literal["ok", "fail", "skip"]
@@ -255,9 +255,10 @@ class _Inert:
 async def expected_commands(settings: Settings) -> list[dict[str, Any]]:
     """The application commands this code defines, as it would sync them (the cogs' command tree)."""
     from bot.discord_bot import EXTENSIONS, LoraBot, Services
+    from bot.jobs.ports import KeyValue
 
     bot = LoraBot(settings)
-    bot.attach(cast(Services, _Inert()))  # a cog's `cog_load` may register with a service
+    bot.attach(cast(Services, _Inert()), cast(KeyValue, _Inert()))  # a cog's `cog_load` may register with a service
     try:
         for extension in EXTENSIONS:
             await bot.load_extension(extension)

@@ -38,7 +38,7 @@ class TaskHealth:
 
     name: str
     one_shot: bool = False
-    state: str = "running"  # running | restarting | stopped; one-shot groups: running | idle
+    state: str = "running"  # running | restarting | stopped | standby; one-shot groups: running | idle
     restarts: int = 0
     failures: int = 0
     last_error: str | None = None  # the exception's type only: /healthz is not the place for details
@@ -78,7 +78,10 @@ class Supervisor:
         running = self._supervised.get(name)
         if running is not None and not running.done():
             raise ValueError(f"a task named {name!r} is already supervised")
-        self._health[name] = TaskHealth(name)
+        health = self._health.get(name)
+        if health is None or health.one_shot:
+            self._health[name] = TaskHealth(name)
+        # else started again (e.g. on becoming the leader again): its recent deaths still count.
         task = asyncio.create_task(self._keep_alive(name, factory), name=name)
         self._supervised[name] = task
         return task
@@ -146,6 +149,18 @@ class Supervisor:
             log.error("background task %s (%s) failed", task.get_name(), health.name, exc_info=error)
         else:
             log.critical("background task %s (%s) failed", task.get_name(), health.name, exc_info=error)
+
+    async def cancel(self, name: str, *, state: str = "stopped") -> None:
+        """Cancel the long-lived task `name` and wait for it to end; /healthz then shows `state`.
+
+        It is not restarted; `supervise(name, ...)` may start it again later.
+        """
+        task = self._supervised.get(name)
+        if task is None:
+            return
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        self._health[name].state = state
 
     def tasks(self) -> list[asyncio.Task[None]]:
         """The long-lived tasks, each named as it was supervised."""

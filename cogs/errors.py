@@ -11,7 +11,7 @@ from discord.ext import commands
 
 from bot.errors import UserError
 from bot.jobs.limits import LimitReached
-from bot.provider.errors import ProviderError
+from bot.jobs.provider_errors import ProviderError
 
 log = logging.getLogger(__name__)
 

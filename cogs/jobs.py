@@ -1,7 +1,7 @@
 """/status, /cancel, /mymodels and /forgetme: following, stopping, listing and deleting your jobs.
 
-Another user's jobs are never shown: lookups go through `owned_job`, which answers "not found"
-for a job that exists but is not the invoker's, exactly as for one that does not exist.
+Another user's jobs are never shown: lookups go through `JobQueries.owned_job`, which answers
+"not found" for a job that exists but is not the invoker's, exactly as for one that does not exist.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import UserError
-from bot.jobs.model import Job
-from bot.provider.errors import ProviderError
+from bot.jobs.provider_errors import ProviderError
 from bot.render import job_card, job_list_embed, status_text
 from cogs.errors import report_error
 
@@ -26,33 +25,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 10
-NOT_FOUND = "I can't find that job among yours. Use /mymodels to list them."
 
 Button = discord.ui.Button["discord.ui.View"]
-
-
-async def owned_job(bot: LoraBot, user_id: int, job_ref: str | None, *, manager_guild: int | None = None) -> Job:
-    """The invoker's job named by `job_ref` (an id), or their latest; managers may name any job
-    of their own guild (for /cancel)."""
-    store = bot.services.store
-    if not job_ref:
-        latest = await store.jobs_for_owner(user_id, limit=1)
-        if not latest:
-            raise UserError("You have no trainings yet. Start one with /train.")
-        return latest[0]
-    match = re.fullmatch(r"#?(\d{1,18})", job_ref.strip())
-    job = await store.get_job(int(match[1])) if match else None
-    if job is None or job.state.value == "preview":
-        raise UserError(NOT_FOUND)
-    if job.owner_id == user_id or (manager_guild is not None and job.guild_id == manager_guild):
-        return job
-    raise UserError(NOT_FOUND)
 
 
 async def job_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
     """Only the invoker's jobs, newest first (Discord allows at most 25 choices)."""
     bot: LoraBot = interaction.client  # type: ignore[assignment]
-    jobs = await bot.services.store.search_owner_jobs(interaction.user.id, current.strip().lstrip("#"), limit=25)
+    jobs = await bot.services.queries.search(interaction.user.id, current, limit=25)
     return [
         app_commands.Choice(name=f"#{job.id} {job.name} ({status_text(job)})"[:100], value=str(job.id)) for job in jobs
     ]
@@ -167,15 +147,15 @@ class Jobs(commands.Cog):
     @app_commands.autocomplete(job=job_autocomplete)
     async def status(self, interaction: discord.Interaction, job: str | None = None) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        found = await owned_job(self.bot, interaction.user.id, job)
-        store = self.bot.services.store
-        embed = job_card(found, await store.events_for_job(found.id), simulated=self.bot.services.settings.simulated)
-        if found.training_id and not found.state.is_terminal:
-            try:
-                live = await self.bot.services.provider.training_status(found.training_id)
-            except ProviderError as error:
-                embed.add_field(name="Live status", value=f"Unavailable right now ({error.user_message})", inline=False)
-            else:
+        queries = self.bot.services.queries
+        found = await queries.owned_job(interaction.user.id, job)
+        embed = job_card(found, await queries.timeline(found), simulated=self.bot.services.settings.simulated)
+        try:
+            live = await queries.live_status(found)
+        except ProviderError as error:
+            embed.add_field(name="Live status", value=f"Unavailable right now ({error.user_message})", inline=False)
+        else:
+            if live is not None:
                 lines = "\n".join(live.log_lines[-5:]) or "-"
                 value = f"Provider says `{live.status}`" + (f", ETA {live.eta}" if live.eta else "") + f"\n{lines}"
                 embed.add_field(name="Live status", value=value[:1024], inline=False)
@@ -188,7 +168,7 @@ class Jobs(commands.Cog):
     @app_commands.autocomplete(job=job_autocomplete)
     async def cancel(self, interaction: discord.Interaction, job: str | None = None) -> None:
         manager_guild = interaction.guild_id if _is_manager(interaction) else None
-        found = await owned_job(self.bot, interaction.user.id, job, manager_guild=manager_guild)
+        found = await self.bot.services.queries.owned_job(interaction.user.id, job, manager_guild=manager_guild)
         if found.state.is_terminal:
             raise UserError(
                 f"Job #{found.id} has already finished ({found.state.label.lower()}) and can't be cancelled."
@@ -201,7 +181,7 @@ class Jobs(commands.Cog):
 
     async def confirm_cancel(self, interaction: discord.Interaction, job_id: int) -> str:
         manager_guild = interaction.guild_id if _is_manager(interaction) else None
-        job = await owned_job(self.bot, interaction.user.id, str(job_id), manager_guild=manager_guild)
+        job = await self.bot.services.queries.owned_job(interaction.user.id, str(job_id), manager_guild=manager_guild)
         job = await self.bot.services.jobs.cancel(job, by_user_id=interaction.user.id)
         return f"Training #{job.id} **{job.name}** is cancelled."
 
@@ -213,16 +193,13 @@ class Jobs(commands.Cog):
         await interaction.response.send_message(embed=embed, view=view, ephemeral=True)
 
     async def models_page(self, user_id: int, page: int) -> tuple[discord.Embed, discord.ui.View]:
-        store = self.bot.services.store
-        total = await store.count_jobs_for_owner(user_id)
-        pages = max(1, -(-total // PAGE_SIZE))
-        page = min(max(page, 0), pages - 1)
-        jobs = await store.jobs_for_owner(user_id, limit=PAGE_SIZE, offset=page * PAGE_SIZE)
+        found = await self.bot.services.queries.page(user_id, page, size=PAGE_SIZE)
         view = discord.ui.View(timeout=None)
-        view.add_item(PageButton(user_id, max(page - 1, 0), "prev", disabled=page == 0))
-        view.add_item(PageButton(user_id, page + 1, "next", disabled=page >= pages - 1))
-        pictures = await self.bot.services.generations.pictures_per_model([job.id for job in jobs])
-        return job_list_embed(jobs, page=page, pages=pages, total=total, pictures=pictures), view
+        view.add_item(PageButton(user_id, max(found.page - 1, 0), "prev", disabled=found.page == 0))
+        view.add_item(PageButton(user_id, found.page + 1, "next", disabled=found.page >= found.pages - 1))
+        pictures = await self.bot.services.generations.pictures_per_model([job.id for job in found.jobs])
+        embed = job_list_embed(found.jobs, page=found.page, pages=found.pages, total=found.total, pictures=pictures)
+        return embed, view
 
     # -- /forgetme --------------------------------------------------------------------------------
 

@@ -14,9 +14,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.images import PreparedImage
-from bot.jobs.limits import Requester, check_can_train
-from bot.jobs.model import JobNotFound
+from bot.jobs.limits import Requester
+from bot.jobs.model import JobNotFound, PreviewPhoto
 from bot.jobs.photos import collect_photos, preview_grid
 from bot.jobs.service import TrainingParams
 from bot.jobs.states import JobState
@@ -39,13 +38,13 @@ PREVIEW_TASKS = "preview-timers"
 
 @dataclass
 class PendingPreview:
-    """A preview waiting for Start: its crops live only here, in this process's memory."""
+    """The ephemeral preview message this process showed, so its timer can mark it expired.
+
+    The preview itself (crops, choices) is in the database: a Start click may land on any process.
+    """
 
     job_id: int
     owner_id: int
-    channel_id: int
-    images: tuple[PreparedImage, ...]
-    card_in_dms: bool
     interaction: discord.Interaction
     expires_at: datetime
     timer: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -171,7 +170,7 @@ class Training(commands.Cog):
         # Acknowledge first: downloads and image work can take longer than Discord's 3 seconds.
         await interaction.response.defer(ephemeral=True, thinking=True)
         services = self.bot.services
-        await check_can_train(services.store, services.settings, requester(interaction))
+        await services.jobs.check_can_train(requester(interaction))
 
         attachments = [
             a for a in (image1, image2, image3, image4, image5, image6, image7, image8, image9, image10) if a
@@ -193,17 +192,21 @@ class Training(commands.Cog):
             seed=seed,
         )
         label = (name or default_name(instance_prompt)).strip()
+        card_in_dms = not bot_can_post(interaction)
+        expires_at = discord.utils.utcnow() + timedelta(seconds=services.settings.preview_timeout_seconds)
         job = await services.jobs.create_preview(
             owner_id=interaction.user.id,
             guild_id=interaction.guild_id,
             channel_id=interaction.channel_id or 0,
             name=label,
             params=params,
-            images=len(batch.images),
+            photos=[
+                PreviewPhoto(f"photo{i + 1}.{image.extension}", image.data) for i, image in enumerate(batch.images)
+            ],
+            card_in_dms=card_in_dms,
+            expires_at=expires_at,
         )
-        card_in_dms = not bot_can_post(interaction)
         grid = await preview_grid(batch.images, services.executor)
-        expires_at = discord.utils.utcnow() + timedelta(seconds=services.settings.preview_timeout_seconds)
         embed = preview_embed(
             job_id=job.id,
             name=label,
@@ -214,9 +217,7 @@ class Training(commands.Cog):
             card_in_dms=card_in_dms,
             expires_at=expires_at,
         )
-        preview = PendingPreview(
-            job.id, interaction.user.id, job.channel_id, batch.images, card_in_dms, interaction, expires_at
-        )
+        preview = PendingPreview(job.id, interaction.user.id, interaction, expires_at)
         self.previews[job.id] = preview
         preview.timer = services.supervisor.spawn(
             PREVIEW_TASKS, self._expire_later(preview), task_name=f"preview-{job.id}"
@@ -232,8 +233,10 @@ class Training(commands.Cog):
         if self.previews.pop(preview.job_id, None) is None:
             return
         try:
-            await self.bot.services.jobs.expire_preview(preview.job_id, "The preview timed out.")
+            result = await self.bot.services.jobs.expire_preview(preview.job_id, "The preview timed out.")
         except JobNotFound:  # deleted with /forgetme in the meantime: nothing left to expire
+            return
+        if not result.changed:  # started or dismissed meanwhile, from a click another process took
             return
         try:
             await preview.interaction.edit_original_response(
@@ -246,33 +249,27 @@ class Training(commands.Cog):
             log.info("job %s: could not mark the preview expired (%s)", preview.job_id, error.status)
 
     async def on_preview_button(self, interaction: discord.Interaction, action: str, job_id: int) -> None:
-        preview = self.previews.get(job_id)
-        if preview is not None and interaction.user.id != preview.owner_id:
+        """Start or Cancel, on whichever process Discord sent the click to: the database decides."""
+        jobs = self.bot.services.jobs
+        job = await jobs.get_job(job_id)
+        if job is not None and job.owner_id != interaction.user.id:
             await interaction.response.send_message("This preview isn't yours.", ephemeral=True)
             return
-        if preview is None:
-            job = await self.bot.services.store.get_job(job_id)
-            if job is not None and job.owner_id != interaction.user.id:
-                await interaction.response.send_message("This preview isn't yours.", ephemeral=True)
-                return
-            await self._no_longer_active(interaction)
-            return
-        del self.previews[job_id]
-        if preview.timer:
-            preview.timer.cancel()
-        job = await self.bot.services.store.get_job(job_id)
-        if job is None or job.state is not JobState.PREVIEW:  # deleted (/forgetme) or settled meanwhile
+        local = self.previews.pop(job_id, None)  # this process's timer for it, if it showed it
+        if local is not None and local.timer:
+            local.timer.cancel()
+        if job is None or job.state is not JobState.PREVIEW:  # deleted (/forgetme), started or expired
             await self._no_longer_active(interaction)
             return
         if action == "drop":
-            await self.bot.services.jobs.expire_preview(job_id, "Cancelled from the preview.")
+            await jobs.expire_preview(job_id, "Cancelled from the preview.")
             await interaction.response.edit_message(
                 content="Cancelled. Nothing was sent.", embed=None, attachments=[], view=None
             )
             return
         await interaction.response.edit_message(content="Submitting your training...", view=None)
         try:
-            message = await self.start(interaction, preview)
+            message = await self.start(interaction, job_id)
         except JobNotFound:  # deleted with /forgetme between the click and the submission
             message = NO_LONGER_ACTIVE
         except Exception as error:
@@ -284,7 +281,7 @@ class Training(commands.Cog):
             await interaction.edit_original_response(content=message, embed=None, attachments=[], view=None)
         except discord.HTTPException as error:
             # The job is submitted and its card is posted; only this ephemeral note is lost.
-            log.info("job %s: could not update the preview message (%s %s)", preview.job_id, error.status, error.code)
+            log.info("job %s: could not update the preview message (%s %s)", job_id, error.status, error.code)
 
     @staticmethod
     async def _no_longer_active(interaction: discord.Interaction) -> None:
@@ -310,23 +307,16 @@ class Training(commands.Cog):
         except discord.HTTPException as error:  # e.g. the interaction token expired
             log.info("job %s: could not clear the forgotten preview (%s)", preview.job_id, error.status)
 
-    async def start(self, interaction: discord.Interaction, preview: PendingPreview) -> str:
+    async def start(self, interaction: discord.Interaction, job_id: int) -> str:
         """Submit a confirmed preview; returns the message for the owner."""
 
         async def queue_full(seconds: float) -> None:
             try:
                 await interaction.edit_original_response(content=queue_wait_text(seconds))
             except discord.HTTPException as error:  # only the note is lost; the submission goes on
-                log.info("job %s: could not show the queue wait (%s)", preview.job_id, error.status)
+                log.info("job %s: could not show the queue wait (%s)", job_id, error.status)
 
-        job = await self.bot.services.starter.start(
-            preview.job_id,
-            requester(interaction),
-            channel_id=preview.channel_id,
-            images=preview.images,
-            card_in_dms=preview.card_in_dms,
-            on_queue_wait=queue_full,
-        )
+        job = await self.bot.services.starter.start(job_id, requester(interaction), on_queue_wait=queue_full)
         return start_outcome(job)
 
 

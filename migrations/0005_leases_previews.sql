@@ -19,3 +19,11 @@ CREATE TABLE preview_photos (
     data     BLOB NOT NULL,
     PRIMARY KEY (job_id, position)
 );
+
+-- A job that leaves `preview` (started, dismissed, expired) no longer needs its crops: whatever
+-- moved it, they are deleted in the same transaction.
+CREATE TRIGGER previews_dropped_on_leaving_preview AFTER UPDATE OF state ON jobs
+WHEN OLD.state = 'preview' AND NEW.state <> 'preview'
+BEGIN
+    DELETE FROM previews WHERE job_id = NEW.id;
+END;

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from bot.config import Settings, load_settings
-from bot.provider import ProviderClient
+from bot.provider.client import ProviderClient
 from bot.store import Database
 from bot.store.sqlite import SqliteStore
 

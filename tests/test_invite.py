@@ -21,6 +21,7 @@ from bot.config import Settings
 from bot.discord_bot import LoraBot, Services
 from bot.discord_standin import FakeDiscord
 from bot.invite import REQUIRED_PERMISSIONS, invite_url
+from bot.jobs.ports import KeyValue
 from cogs.training import bot_can_post
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +121,7 @@ async def test_run_logs_the_invite_once_when_the_bot_is_in_no_server(
     bot = LoraBot(make_settings())
     restored = AsyncMock()
     services: Any = SimpleNamespace(notifier=SimpleNamespace(connection_restored=restored))
-    bot.attach(cast(Services, services))
+    bot.attach(cast(Services, services), cast(KeyValue, None))
     bot._connection.application_id = 1150000000000000777
     with caplog.at_level(logging.INFO, logger="bot.discord_bot"):
         await bot.on_ready()

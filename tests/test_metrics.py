@@ -12,21 +12,22 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bot.delivery.notifier import Notifier
+from bot.jobs.delivery_errors import DiscordUnavailable
 from bot.jobs.generation_model import NewGeneration
 from bot.jobs.model import OutboxDraft
-from bot.jobs.notifier import Notifier
 from bot.jobs.reconciler import Reconciler
 from bot.jobs.service import JobService
 from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.transitions import plan_transition
-from bot.messenger import DiscordUnavailable
 from bot.metrics import CONTENT_TYPE, Metrics
-from bot.provider import ProviderClient
+from bot.provider.client import ProviderClient
 from bot.store import Database, load_migrations
 from bot.store.sqlite import SqliteStore
 from bot.store.sqlite_generations import SqliteGenerationStore
 from bot.webhooks import WebhookServer
-from tests.jobs.test_notifier import ScriptedMessenger, running_job
+from tests.delivery.test_notifier import ScriptedMessenger, running_job
+from tests.store_helpers import enqueue
 from tests.test_webhooks import SECRET, TID, body, make_job
 
 KEY = "metrics-test-api-key-0123456789abcdef"
@@ -190,7 +191,7 @@ async def test_metrics_page_has_the_store_gauges_and_writes_nothing(scrape, stor
     _server, client, _metrics = scrape
     running = await running_job(store)  # submitting, then deploying_gpu: a card item in the outbox
     await store.create_job(owner_id=1, guild_id=1, channel_id=2, name="n", params={}, image_count=5)
-    await store.enqueue(running.id, OutboxDraft("dm", "dm:test", {}))
+    await enqueue(store, running.id, OutboxDraft("dm", "dm:test", {}))
     clock.advance(90)
     changes = (await store.db.fetchone("SELECT total_changes()"))[0]
     response = await client.get("/metrics")

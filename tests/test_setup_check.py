@@ -24,7 +24,7 @@ import pytest
 from bot.config import Settings
 from bot.discord_standin import FakeDiscord
 from bot.jobs.service import JobService
-from bot.provider import ProviderClient
+from bot.provider.client import ProviderClient
 from bot.setup_check import (
     check_config,
     check_database,

@@ -242,3 +242,42 @@ async def test_a_one_shot_cancelled_before_it_ran_is_not_a_failure() -> None:
     await asyncio.sleep(0)
     assert supervisor.health()["preview-timers"]["failures"] == 0
     assert supervisor.health()["preview-timers"]["state"] == "idle"
+
+
+async def test_cancel_stops_a_task_for_good_and_shows_the_given_state() -> None:
+    supervisor = Supervisor()
+    runs = 0
+
+    async def reconciler() -> None:
+        nonlocal runs
+        runs += 1
+        await asyncio.sleep(3600)
+
+    task = supervisor.supervise("reconciler", reconciler)
+    await until(lambda: runs == 1, "the task to start")
+    await supervisor.cancel("reconciler", state="standby")
+    assert task.cancelled()
+    await asyncio.sleep(0)
+    assert runs == 1  # not restarted
+    assert supervisor.health()["reconciler"]["state"] == "standby"
+    assert supervisor.health()["reconciler"]["failures"] == 0
+    await supervisor.cancel("never-supervised")  # nothing to do
+
+
+async def test_a_task_started_again_keeps_its_recent_deaths() -> None:
+    """A leader-only task that died twice, stood by, and died once more after restarting is unhealthy."""
+    time = FakeTime()
+    supervisor = supervisor_with(time)
+
+    async def broken() -> None:
+        raise RuntimeError("boom")
+
+    supervisor.supervise("reconciler", broken)
+    await until(lambda: supervisor.health()["reconciler"]["failures"] == 2, "two deaths")
+    await supervisor.cancel("reconciler", state="standby")
+    assert supervisor.is_healthy("reconciler")
+
+    supervisor.supervise("reconciler", broken)
+    await until(lambda: supervisor.health()["reconciler"]["failures"] >= 3, "a third death")
+    assert not supervisor.is_healthy("reconciler")
+    await supervisor.stop()

@@ -77,7 +77,7 @@ class Harness:
         """Records every call the server makes to the store and the database inside the block."""
         calls = DatabaseCalls()
         targets = [
-            (self.store, ("get_job", "require_job", "apply_event", "get_job_by_training_id")),
+            (self.store, ("get_job", "require_job", "apply_event")),
             (self.store.db, ("fetchone", "fetchall", "run_transaction", "transaction", "ping")),
         ]
         originals = [(obj, name, getattr(obj, name)) for obj, names in targets for name in names]

@@ -30,14 +30,12 @@ from bot.jobs.generation_model import (
     Picture,
     result_draft,
 )
+from bot.jobs.image_api import GenerationAnswer, GenerationRequest
 from bot.jobs.limits import DAY, LimitReached, when
 from bot.jobs.model import Job
+from bot.jobs.ports import GenerationStore, ImageProvider, JobStore
+from bot.jobs.provider_errors import GenerationFailed, ProviderError, RateLimited, SubmissionUncertain
 from bot.jobs.states import JobState
-from bot.provider.client import ProviderClient
-from bot.provider.errors import GenerationFailed, ProviderError, RateLimited, SubmissionUncertain
-from bot.provider.generation import GenerationAnswer, GenerationRequest
-from bot.store.sqlite import SqliteStore
-from bot.store.sqlite_generations import SqliteGenerationStore
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +145,9 @@ class GenerationService:
 
     def __init__(
         self,
-        store: SqliteStore,
-        generations: SqliteGenerationStore,
-        provider: ProviderClient,
+        store: JobStore,
+        generations: GenerationStore,
+        provider: ImageProvider,
         settings: Settings,
         *,
         on_outbox: Callable[[], None] = lambda: None,
@@ -344,7 +342,7 @@ class GenerationRunner:
         self._spawn = spawn or (lambda name, coro: asyncio.create_task(coro, name=name))
 
     @property
-    def provider(self) -> ProviderClient:
+    def provider(self) -> ImageProvider:
         return self.service.provider
 
     def wake(self) -> None:

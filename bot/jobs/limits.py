@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from bot.config import Settings
-from bot.store.sqlite import SqliteStore
+from bot.jobs.ports import JobStore
 
 DAY = timedelta(days=1)
 
@@ -33,7 +33,7 @@ def when(moment: datetime) -> str:
     return f"<t:{int(moment.timestamp())}:R>"
 
 
-async def check_can_train(store: SqliteStore, settings: Settings, who: Requester) -> None:
+async def check_can_train(store: JobStore, settings: Settings, who: Requester) -> None:
     """Raise LimitReached with a clear message when `who` may not start a training now."""
     exempt = settings.limits_exempt_managers and who.manages_guild
     restricted = settings.train_role_ids and who.guild_id is not None and not exempt

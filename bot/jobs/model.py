@@ -125,3 +125,12 @@ class Preview:
     photos: tuple[PreviewPhoto, ...]
     card_in_dms: bool
     expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Posted:
+    """A message the bot posted: where it is, and the links of its attachments."""
+
+    channel_id: int
+    message_id: int
+    attachment_urls: tuple[str, ...] = ()

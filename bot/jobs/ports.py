@@ -1,8 +1,10 @@
 """What the domain needs from the outside world, as protocols the adapters implement.
 
 The services are written against these and nothing else: `bot/store/sqlite.py` and
-`bot/store/postgres.py` implement the stores, and the application picks one at start-up.
-Every method here is used by a service; anything only tests need lives in the tests.
+`bot/store/postgres.py` implement the stores, `bot/provider/client.py` the providers,
+`bot/delivery/` the card poster and `bot/metrics.py` the metrics; the application picks and
+wires them at start-up. Every method here is used by product code; anything only tests need
+lives in the tests.
 """
 
 from __future__ import annotations
@@ -19,15 +21,24 @@ from bot.jobs.generation_model import (
     NewGeneration,
     StoredPicture,
 )
-from bot.jobs.model import Job, JobEvent, OutboxItem, Planner, Preview, PreviewPhoto, TransitionResult
+from bot.jobs.image_api import GenerationAnswer, GenerationRequest
+from bot.jobs.model import Job, JobEvent, OutboxItem, Planner, Posted, Preview, PreviewPhoto, TransitionResult
 from bot.jobs.states import Event, JobState
+from bot.jobs.training_api import SubmitResult, TrainingRequest, TrainingStatus
 
 
 class Clock(Protocol):
     def now(self) -> datetime: ...
 
 
-class JobStore(Protocol):
+class KeyValue(Protocol):
+    """A small key/value table (e.g. the digest of the application commands last synced)."""
+
+    async def get_value(self, key: str) -> str | None: ...
+    async def set_value(self, key: str, value: str) -> None: ...
+
+
+class JobStore(KeyValue, Protocol):
     """Jobs, their events, the outbox, previews, users and a small key/value table.
 
     Every state change goes through `apply_event`: the event row, the job update and the outbox
@@ -76,7 +87,9 @@ class JobStore(Protocol):
     async def load_preview(self, job_id: int) -> Preview | None: ...
     async def drop_preview(self, job_id: int) -> None: ...
 
-    # -- outbox: each item is leased to one process at a time
+    # -- outbox: `claim_outbox` leases each due item to one process at a time, so several
+    # processes can share the outbox and a dead process's items are taken over when the lease ends
+    # (at once by an owner of the same name: what it holds is its own).
     async def claim_outbox(self, owner: str, *, lease: timedelta, limit: int = 50) -> list[OutboxItem]: ...
     async def next_outbox_due(self) -> datetime | None: ...
     async def mark_delivered(self, item: OutboxItem) -> None: ...
@@ -87,11 +100,9 @@ class JobStore(Protocol):
     async def settle_outbox_key(self, dedupe_key: str) -> None: ...
     async def pending_card_item(self, job_id: int) -> OutboxItem | None: ...
 
-    # -- users and key/value
+    # -- users (and, from KeyValue, get_value / set_value)
     async def mark_dms_closed(self, user_id: int) -> None: ...
     async def dms_closed(self, user_id: int) -> bool: ...
-    async def get_value(self, key: str) -> str | None: ...
-    async def set_value(self, key: str, value: str) -> None: ...
     async def forget_user(self, user_id: int) -> int: ...
 
     # -- the provider account's models (settling unconfirmed submissions)
@@ -134,3 +145,49 @@ class Leadership(Protocol):
     def held(self) -> bool: ...
     async def try_acquire(self) -> bool: ...
     async def release(self) -> None: ...
+
+
+class TrainingProvider(Protocol):
+    """The provider's LoRA training. Errors are raised as `bot.jobs.provider_errors` types; a
+    submission is never retried by the implementation (see `bot/provider/client.py`)."""
+
+    async def submit_training(self, request: TrainingRequest) -> SubmitResult: ...
+    async def training_status(self, training_id: str) -> TrainingStatus: ...
+    async def cancel_training(self, training_id: str) -> str: ...
+    async def list_trainings(self) -> list[str]: ...
+    async def delete_training(self, training_id: str) -> str: ...
+
+
+class ImageProvider(Protocol):
+    """The provider's picture generation with a trained LoRA, and the download of its results."""
+
+    async def text2img(self, request: GenerationRequest) -> GenerationAnswer: ...
+    async def fetch_generation(self, request_id: str) -> GenerationAnswer: ...
+    async def download_image(self, url: str, *, max_bytes: int) -> tuple[bytes, str]: ...
+
+
+class CardPoster(Protocol):
+    """Posts a job's card with its photos (the attachments' links are what the provider downloads).
+
+    Failures are raised as `bot.jobs.delivery_errors` types: where to post instead is the domain's call.
+    """
+
+    async def post_card(self, job: Job, photos: Sequence[tuple[str, bytes]], *, channel_id: int) -> Posted: ...
+    async def dm_card(self, job: Job, photos: Sequence[tuple[str, bytes]]) -> Posted: ...
+
+
+class Metrics(Protocol):
+    """What the domain counts (`bot/metrics.py` exports it to Prometheus)."""
+
+    def state_changed(self, source: str, state: str) -> None: ...
+    def reconciler_pass(self, checked: int) -> None: ...
+
+
+class NoMetrics:
+    """Counts nothing: for a service built without metrics."""
+
+    def state_changed(self, source: str, state: str) -> None:
+        pass
+
+    def reconciler_pass(self, checked: int) -> None:
+        pass

@@ -30,11 +30,10 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from bot.jobs.model import Job, JobNotFound
+from bot.jobs.ports import JobStore, Metrics, NoMetrics
+from bot.jobs.provider_errors import ProviderError, TrainingNotFound
 from bot.jobs.service import JobService
 from bot.jobs.states import Action, Event, EventSource, JobState
-from bot.metrics import Metrics
-from bot.provider.errors import ProviderError, TrainingNotFound
-from bot.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ log = logging.getLogger(__name__)
 class Reconciler:
     def __init__(
         self,
-        store: SqliteStore,
+        store: JobStore,
         service: JobService,
         *,
         interval: float,
@@ -55,7 +54,7 @@ class Reconciler:
         self.store = store
         self.service = service
         #: Completed passes and the jobs they checked.
-        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics: Metrics = metrics if metrics is not None else NoMetrics()
         self.interval = timedelta(seconds=interval)
         self.stall_deadline = timedelta(seconds=stall_deadline)
         self.preview_timeout = timedelta(seconds=preview_timeout)
@@ -118,6 +117,15 @@ class Reconciler:
         except Exception:
             log.exception("job %s: check failed; trying again next pass", job.id)
 
+    def _interrupted(self, job: Job, now: datetime) -> bool:
+        """A submission older than any live one can be: the process making it is gone."""
+        started = job.submitted_at
+        return (
+            job.state is JobState.SUBMITTING
+            and started is not None
+            and now - started >= self.service.submission_grace()
+        )
+
     def _stalled(self, job: Job) -> bool:
         return self.store.now() - job.progressed_at >= self.stall_deadline
 
@@ -128,6 +136,9 @@ class Reconciler:
                 await self.service.expire_preview(job.id, "The preview timed out.")
             else:
                 await self.store.touch(job.id)
+            return
+        if self._interrupted(job, now):  # its process died mid-submission (several processes share the jobs)
+            await self.service.settle_interrupted(job)
             return
         if self._stalled(job):
             await self.service.record(job.id, Event(Action.FAIL, EventSource.SYSTEM, detail=self._stall_reason(job)))

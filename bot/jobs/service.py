@@ -15,16 +15,14 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from bot.config import Settings
 from bot.errors import UserError
-from bot.jobs.model import Job, TransitionResult
-from bot.jobs.states import Action, Event, EventSource, JobState
-from bot.jobs.transitions import plan_transition
-from bot.metrics import Metrics
-from bot.provider.client import DUPLICATE_WINDOW_SECONDS, ProviderClient
-from bot.provider.errors import (
+from bot.jobs import limits
+from bot.jobs.model import Job, Preview, PreviewPhoto, TransitionResult
+from bot.jobs.ports import JobStore, Metrics, NoMetrics, TrainingProvider
+from bot.jobs.provider_errors import (
     InsufficientCredits,
     InvalidApiKey,
     ProviderError,
@@ -33,10 +31,15 @@ from bot.provider.errors import (
     SubmissionUncertain,
     TrainingNotFound,
 )
-from bot.provider.models import TrainingRequest
-from bot.store.sqlite import SqliteStore
+from bot.jobs.states import Action, Event, EventSource, JobState
+from bot.jobs.training_api import DUPLICATE_WINDOW_SECONDS, TrainingRequest
+from bot.jobs.transitions import plan_transition
 
 log = logging.getLogger(__name__)
+
+#: Beyond the queue-full retries, the most a live submission spends in calls: the model listing,
+#: the card upload and the provider call, each with its own timeout (a generous bound).
+SUBMISSION_CALL_ALLOWANCE_SECONDS = 600
 
 #: What the user picks in /train, and what the provider expects for it.
 TRAINING_TYPES = ("man", "woman", "couple", "object")
@@ -115,8 +118,8 @@ class TrainingParams:
 class JobService:
     def __init__(
         self,
-        store: SqliteStore,
-        provider: ProviderClient,
+        store: JobStore,
+        provider: TrainingProvider,
         settings: Settings,
         *,
         on_outbox: Callable[[], None] = lambda: None,
@@ -126,7 +129,7 @@ class JobService:
         self.store = store
         self.provider = provider
         self.settings = settings
-        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics: Metrics = metrics if metrics is not None else NoMetrics()
         self._on_outbox = on_outbox
         self._sleep = sleep
         self._forget_listeners: list[Callable[[int], None]] = []
@@ -155,16 +158,40 @@ class JobService:
     # -- the /train flow ----------------------------------------------------------------------
 
     async def create_preview(
-        self, *, owner_id: int, guild_id: int | None, channel_id: int, name: str, params: TrainingParams, images: int
+        self,
+        *,
+        owner_id: int,
+        guild_id: int | None,
+        channel_id: int,
+        name: str,
+        params: TrainingParams,
+        photos: Sequence[PreviewPhoto],
+        card_in_dms: bool,
+        expires_at: datetime,
     ) -> Job:
-        return await self.store.create_job(
+        """A job in `preview`, with its crops stored so that a Start on any process can submit it."""
+        job = await self.store.create_job(
             owner_id=owner_id,
             guild_id=guild_id,
             channel_id=channel_id,
             name=name,
             params=params.as_dict(),
-            image_count=images,
+            image_count=len(photos),
         )
+        await self.store.save_preview(job.id, photos, card_in_dms=card_in_dms, expires_at=expires_at)
+        return job
+
+    async def load_preview(self, job_id: int) -> Preview | None:
+        """A preview's crops and choices, or None once it was started, dismissed, expired or erased."""
+        return await self.store.load_preview(job_id)
+
+    async def get_job(self, job_id: int) -> Job | None:
+        """The job (e.g. behind a preview's buttons), or None once it was deleted."""
+        return await self.store.get_job(job_id)
+
+    async def check_can_train(self, who: limits.Requester) -> None:
+        """Raise LimitReached when `who` may not start a training now (roles, running jobs, quotas)."""
+        await limits.check_can_train(self.store, self.settings, who)
 
     async def expire_preview(self, job_id: int, reason: str) -> TransitionResult:
         return await self.record(job_id, Event(Action.EXPIRE, EventSource.USER, detail=reason))
@@ -366,45 +393,50 @@ class JobService:
         self._forget_listeners.append(callback)
 
     async def recover_interrupted(self) -> int:
-        """After a crash: settle jobs caught between Start and the provider's answer.
-
-        A `submitting` job whose image URLs were never stored never reached the provider: it
-        fails plainly (nothing was charged). One whose URLs were stored may have reached it: it
-        becomes `uncertain`, is never resubmitted, and a late webhook can still adopt it.
-        """
+        """At start-up of the only process (SQLite): settle every job caught between Start and the
+        provider's answer by a crash. With several processes the reconciler does it instead, job by
+        job, once a submission has run for longer than any live one can (`settle_interrupted`)."""
         settled = 0
         for job_id in await self.store.job_ids_in_states([JobState.SUBMITTING]):
             job = await self.store.require_job(job_id)
-            if job.training_id:
-                continue
-            if job.image_urls:
-                event = Event(
-                    Action.UNCERTAIN,
-                    EventSource.SYSTEM,
-                    detail="The bot restarted while submitting; the training may or may not have started.",
-                )
-            else:
-                event = Event(
-                    Action.FAIL,
-                    EventSource.SYSTEM,
-                    detail="The bot restarted before submitting; nothing was sent or charged. Run /train again.",
-                )
-            await self.record(job_id, event)
-            settled += 1
+            if await self.settle_interrupted(job):
+                settled += 1
         return settled
 
-    async def expire_stale_previews(self, *, all_previews: bool = False) -> int:
-        """Previews past their timeout become `expired`; at start-up all of them do.
+    async def settle_interrupted(self, job: Job) -> bool:
+        """Settle a `submitting` job whose submission was interrupted; False if it needs nothing.
 
-        A preview's crops live only in the memory of the process that showed it, so after a
-        restart no preview can be started any more.
+        One whose image URLs were never stored never reached the provider: it fails plainly
+        (nothing was charged). One whose URLs were stored may have reached it: it becomes
+        `uncertain`, is never resubmitted, and a late webhook or the model list can still adopt it.
         """
+        if job.state is not JobState.SUBMITTING or job.training_id:
+            return False
+        if job.image_urls:
+            event = Event(
+                Action.UNCERTAIN,
+                EventSource.SYSTEM,
+                detail="The bot restarted while submitting; the training may or may not have started.",
+            )
+        else:
+            event = Event(
+                Action.FAIL,
+                EventSource.SYSTEM,
+                detail="The bot restarted before submitting; nothing was sent or charged. Run /train again.",
+            )
+        return (await self.record(job.id, event)).changed
+
+    def submission_grace(self) -> timedelta:
+        """How long a live submission can take at most: the queue-full retries plus the calls' own time."""
+        return timedelta(seconds=self.settings.sdapi_queue_retry_seconds + SUBMISSION_CALL_ALLOWANCE_SECONDS)
+
+    async def expire_stale_previews(self) -> int:
+        """Previews past their timeout become `expired` (their crops are deleted with them)."""
         cutoff = self.store.now() - timedelta(seconds=self.settings.preview_timeout_seconds)
-        reason = "The bot restarted; run /train again." if all_previews else "The preview timed out."
         expired = 0
         for job_id in await self.store.job_ids_in_states([JobState.PREVIEW]):
             job = await self.store.require_job(job_id)
-            if all_previews or job.created_at <= cutoff:
-                await self.expire_preview(job_id, reason)
+            if job.created_at <= cutoff:
+                await self.expire_preview(job_id, "The preview timed out.")
                 expired += 1
         return expired

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from bot.provider.models import KNOWN_TRAINING_STATUSES
+from bot.jobs.training_api import KNOWN_TRAINING_STATUSES
 
 
 class JobState(StrEnum):

@@ -7,52 +7,45 @@ stored, and only then is the provider called.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from bot.config import Settings
 from bot.errors import UserError
-from bot.images import PreparedImage
+from bot.jobs.delivery_errors import CannotPost, DeliveryError, DmsClosed, MessageGone
 from bot.jobs.limits import LimitReached, Requester, check_can_train
-from bot.jobs.model import Job
+from bot.jobs.model import Job, Posted
+from bot.jobs.ports import CardPoster, JobStore
 from bot.jobs.service import JobService, QueueWait
-from bot.messenger import CannotPost, DeliveryError, DmsClosed, MessageGone, Messenger, Posted
-from bot.render import job_card
-from bot.store.sqlite import SqliteStore
 
 
 class TrainingStarter:
-    def __init__(self, store: SqliteStore, jobs: JobService, messenger: Messenger, settings: Settings) -> None:
+    def __init__(self, store: JobStore, jobs: JobService, cards: CardPoster, settings: Settings) -> None:
         self.store = store
         self.jobs = jobs
-        self.messenger = messenger
+        self.cards = cards
         self.settings = settings
 
-    async def start(
-        self,
-        job_id: int,
-        who: Requester,
-        *,
-        channel_id: int,
-        images: Sequence[PreparedImage],
-        card_in_dms: bool,
-        on_queue_wait: QueueWait | None = None,
-    ) -> Job:
+    async def start(self, job_id: int, who: Requester, *, on_queue_wait: QueueWait | None = None) -> Job:
         """Submit a confirmed preview; returns the job as the provider left it (or raises UserError).
 
-        `on_queue_wait(seconds)` is told each time the provider's queue is full and the submission
-        waits before trying again (so the owner can be told why Start takes a while).
+        The preview (crops, where the card goes) is read from the store, so the Start click may land
+        on any process. `on_queue_wait(seconds)` is told each time the provider's queue is full and
+        the submission waits before trying again (so the owner can be told why Start takes a while).
         """
+        preview = await self.jobs.load_preview(job_id)
+        if preview is None:
+            raise UserError("This preview can no longer be started. Run /train again.")
         try:
             await check_can_train(self.store, self.settings, who)
         except LimitReached:
             await self.jobs.expire_preview(job_id, "A training limit was reached before Start.")
             raise
+        # Leaving `preview` deletes the stored crops (they are the member's photos): they are posted
+        # from `preview`, read above.
         result = await self.jobs.begin_submission(job_id)
         if not result.changed:
             raise UserError("This preview can no longer be started. Run /train again.")
         job = result.after
-        files = [(f"photo{i + 1}.{image.extension}", image.data) for i, image in enumerate(images)]
-        posted = await self._post_card(job, files, channel_id=channel_id, in_dms=card_in_dms)
+        files = [(photo.filename, photo.data) for photo in preview.photos]
+        posted = await self._post_card(job, files, channel_id=job.channel_id, in_dms=preview.card_in_dms)
         await self.store.set_card(job.id, posted.channel_id, posted.message_id)
         if len(posted.attachment_urls) != len(files):
             await self.jobs.record_failure(job.id, "Discord did not return the uploaded photos' links.")
@@ -62,15 +55,13 @@ class TrainingStarter:
 
     async def _post_card(self, job: Job, files: list[tuple[str, bytes]], *, channel_id: int, in_dms: bool) -> Posted:
         """Post the job's card with the crops in the channel, or in the owner's DMs if it can't be."""
-        embed = job_card(job, await self.store.events_for_job(job.id), simulated=self.settings.simulated)
-        nonce = f"card:{job.id}"
         if not in_dms:
             try:
-                return await self.messenger.post(channel_id, embed=embed, files=files, nonce_key=nonce)
+                return await self.cards.post_card(job, files, channel_id=channel_id)
             except (CannotPost, MessageGone):
                 pass
         try:
-            return await self.messenger.dm(job.owner_id, embed=embed, files=files, nonce_key=nonce)
+            return await self.cards.dm_card(job, files)
         except DeliveryError as error:
             await self.jobs.record_failure(job.id, "I could not post the job's card in the channel or in your DMs.")
             if isinstance(error, DmsClosed):

@@ -61,8 +61,8 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
-from bot.metrics import Metrics
-from bot.provider.errors import (
+from bot.jobs.image_api import GenerationAnswer, GenerationRequest, valid_request_id
+from bot.jobs.provider_errors import (
     GenerationFailed,
     ImageDownloadFailed,
     InsufficientCredits,
@@ -76,8 +76,8 @@ from bot.provider.errors import (
     SubmissionUncertain,
     TrainingNotFound,
 )
-from bot.provider.generation import GenerationAnswer, GenerationRequest, valid_request_id
-from bot.provider.models import (
+from bot.jobs.training_api import (
+    DUPLICATE_WINDOW_SECONDS,
     FAILURE_BODY_STATUSES,
     SubmitResult,
     TrainingRequest,
@@ -89,6 +89,7 @@ from bot.provider.models import (
     redact,
     tip_text,
 )
+from bot.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +155,6 @@ _CALL_FAILURE: Final = re.compile(
     r"server\s+error|unavailable|timed?\s*out|try\s+again\s+later|^failed,?\s*try\s+again\.?$|"
     r"too\s+many|maintenance|overloaded"
 )
-#: The provider refuses a request identical to one it received this many seconds before.
-DUPLICATE_WINDOW_SECONDS: Final = 30.0
 #: Redirect codes that keep the method and the body (RFC 9110), so a POST may follow them.
 _BODY_KEEPING_REDIRECTS: Final = frozenset({307, 308})
 _MAX_REDIRECTS: Final = 3

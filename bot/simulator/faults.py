@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Final, Literal, cast, get_args
 from urllib.parse import urlsplit
 
-from bot.provider.models import KNOWN_TRAINING_STATUSES
+from bot.jobs.training_api import KNOWN_TRAINING_STATUSES
 
 #: The eight documented v3 training statuses, in the order the provider walks them.
 STATUSES: Final[tuple[str, ...]] = KNOWN_TRAINING_STATUSES

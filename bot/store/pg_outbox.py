@@ -20,12 +20,6 @@ _REARM = (
     " delivered_at = NULL"
 )
 
-#: One draft outside a transition: $1 job id, $2 kind, $3 key, $4 payload (jsonb), $5 now.
-INSERT_ONE = {
-    False: _COLUMNS + " VALUES ($1, $2, $3, $4, $5, $5)" + _KEEP_FIRST,
-    True: _COLUMNS + " VALUES ($1, $2, $3, $4, $5, $5)" + _REARM,
-}
-
 
 def draft_ctes(source: str, job_id: str, first: int, now: str) -> str:
     """CTEs (to follow another CTE named `source`) writing the drafts passed as four arrays from

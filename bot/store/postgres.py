@@ -20,7 +20,6 @@ from bot.jobs.model import (
     Job,
     JobEvent,
     JobNotFound,
-    OutboxDraft,
     OutboxItem,
     Planner,
     Preview,
@@ -32,7 +31,7 @@ from bot.jobs.states import ACTIVE_STATES, TERMINAL_STATES, Event, JobState
 from bot.store.database import utcnow
 from bot.store.pg_database import Connection, PostgresDatabase
 from bot.store.pg_guarded import guarded_write
-from bot.store.pg_outbox import INSERT_ONE, draft_arrays, draft_ctes
+from bot.store.pg_outbox import draft_arrays, draft_ctes
 from bot.store.pg_rows import job_event_from_record, job_from_record, outbox_item_from_record
 
 #: Columns a transition plan may update besides `state` (never ids or owners), as in SQLite.
@@ -146,10 +145,6 @@ class PostgresStore:
         if job is None:
             raise JobNotFound(job_id)
         return job
-
-    async def get_job_by_training_id(self, training_id: str) -> Job | None:
-        row = await self.db.fetchrow("SELECT * FROM jobs WHERE training_id = $1", training_id)
-        return job_from_record(row) if row else None
 
     async def jobs_for_owner(self, owner_id: int, *, limit: int, offset: int = 0) -> list[Job]:
         """This user's jobs, newest first (served by jobs_owner_newest)."""
@@ -307,33 +302,19 @@ class PostgresStore:
 
     # -- outbox -------------------------------------------------------------------------------
 
-    async def enqueue(self, job_id: int | None, draft: OutboxDraft) -> None:
-        """Queue a notification outside a transition (e.g. re-posting a deleted card)."""
-        await self.db.execute(
-            INSERT_ONE[draft.coalesce], job_id, draft.kind, draft.dedupe_key, dict(draft.payload), self._now()
-        )
-
-    async def due_outbox(self, *, limit: int = 50) -> list[OutboxItem]:
-        rows = await self.db.fetch(
-            "SELECT * FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= $1"
-            " ORDER BY next_attempt_at, id LIMIT $2",
-            self._now(),
-            limit,
-        )
-        return [outbox_item_from_record(row) for row in rows]
-
     async def claim_outbox(self, owner: str, *, lease: timedelta, limit: int = 50) -> list[OutboxItem]:
         """Lease the due items no other process holds to `owner` until `now + lease`, oldest first.
 
         Rows another process is claiming right now are skipped (SKIP LOCKED), and a row whose
         claim committed meanwhile is re-checked and left out, so no item goes to two owners.
         Delivering, failing or postponing an item ends its lease; a lease that runs out (its
-        process died) makes the item claimable again.
+        process died) makes the item claimable again. An owner may claim again what it holds: a
+        process that keeps its name across restarts takes its items back at once.
         """
         now = self._now()
         rows = await self.db.fetch(
             "WITH due AS (SELECT id FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= $1"
-            "   AND (claimed_until IS NULL OR claimed_until <= $1)"
+            "   AND (claimed_until IS NULL OR claimed_until <= $1 OR claimed_by = $3)"
             "   ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)"
             " UPDATE outbox SET claimed_by = $3, claimed_until = $4 FROM due WHERE outbox.id = due.id"
             " RETURNING outbox.*",
@@ -409,9 +390,6 @@ class PostgresStore:
             dedupe_key,
             self._now(),
         )
-
-    async def pending_outbox_count(self) -> int:
-        return int(await self.db.fetchval("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL"))
 
     async def pending_card_item(self, job_id: int) -> OutboxItem | None:
         """The job's undelivered card edit, due or postponed (`card:<job id>`, as the transitions key it)."""

@@ -122,12 +122,6 @@ class PostgresGenerationStore:
         row = await self.db.fetchrow("SELECT * FROM generations WHERE id = $1", generation_id)
         return generation_from_record(row) if row else None
 
-    async def require(self, generation_id: int) -> Generation:
-        generation = await self.get(generation_id)
-        if generation is None:
-            raise GenerationNotFound(generation_id)
-        return generation
-
     async def sample_set(self, job_id: int) -> Generation | None:
         """The pictures made for a job's ready DM, if any were asked for."""
         row = await self.db.fetchrow("SELECT * FROM generations WHERE job_id = $1 AND kind = 'sample'", job_id)

@@ -124,10 +124,6 @@ class SqliteStore:
             raise JobNotFound(job_id)
         return job
 
-    async def get_job_by_training_id(self, training_id: str) -> Job | None:
-        row = await self.db.fetchone("SELECT * FROM jobs WHERE training_id = ?", (training_id,))
-        return job_from_row(row) if row else None
-
     async def jobs_for_owner(self, owner_id: int, *, limit: int, offset: int = 0) -> list[Job]:
         """This user's jobs, newest first (served by jobs_owner_newest)."""
         rows = await self.db.fetchall(
@@ -285,24 +281,12 @@ class SqliteStore:
 
     # -- outbox -------------------------------------------------------------------------------
 
-    async def enqueue(self, job_id: int | None, draft: OutboxDraft) -> None:
-        """Queue a notification outside a transition (e.g. re-posting a deleted card)."""
-        now = iso(self.now())
-        await self.db.run_transaction(lambda conn: write_outbox(conn, job_id, draft, now))
-
-    async def due_outbox(self, *, limit: int = 50) -> list[OutboxItem]:
-        rows = await self.db.fetchall(
-            "SELECT * FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= ?"
-            " ORDER BY next_attempt_at, id LIMIT ?",
-            (iso(self.now()), limit),
-        )
-        return [outbox_item_from_row(row) for row in rows]
-
     async def claim_outbox(self, owner: str, *, lease: timedelta, limit: int = 50) -> list[OutboxItem]:
         """Lease the due items no other process holds to `owner` until `now + lease`, oldest first.
 
         Delivering, failing or postponing an item ends its lease; a lease that runs out (its process
-        died) makes the item claimable again.
+        died) makes the item claimable again. An owner may claim again what it holds: a process that
+        keeps its name across restarts (the only one, on SQLite) takes its items back at once.
         """
         now = self.now()
 
@@ -310,9 +294,10 @@ class SqliteStore:
             rows = conn.execute(
                 "UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE id IN ("
                 " SELECT id FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= ?"
-                " AND (claimed_until IS NULL OR claimed_until <= ?) ORDER BY next_attempt_at, id LIMIT ?)"
+                " AND (claimed_until IS NULL OR claimed_until <= ? OR claimed_by = ?)"
+                " ORDER BY next_attempt_at, id LIMIT ?)"
                 " RETURNING *",
-                (owner, iso(now + lease), iso(now), iso(now), limit),
+                (owner, iso(now + lease), iso(now), iso(now), owner, limit),
             ).fetchall()
             return sorted((outbox_item_from_row(row) for row in rows), key=lambda i: (i.next_attempt_at, i.id))
 
@@ -382,10 +367,6 @@ class SqliteStore:
                 "UPDATE outbox SET delivered_at = ? WHERE dedupe_key = ? AND delivered_at IS NULL",
                 (iso(self.now()), dedupe_key),
             )
-
-    async def pending_outbox_count(self) -> int:
-        row = await self.db.fetchone("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL")
-        return int(row[0]) if row else 0
 
     async def pending_card_item(self, job_id: int) -> OutboxItem | None:
         """The job's undelivered card edit, due or postponed (`card:<job id>`, as the transitions key it)."""

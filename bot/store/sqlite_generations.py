@@ -71,17 +71,13 @@ class SqliteGenerationStore:
             if existing is None:
                 raise
             return existing  # one sample set per job: another pass made it first
-        return await self.require(generation_id)
+        generation = await self.get(generation_id)
+        assert generation is not None
+        return generation
 
     async def get(self, generation_id: int) -> Generation | None:
         row = await self.db.fetchone("SELECT * FROM generations WHERE id = ?", (generation_id,))
         return generation_from_row(row) if row else None
-
-    async def require(self, generation_id: int) -> Generation:
-        generation = await self.get(generation_id)
-        if generation is None:
-            raise GenerationNotFound(generation_id)
-        return generation
 
     async def sample_set(self, job_id: int) -> Generation | None:
         """The pictures made for a job's ready DM, if any were asked for."""

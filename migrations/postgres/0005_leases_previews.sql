@@ -16,3 +16,15 @@ CREATE TABLE preview_photos (
     data     bytea NOT NULL,
     PRIMARY KEY (job_id, position)
 );
+
+-- A job that leaves `preview` (started, dismissed, expired) no longer needs its crops: whatever
+-- moved it, they are deleted in the same transaction.
+CREATE FUNCTION previews_drop_on_leaving_preview() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM previews WHERE job_id = NEW.id;
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER previews_dropped_on_leaving_preview AFTER UPDATE OF state ON jobs
+    FOR EACH ROW WHEN (OLD.state = 'preview' AND NEW.state <> 'preview')
+    EXECUTE FUNCTION previews_drop_on_leaving_preview();

@@ -7,6 +7,7 @@ import asyncio
 
 from bot.jobs.states import JobState
 from tests.e2e.harness import ALICE, CHANNEL, World, embed_text, job_id_of, photos
+from tests.store_helpers import pending_outbox_count
 
 
 async def test_a_deleted_card_is_posted_again_and_kept_up_to_date(world: World) -> None:
@@ -36,7 +37,7 @@ async def test_webhooks_are_persisted_while_discord_is_down_and_the_outbox_catch
     job = await world.start_training()
     world.fake.set_unreachable(True)
     job = await world.wait_state(job.id, JobState.MODEL_READY, timeout=30)
-    assert await world.app.store.pending_outbox_count() > 0
+    assert await pending_outbox_count(world.app.store) > 0
     assert world.dm_texts(ALICE) == []
     events = await world.app.store.events_for_job(job.id)
     assert events[-1].status == "model_ready" and events[-1].source.value == "webhook"

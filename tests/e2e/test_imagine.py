@@ -20,6 +20,7 @@ from bot.discord_standin import FakeMessage
 from bot.jobs.model import Job
 from bot.jobs.states import JobState
 from tests.e2e.harness import ALICE, BOB, CHANNEL, GUILD, World, open_world
+from tests.store_helpers import pending_outbox_count
 
 NSFW_CHANNEL = 645027906669510999
 
@@ -280,4 +281,4 @@ async def test_pictures_too_large_for_one_discord_upload_are_reencoded_and_poste
     assert sum(a.size for a in result.attachments) <= 10 * 1024 * 1024
     assert any(a.filename.endswith(".jpg") for a in result.attachments)
     await asyncio.sleep(0.5)
-    assert len(results(world)) == 1 and await world.store.pending_outbox_count() == 0
+    assert len(results(world)) == 1 and await pending_outbox_count(world.store) == 0

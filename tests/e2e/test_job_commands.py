@@ -11,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 
 from bot.discord_standin import FakeMessage, InteractionRecord
-from bot.jobs.model import Job
+from bot.jobs.model import Job, PreviewPhoto
 from bot.jobs.service import TrainingParams
 from bot.jobs.states import Action, Event, EventSource, JobState
 from tests.e2e.harness import ALICE, BOB, CHANNEL, GUILD, MANAGE_GUILD, MANAGER, World, embed_text
+from tests.store_helpers import pending_outbox_count
 
 EPHEMERAL = 1 << 6
 NOT_FOUND = "I can't find that job among yours"
@@ -41,7 +43,9 @@ async def make_jobs(world: World, owner_id: int, names: list[str]) -> list[Job]:
             channel_id=CHANNEL,
             name=name,
             params=TrainingParams("photo of sks man", "photo of a man"),
-            images=5,
+            photos=[PreviewPhoto(f"photo{i}.jpg", b"jpeg") for i in range(5)],
+            card_in_dms=False,
+            expires_at=world.store.now() + timedelta(minutes=10),
         )
         await world.app.service.begin_submission(job.id)
         jobs.append(await world.store.require_job(job.id))
@@ -102,7 +106,7 @@ async def settle(world: World) -> None:
     """Wait until the notifier (its own loop: never a second, concurrent pass) has delivered the
     outbox, then give a stray duplicate delivery a moment to show."""
     deadline = asyncio.get_running_loop().time() + 10
-    while await world.store.pending_outbox_count():
+    while await pending_outbox_count(world.store):
         assert asyncio.get_running_loop().time() < deadline, "the outbox was not delivered"
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.3)

@@ -38,13 +38,26 @@ async def test_preview_expires_when_unanswered(world: World) -> None:
     assert world.sim.simulator.trainings == {}
 
 
-async def test_start_on_a_preview_the_process_forgot_says_so(world: World) -> None:
-    """After a restart the preview message still shows its buttons, but its crops are gone."""
+async def test_start_works_on_a_preview_this_process_never_held(world: World) -> None:
+    """The crops are in the database: a Start that lands on another process (or after a restart,
+    before the timeout) still submits."""
     _, preview = await world.preview(photos(5))
     job_id = job_id_of(preview)
     cog = world.app.bot.get_cog("Training")
     forgotten = cog.previews.pop(job_id)  # type: ignore[attr-defined]
     forgotten.timer.cancel()
+    start = await world.click(preview, f"lorabot:preview:start:{job_id}")
+    await start.wait_callback()
+    job = await world.wait_job(job_id, lambda j: j.training_id is not None)
+    assert len(world.sim.simulator.trainings) == 1
+    assert len(job.image_urls) == 5
+    assert await world.app.store.load_preview(job_id) is None  # the crops left with the preview
+
+
+async def test_start_on_a_preview_that_expired_meanwhile_says_so(world: World) -> None:
+    _, preview = await world.preview(photos(5))
+    job_id = job_id_of(preview)
+    await world.app.service.expire_preview(job_id, "The preview timed out.")  # e.g. by another process
     late = await world.click(preview, f"lorabot:preview:start:{job_id}")
     await late.wait_callback()
     assert "no longer active" in late.callback_data.get("content", "")

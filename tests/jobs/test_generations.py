@@ -28,6 +28,7 @@ from bot.jobs.states import Action, Event, EventSource
 from bot.jobs.transitions import plan_transition
 from bot.store.sqlite import SqliteStore
 from bot.store.sqlite_generations import SqliteGenerationStore
+from tests.store_helpers import require_generation
 
 TID = "F5jvdzGnYi"
 CHANNEL = 645027906669510667
@@ -120,7 +121,7 @@ async def drive(runner: GenerationRunner, clock, generation_id: int, *, steps: i
         await runner.run_once()
         while started:
             await started.pop(0)
-        generation = await runner.generations.require(generation_id)
+        generation = await require_generation(runner.generations, generation_id)
         state = generation.state
         if state.is_terminal:
             break
@@ -227,7 +228,7 @@ async def test_the_eta_is_followed_within_bounds(world, store: SqliteStore, cloc
     generation = await service.imagine(1, job, ImagineOptions("x"), HERE)
     before = clock()
     await drive(runner, clock, generation.id, steps=1)
-    after = await service.generations.require(generation.id)
+    after = await require_generation(service.generations, generation.id)
     assert after.state is GenerationState.PROCESSING and after.request_id == "77"
     assert after.next_check_at - before == timedelta(seconds=30)
 
@@ -239,7 +240,7 @@ async def test_a_full_queue_requeues_after_retry_after_and_submits_once_more(wor
     generation = await service.imagine(1, job, ImagineOptions("x"), HERE)
     started = clock()
     await drive(runner, clock, generation.id, steps=1)
-    queued = await service.generations.require(generation.id)
+    queued = await require_generation(service.generations, generation.id)
     assert queued.state is GenerationState.QUEUED and queued.attempts == 1
     assert queued.next_check_at - started == timedelta(seconds=9)
     assert await drive(runner, clock, generation.id) is GenerationState.READY
@@ -265,7 +266,7 @@ async def test_refusals_fail_and_doubts_are_never_resent(
     job = await ready_model(store)
     generation = await service.imagine(1, job, ImagineOptions("x"), HERE)
     assert await drive(runner, clock, generation.id) is state
-    assert reason in (await service.generations.require(generation.id)).last_error
+    assert reason in (await require_generation(service.generations, generation.id)).last_error
     assert len(provider.calls("text2img")) == 1
 
 
@@ -275,7 +276,7 @@ async def test_a_generation_failing_while_processing_fails_with_the_reason(world
     job = await ready_model(store)
     generation = await service.imagine(1, job, ImagineOptions("x"), HERE)
     assert await drive(runner, clock, generation.id) is GenerationState.FAILED
-    assert "GPU out of memory" in (await service.generations.require(generation.id)).last_error
+    assert "GPU out of memory" in (await require_generation(service.generations, generation.id)).last_error
 
 
 async def test_a_generation_past_the_deadline_is_given_up(world, store: SqliteStore, clock) -> None:
@@ -285,7 +286,7 @@ async def test_a_generation_past_the_deadline_is_given_up(world, store: SqliteSt
     await drive(runner, clock, generation.id, steps=2)
     clock.advance(service.settings.imagine_deadline_seconds)
     assert await drive(runner, clock, generation.id, steps=1) is GenerationState.FAILED
-    assert "stopped waiting" in (await service.generations.require(generation.id)).last_error
+    assert "stopped waiting" in (await require_generation(service.generations, generation.id)).last_error
 
 
 async def test_at_most_the_cap_is_in_flight(world, store: SqliteStore, clock, make_settings) -> None:
@@ -313,7 +314,7 @@ async def test_after_a_crash_submitting_becomes_uncertain_and_processing_is_fetc
     await service.record(waiting.id, GenerationEvent("processing", request_id="77", next_check_at=clock()))
 
     assert await runner.recover() == 1
-    assert (await service.generations.require(caught.id)).state is GenerationState.UNCERTAIN
+    assert (await require_generation(service.generations, caught.id)).state is GenerationState.UNCERTAIN
     assert await runner.recover() == 0  # once per process: a restarted runner leaves its own work alone
     assert await drive(runner, clock, waiting.id) is GenerationState.READY
     assert provider.calls("text2img") == []

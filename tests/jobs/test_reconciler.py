@@ -15,6 +15,7 @@ from bot.jobs.service import JobService
 from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.transitions import plan_transition
 from bot.store.sqlite import SqliteStore
+from tests.store_helpers import due_outbox, pending_outbox_count
 
 TID = "F5jvdzGnYi"
 INTERVAL, DEADLINE, PREVIEW_TIMEOUT = 300, 3600, 600
@@ -134,7 +135,7 @@ async def test_progress_resets_the_stall_clock(build, store: SqliteStore, clock)
 async def test_an_unknown_status_word_is_recorded_and_shown(build, store: SqliteStore, clock) -> None:
     reconciler, _, _ = build(status_answer("Queued_On_New_Cluster", data=""))
     job = await running_job(store)
-    outbox_before = await store.pending_outbox_count()
+    outbox_before = await pending_outbox_count(store)
     async with store.db.transaction() as conn:  # pretend the first card was already delivered
         await conn.execute("UPDATE outbox SET delivered_at = created_at")
     assert outbox_before == 1
@@ -146,7 +147,7 @@ async def test_an_unknown_status_word_is_recorded_and_shown(build, store: Sqlite
     assert after.provider_status == "queued_on_new_cluster"
     event = (await store.events_for_job(job.id))[-1]
     assert (event.status, event.applied, event.source) == ("queued_on_new_cluster", False, EventSource.POLL)
-    (card,) = await store.due_outbox()
+    (card,) = await due_outbox(store)
     assert card.dedupe_key == f"card:{job.id}"
     assert dict(card.payload) == {"reason": "queued_on_new_cluster"}
 
@@ -164,7 +165,7 @@ async def test_provider_errors_leave_the_job_alone(build, store: SqliteStore, cl
     reconciler, _, provider = build(answer)
     job = await running_job(store)
     events_before = await store.events_for_job(job.id)
-    outbox_before = await store.pending_outbox_count()
+    outbox_before = await pending_outbox_count(store)
     clock.advance(INTERVAL + 1)
 
     assert await reconciler.run_once() == 1
@@ -174,7 +175,7 @@ async def test_provider_errors_leave_the_job_alone(build, store: SqliteStore, cl
     assert after.updated_at == clock()  # touched so the next poll waits an interval
     assert after.progressed_at == job.progressed_at
     assert await store.events_for_job(job.id) == events_before
-    assert await store.pending_outbox_count() == outbox_before
+    assert await pending_outbox_count(store) == outbox_before
     assert provider.asked
     assert await reconciler.run_once() == 0
 

@@ -6,19 +6,21 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Callable
+from datetime import timedelta
 
 import httpx
 import pytest
 
 from bot.errors import UserError
 from bot.jobs import service as service_module
-from bot.jobs.model import Job, OutboxDraft, TransitionPlan
+from bot.jobs.model import Job, OutboxDraft, PreviewPhoto, TransitionPlan
+from bot.jobs.provider_errors import ProviderError
 from bot.jobs.service import JobService, TrainingParams, hash_secret, provider_training_type, secret_matches
 from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.transitions import plan_transition
-from bot.provider import ProviderError
 from bot.store import sqlite as repository_module
 from bot.store.sqlite import SqliteStore
+from tests.store_helpers import job_by_training_id, pending_outbox_count
 
 TID = "F5jvdzGnYi"
 URLS = [f"https://cdn.discordapp.com/attachments/1/2/crop{i}.png" for i in range(6)]
@@ -85,7 +87,9 @@ async def preview(service: JobService, owner: int = 1, **params: object) -> Job:
         channel_id=20,
         name="portrait",
         params=TrainingParams(instance_prompt="photo of sks man", class_prompt="photo of a man", **params),
-        images=len(URLS),
+        photos=[PreviewPhoto(f"photo{i}.jpg", b"jpeg") for i in range(len(URLS))],
+        card_in_dms=False,
+        expires_at=service.store.now() + timedelta(minutes=10),
     )
 
 
@@ -237,7 +241,7 @@ async def test_a_webhook_for_an_uncertain_job_adopts_its_training_id(build, stor
     assert result.before.state is JobState.UNCERTAIN
     assert result.after.state is JobState.TRAINING_STARTED
     assert result.after.training_id == "LATE42abc"
-    assert (await store.get_job_by_training_id("LATE42abc")).id == job.id
+    assert (await job_by_training_id(store, "LATE42abc")).id == job.id
 
 
 # -- submit -----------------------------------------------------------------------------------------
@@ -356,10 +360,12 @@ async def test_expire_stale_previews(build, store: SqliteStore, clock, settings)
     assert expired.state is JobState.EXPIRED
     assert expired.finished_at == clock()
     assert (await store.require_job(young.id)).state is JobState.PREVIEW
-    assert await store.pending_outbox_count() == 0  # a preview's card is not a channel message
+    assert await pending_outbox_count(store) == 0  # a preview's card is not a channel message
 
-    assert await service.expire_stale_previews(all_previews=True) == 1
-    assert (await store.require_job(young.id)).state is JobState.EXPIRED
+    assert await service.expire_stale_previews() == 0  # a young preview survives (and a restart too)
+    assert (await store.require_job(young.id)).state is JobState.PREVIEW
+    assert await store.load_preview(old.id) is None  # the expired one's crops are deleted with it
+    assert await store.load_preview(young.id) is not None
 
 
 async def test_expire_preview_does_not_touch_a_started_job(build, store: SqliteStore) -> None:

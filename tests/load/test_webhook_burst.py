@@ -36,6 +36,7 @@ from bot.jobs.service import TrainingParams, hash_secret
 from bot.jobs.states import PROVIDER_PROGRESS, RANK, Action, Event, EventSource, JobState
 from tests.e2e.harness import CHANNEL, GUILD, World
 from tests.load.conftest import GcPauses, LoopLagProbe, WorldFactory, percentile, report
+from tests.store_helpers import pending_outbox_count
 
 SEED = 20_240_601
 JOBS = 100
@@ -214,7 +215,7 @@ async def run_webhook_burst(world: World) -> WebhookBurst:
     # The notifier delivers the card edits and DMs meanwhile; give it a bounded time to finish.
     drain_started = time.perf_counter()
     for _ in range(600):  # at most ~30 s
-        if not await world.store.pending_outbox_count():
+        if not await pending_outbox_count(world.store):
             break
         await asyncio.sleep(0.05)
     drain_seconds = time.perf_counter() - drain_started
@@ -232,7 +233,7 @@ async def run_webhook_burst(world: World) -> WebhookBurst:
         events={job_id: await world.store.events_for_job(job_id) for job_id in jobs},
         final={job_id: await world.store.require_job(job_id) for job_id in jobs},
         dm_outbox=Counter((row["job_id"], row["dedupe_key"]) for row in rows),
-        pending_outbox=await world.store.pending_outbox_count(),
+        pending_outbox=await pending_outbox_count(world.store),
         failed_outbox=[(row["dedupe_key"], row["last_error"]) for row in failed],
         drain_seconds=drain_seconds,
     )

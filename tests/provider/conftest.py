@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.provider import ProviderClient
+from bot.provider.client import ProviderClient
 from bot.simulator import RunningSimulator, start_simulator
 from bot.simulator.state import tls_context
 from bot.simulator.testing import ImageHost, WebhookRecorder

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from bot.provider import ProviderClient
+from bot.provider.client import ProviderClient
 
 KEY = "sk-TEST-9f8e7d6c5b4a3210-secretkey"
 BASE = "https://stablediffusionapi.com"

@@ -14,20 +14,19 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.provider import (
+from bot.jobs.provider_errors import (
     InsufficientCredits,
     InvalidApiKey,
-    ProviderClient,
     ProviderError,
     ProviderMisconfigured,
     ProviderUnavailable,
     RateLimited,
     RequestRejected,
     SubmissionUncertain,
-    SubmitResult,
     TrainingNotFound,
-    TrainingRequest,
 )
+from bot.jobs.training_api import SubmitResult, TrainingRequest
+from bot.provider.client import ProviderClient
 from tests.provider.scripted import BASE, KEY, MakeClient, Script, Sleeper, Step, ok
 
 from .test_models import EXPECTED_LINES, LORA_PAGE_BODY, PAGE_IMAGES, STATUS_LOG_NEWLINES, STATUS_LOG_SLASH_N

@@ -13,8 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from bot.provider.client import ProviderClient
-from bot.provider.errors import (
+from bot.jobs.provider_errors import (
     InsufficientCredits,
     InvalidApiKey,
     ProviderUnavailable,
@@ -23,7 +22,8 @@ from bot.provider.errors import (
     SubmissionUncertain,
     TrainingNotFound,
 )
-from bot.provider.models import TrainingRequest, TrainingStatus
+from bot.jobs.training_api import TrainingRequest, TrainingStatus
+from bot.provider.client import ProviderClient
 from bot.simulator import STATUSES, start_simulator
 from bot.simulator.state import tls_context
 from bot.simulator.testing import ImageHost, jpeg_bytes

@@ -10,10 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.provider import (
-    GenerationAnswer,
+from bot.jobs.image_api import GenerationAnswer, GenerationRequest
+from bot.jobs.provider_errors import (
     GenerationFailed,
-    GenerationRequest,
     ImageDownloadFailed,
     InsufficientCredits,
     InvalidApiKey,
@@ -23,8 +22,8 @@ from bot.provider import (
     RateLimited,
     RequestRejected,
     SubmissionUncertain,
-    image_api_root,
 )
+from bot.provider.client import image_api_root
 from tests.provider.scripted import KEY, MakeClient, Script, Sleeper, Step, ok
 
 T2I_URL = "https://stablediffusionapi.com/api/v6/images/text2img"

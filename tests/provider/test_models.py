@@ -8,9 +8,7 @@ import pickle
 
 import pytest
 
-from bot.provider import (
-    DEFAULT_NEGATIVE_PROMPT,
-    UNKNOWN_STATUS,
+from bot.jobs.provider_errors import (
     InsufficientCredits,
     InvalidApiKey,
     ProviderError,
@@ -18,12 +16,18 @@ from bot.provider import (
     RateLimited,
     RequestRejected,
     SubmissionUncertain,
-    SubmitResult,
     TrainingNotFound,
+)
+from bot.jobs.training_api import (
+    DEFAULT_NEGATIVE_PROMPT,
+    UNKNOWN_STATUS,
+    SubmitResult,
     TrainingRequest,
     TrainingStatus,
+    flatten_message,
+    redact,
+    split_log,
 )
-from bot.provider.models import flatten_message, redact, split_log
 
 # The "Body" example of https://stablediffusionapi.com/docs/train-model/lora-finetune, verbatim.
 LORA_PAGE_BODY = """{

@@ -32,6 +32,7 @@ from tests.store.contract.conftest import (
     submitted_job,
     webhook,
 )
+from tests.store.helpers import due_outbox, enqueue, job_by_training_id
 
 
 async def fill(stores: Stores, clock: Any) -> None:
@@ -56,7 +57,7 @@ async def fill(stores: Stores, clock: Any) -> None:
     claimed = await jobs.claim_outbox("process-a", lease=timedelta(minutes=1), limit=1)
     await jobs.mark_delivered(claimed[0])
     await jobs.claim_outbox("process-b", lease=timedelta(minutes=1), limit=1)  # one item still leased
-    await jobs.enqueue(None, OutboxDraft("dm", "dm:user:9:hello", {"user": 9, "nested": {"b": [1, None], "a": "é"}}))
+    await enqueue(jobs, None, OutboxDraft("dm", "dm:user:9:hello", {"user": 9, "nested": {"b": [1, None], "a": "é"}}))
     await jobs.mark_dms_closed(9)
     await jobs.set_value("commands_synced", "digest")
     made = await generations.create(new_generation(model))
@@ -81,7 +82,7 @@ async def snapshot(stores: Stores) -> dict[str, Any]:
         key: await jobs.outbox_delivered(key)
         for key in ("dm:user:9:hello", *(f"card:{i}" for i in ids), *(f"dm:{i}:model_ready" for i in ids))
     }
-    everything["due"] = await jobs.due_outbox()
+    everything["due"] = await due_outbox(jobs)
     everything["next_due"] = await jobs.next_outbox_due()
     everything["backlog"] = await jobs.outbox_backlog()
     everything["users"] = [await jobs.dms_closed(9), await jobs.dms_closed(7)]
@@ -136,14 +137,14 @@ async def test_after_the_copy_postgres_hands_out_new_ids_and_the_copied_rows_wor
         job = await new_job(stores.jobs)
         assert job.id == 5
         assert await stores.jobs.record_listing(["X"]) == 3
-        model = await stores.jobs.get_job_by_training_id("READY-1")
+        model = await job_by_training_id(stores.jobs, "READY-1")
         assert model is not None
         assert (await stores.generations.create(new_generation(model))).id == 3
-        await stores.jobs.enqueue(job.id, OutboxDraft("dm", "new", {}))
+        await enqueue(stores.jobs, job.id, OutboxDraft("dm", "new", {}))
         events = await stores.jobs.events_for_job(model.id)
         assert len(events) == 3
         # The copied pending items can be delivered: the payload comparison holds after the copy.
-        for item in await stores.jobs.due_outbox():
+        for item in await due_outbox(stores.jobs):
             await stores.jobs.mark_delivered(item)
         assert await stores.jobs.outbox_delivered("dm:user:9:hello") is True
     finally:
@@ -158,11 +159,11 @@ async def test_a_copied_sqlite_database_delivers_its_pending_items(
     await copy_database(pg_url, back)
     stores = await open_stores(back, now=clock)
     try:
-        pending = await stores.jobs.due_outbox()
+        pending = await due_outbox(stores.jobs)
         assert pending
         for item in pending:
             await stores.jobs.mark_delivered(item)  # compares the stored JSON text with the item's
-        assert await stores.jobs.due_outbox() == []
+        assert await due_outbox(stores.jobs) == []
     finally:
         await stores.close()
 

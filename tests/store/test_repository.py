@@ -12,6 +12,7 @@ from bot.jobs.states import Action, Event, EventSource
 from bot.jobs.transitions import plan_transition
 from bot.store import Database
 from bot.store.sqlite import SqliteStore
+from tests.store_helpers import enqueue
 
 SUBMIT = Event(Action.SUBMIT, EventSource.USER)
 
@@ -39,7 +40,7 @@ async def test_timestamps_are_stored_as_utc_iso_text(db: Database) -> None:
 
 async def test_stored_payloads_are_json_text(store: SqliteStore) -> None:
     job = await submitted_job(store)
-    await store.enqueue(job.id, OutboxDraft("dm", "k", {"b": 1, "a": [1, 2]}))
+    await enqueue(store, job.id, OutboxDraft("dm", "k", {"b": 1, "a": [1, 2]}))
     row = await store.db.fetchone("SELECT payload FROM outbox WHERE dedupe_key = 'k'")
     assert row[0] == '{"a": [1, 2], "b": 1}'  # sorted keys: mark_delivered compares this text
     assert json.loads(row[0]) == {"a": [1, 2], "b": 1}

@@ -10,6 +10,7 @@ from bot.jobs.model import Job, JobNotFound, OutboxDraft, TransitionPlan
 from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.transitions import plan_transition
 from tests.store.contract.conftest import ALL_TABLES, SUBMIT, Harness, accepted, new_job, submitted_job, webhook
+from tests.store.helpers import due_outbox, pending_outbox_count
 
 
 async def test_apply_event_writes_state_event_and_outbox_together(harness: Harness) -> None:
@@ -31,7 +32,7 @@ async def test_apply_event_writes_state_event_and_outbox_together(harness: Harne
     ]
     assert events[1].received_at == clock()
     assert events[0].id < events[1].id
-    due = await store.due_outbox()
+    due = await due_outbox(store)
     assert [(item.kind, item.dedupe_key, dict(item.payload), item.job_id) for item in due] == [
         ("card", f"card:{job.id}", {"reason": "deploying_gpu"}, job.id)
     ]
@@ -95,7 +96,7 @@ async def test_terminal_state_sets_finished_at_and_last_error(harness: Harness) 
     assert result.after.state is JobState.FAILED
     assert result.after.finished_at == harness.clock()
     assert result.after.last_error == "boom"
-    keys = {item.dedupe_key for item in await harness.jobs.due_outbox()}
+    keys = {item.dedupe_key for item in await due_outbox(harness.jobs)}
     assert keys == {f"card:{job.id}", f"dm:{job.id}:failed"}
 
 
@@ -136,7 +137,7 @@ async def test_a_crash_inside_apply_event_writes_nothing(harness: Harness) -> No
 
     assert await harness.counts(*ALL_TABLES) == before
     assert await store.require_job(job.id) == job
-    assert await store.pending_outbox_count() == 0
+    assert await pending_outbox_count(store) == 0
     assert await store.state_counts() == counts
     # and the store still works
     assert (await store.apply_event(job.id, accepted("T"), plan_transition)).after.state is JobState.DEPLOYING_GPU

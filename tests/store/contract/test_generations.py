@@ -22,6 +22,7 @@ from bot.jobs.generation_model import (
 from bot.jobs.generations import GenerationEvent, plan_generation
 from bot.jobs.model import JobNotFound, OutboxDraft
 from tests.store.contract.conftest import ALL_TABLES, Harness, new_generation, ready_job
+from tests.store.helpers import due_outbox, require_generation
 
 PICTURES = (Picture(b"\x89PNG one", "image/png", False), Picture(b"\xff\xd8 two", "image/jpeg", True))
 
@@ -83,7 +84,7 @@ async def test_apply_moves_state_stores_pictures_and_queues_the_result_once(harn
         StoredPicture(0, b"\x89PNG one", "image/png", False, None),
         StoredPicture(1, b"\xff\xd8 two", "image/jpeg", True, None),
     ]
-    items = await harness.jobs.due_outbox()
+    items = await due_outbox(harness.jobs)
     assert [(i.kind, i.dedupe_key, dict(i.payload), i.job_id) for i in items if i.kind == "generation"] == [
         ("generation", f"generation:{created.id}", {"generation": created.id}, job.id)
     ]
@@ -114,7 +115,7 @@ async def test_a_plan_may_set_and_clear_columns(harness: Harness) -> None:
     cleared = await gens.apply(created.id, lambda g: GenerationPlan(None, "clear", {"last_error": None}))
     assert cleared.after.last_error is None and cleared.after.attempts == 3
     await gens.set_reply_to(created.id, 5)
-    assert (await gens.require(created.id)).reply_to_message_id == 5
+    assert (await require_generation(gens, created.id)).reply_to_message_id == 5
 
 
 async def test_apply_is_all_or_nothing(harness: Harness) -> None:
@@ -142,7 +143,7 @@ async def test_apply_is_all_or_nothing(harness: Harness) -> None:
     with pytest.raises(GenerationNotFound):
         await gens.apply(created.id + 1, step(harness, "submit"))
     assert await harness.counts(*ALL_TABLES) == before
-    assert await gens.require(created.id) == created
+    assert await require_generation(gens, created.id) == created
 
 
 async def test_due_next_due_in_flight_and_ids_in_state(harness: Harness) -> None:

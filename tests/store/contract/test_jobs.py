@@ -11,6 +11,7 @@ from bot.jobs.model import JobNotFound
 from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.transitions import plan_transition
 from tests.store.contract.conftest import Harness, accepted, new_job, submitted_job, webhook
+from tests.store.helpers import job_by_training_id
 
 
 async def test_create_and_get_a_job(harness: Harness) -> None:
@@ -93,9 +94,9 @@ async def test_job_card_submission_data_and_touch(harness: Harness) -> None:
 async def test_get_job_by_training_id(harness: Harness) -> None:
     job = await submitted_job(harness.jobs)
     await harness.jobs.apply_event(job.id, accepted("F5jvdzGnYi"), plan_transition)
-    found = await harness.jobs.get_job_by_training_id("F5jvdzGnYi")
+    found = await job_by_training_id(harness.jobs, "F5jvdzGnYi")
     assert found is not None and found.id == job.id
-    assert await harness.jobs.get_job_by_training_id("other") is None
+    assert await job_by_training_id(harness.jobs, "other") is None
 
 
 async def test_jobs_for_owner_newest_first_paged_without_previews_or_other_users(harness: Harness) -> None:

@@ -21,6 +21,7 @@ from tests.store.contract.conftest import (
     submitted_job,
     webhook,
 )
+from tests.store.helpers import job_by_training_id
 
 
 async def test_dms_closed_flag(harness: Harness) -> None:
@@ -76,6 +77,31 @@ async def test_a_preview_without_photos_and_one_for_a_missing_job(harness: Harne
     assert await harness.count("preview_photos") == 0
 
 
+async def test_leaving_preview_drops_the_preview_in_the_same_transaction(harness: Harness) -> None:
+    """Started, dismissed or expired: whatever moves a job out of preview deletes its crops."""
+    store, clock = harness.jobs, harness.clock
+    started, expired, failing = [await new_job(store) for _ in range(3)]
+    photos = [PreviewPhoto("a.jpg", b"a"), PreviewPhoto("b.jpg", b"b")]
+    for job in (started, expired, failing):
+        await store.save_preview(job.id, photos, card_in_dms=False, expires_at=clock())
+
+    def fails_after_the_update(current: Job, event: Event) -> TransitionPlan:
+        plan = plan_transition(current, event)
+        return TransitionPlan(plan.new_state, plan.recorded_status, plan.reason, {}, (OutboxDraft("bad", "k"),))
+
+    await store.apply_event(started.id, Event(Action.SUBMIT, EventSource.USER), plan_transition)
+    await store.apply_event(expired.id, Event(Action.EXPIRE, EventSource.USER), plan_transition)
+    with pytest.raises(harness.integrity_error):
+        await store.apply_event(failing.id, Event(Action.SUBMIT, EventSource.USER), fails_after_the_update)
+    assert await store.load_preview(started.id) is None
+    assert await store.load_preview(expired.id) is None
+    kept = await store.load_preview(failing.id)  # the failed change took nothing with it
+    assert kept is not None and kept.photos == tuple(photos)
+    assert await harness.count("preview_photos") == 2
+    await store.touch(failing.id)  # a change that leaves the state alone keeps the preview
+    assert await store.load_preview(failing.id) is not None
+
+
 # -- forgetting a member ----------------------------------------------------------------------------
 
 
@@ -109,7 +135,7 @@ async def test_forget_user_cascades_to_everything_about_them(harness: Harness) -
     assert await store.dms_closed(1) is False
     assert await store.dms_closed(2) is True
     assert await store.get_value("kept") == "yes"
-    assert await store.get_job_by_training_id("MINE") is None
+    assert await job_by_training_id(store, "MINE") is None
     assert nonzero(await store.state_counts()) == await grouped_counts(harness)
     assert await store.forget_user(1) == 0
 

@@ -1,4 +1,4 @@
-"""Errors raised by the provider client.
+"""What can go wrong when the provider is asked: the errors its client raises, in the domain's terms.
 
 Every error is a :class:`ProviderError` with ``user_message`` (a short sentence that is safe to
 show a Discord user), ``provider_message`` (the provider's own text, if any) and ``status_code``

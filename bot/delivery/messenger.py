@@ -2,7 +2,8 @@
 
 Interaction tokens die after 15 minutes and a training takes about 30, so everything the
 notifier sends goes through channel and DM endpoints. discord.py handles 429s itself; this
-module only turns Discord's answers into a few typed outcomes the notifier can act on.
+module only turns Discord's answers into the domain's delivery errors
+(`bot/jobs/delivery_errors.py`), which the notifier and the submission flow act on.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import discord
+
+from bot.jobs.delivery_errors import CannotPost, DeliveryError, DiscordUnavailable, DmsClosed, MessageGone, TooLarge
+from bot.jobs.model import Posted
 
 #: Discord error codes we act on.
 UNKNOWN_CHANNEL, UNKNOWN_MESSAGE = 10003, 10008
@@ -23,37 +26,6 @@ CANNOT_DM, NO_MUTUAL_GUILDS = 50007, 50278
 REQUEST_TOO_LARGE = 40005
 #: Discord's default upload limit per message (Nitro and boosts raise it for people, not for bots).
 UPLOAD_LIMIT_BYTES = 10 * 1024 * 1024
-
-
-class DeliveryError(Exception):
-    """A Discord delivery failed; subclasses say what to do about it."""
-
-
-class MessageGone(DeliveryError):
-    """The card message (or its channel) no longer exists."""
-
-
-class CannotPost(DeliveryError):
-    """The bot may not post in that channel (missing access or permissions)."""
-
-
-class DmsClosed(DeliveryError):
-    """The user does not accept DMs from the bot (50007 / 50278)."""
-
-
-class TooLarge(DeliveryError):
-    """Discord refused the upload as too large (413 / 40005): sending it again won't help."""
-
-
-class DiscordUnavailable(DeliveryError):
-    """Discord did not answer usefully (5xx, connection errors, exhausted rate limits): retry later."""
-
-
-@dataclass(frozen=True, slots=True)
-class Posted:
-    channel_id: int
-    message_id: int
-    attachment_urls: tuple[str, ...] = ()
 
 
 def nonce_for(key: str) -> str:

@@ -14,15 +14,15 @@ from datetime import datetime, timedelta
 
 import discord
 
+from bot.delivery.messenger import UPLOAD_LIMIT_BYTES, Messenger
 from bot.images import fit_for_upload
+from bot.jobs.delivery_errors import CannotPost, DmsClosed, MessageGone, TooLarge
 from bot.jobs.generation_model import Generation, GenerationState, result_draft
 from bot.jobs.generations import GenerationService
-from bot.jobs.model import Job, OutboxItem
+from bot.jobs.model import Job, OutboxItem, Posted
+from bot.jobs.ports import GenerationStore, JobStore
 from bot.jobs.states import JobState
-from bot.messenger import UPLOAD_LIMIT_BYTES, CannotPost, DmsClosed, MessageGone, Messenger, Posted, TooLarge
 from bot.render import again_view, generation_message, result_files
-from bot.store.sqlite import SqliteStore
-from bot.store.sqlite_generations import SqliteGenerationStore
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,10 @@ class ReadyDmPictures:
 
 
 class PictureDelivery:
-    def __init__(self, store: SqliteStore, service: GenerationService, messenger: Messenger) -> None:
+    def __init__(self, store: JobStore, service: GenerationService, messenger: Messenger) -> None:
         self.store = store
         self.service = service
-        self.generations: SqliteGenerationStore = service.generations
+        self.generations: GenerationStore = service.generations
         self.messenger = messenger
 
     async def deliver(self, item: OutboxItem, job: Job) -> bool:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
-from bot.provider.models import freeze, id_text, redact
+from bot.jobs.training_api import freeze, id_text, redact
 
 GenerationStatus = Literal["success", "processing"]
 

@@ -14,22 +14,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import secrets
+import socket
 from datetime import datetime, timedelta
 
 import discord
 
+from bot.delivery.messenger import Messenger
+from bot.delivery.pictures import PictureDelivery, ReadyDmPictures
+from bot.jobs.delivery_errors import CannotPost, DiscordUnavailable, DmsClosed, MessageGone
 from bot.jobs.model import Job, OutboxItem
-from bot.jobs.picture_delivery import PictureDelivery, ReadyDmPictures
+from bot.jobs.ports import JobStore
 from bot.jobs.states import JobState
-from bot.messenger import CannotPost, DiscordUnavailable, DmsClosed, MessageGone, Messenger
 from bot.metrics import Metrics
 from bot.render import generate_view, job_card, outcome_message
-from bot.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 12
+
+
+#: How long an item claimed by this process stays out of the others' reach. Long enough for one
+#: delivery, with Discord's rate limits (discord.py waits up to 60 s); if the process dies, another
+#: process delivers the item once the lease has run out.
+OUTBOX_LEASE_SECONDS = 90.0
+
+
+def process_identity() -> str:
+    """A name for this process that no other process sharing the database has: host, pid, random."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 def retry_delay(attempts: int) -> timedelta:
@@ -41,7 +56,7 @@ def retry_delay(attempts: int) -> timedelta:
 class Notifier:
     def __init__(
         self,
-        store: SqliteStore,
+        store: JobStore,
         messenger: Messenger,
         *,
         edit_interval: float = 3.0,
@@ -49,8 +64,13 @@ class Notifier:
         samples_deadline: float = 300.0,
         simulated: bool = False,
         metrics: Metrics | None = None,
+        owner: str | None = None,
+        lease: float = OUTBOX_LEASE_SECONDS,
     ) -> None:
         self.store = store
+        #: Who this process is when it leases outbox items (several processes may share the outbox).
+        self.owner = owner or process_identity()
+        self.lease = timedelta(seconds=lease)
         self.messenger = messenger
         #: Failed deliveries, by item kind and reason.
         self.metrics = metrics if metrics is not None else Metrics()
@@ -95,7 +115,8 @@ class Notifier:
         """One pass over the due items; returns how many were delivered."""
         delivered = 0
         self._flushed.clear()
-        for item in await self.store.due_outbox():
+        items = await self.store.claim_outbox(self.owner, lease=self.lease)
+        for index, item in enumerate(items):
             if item.id in self._flushed:  # already delivered in this pass, ahead of its job's DM
                 continue
             try:
@@ -106,6 +127,7 @@ class Notifier:
                 log.warning("outbox %s: Discord unavailable (%s), retrying later", item.dedupe_key, error)
                 self.metrics.discord_failure(item.kind, "discord_unavailable")
                 await self.store.mark_failed(item, str(error), retry_delay(item.attempts))
+                await self._release(items[index + 1 :])
                 break
             except Exception as error:  # one bad item must never block the others
                 give_up = item.attempts + 1 >= MAX_ATTEMPTS
@@ -114,6 +136,12 @@ class Notifier:
                 retry = None if give_up else retry_delay(item.attempts)
                 await self.store.mark_failed(item, type(error).__name__, retry)
         return delivered + len(self._flushed)
+
+    async def _release(self, items: list[OutboxItem]) -> None:
+        """Hand back items claimed but not tried in this pass, due as before, for any process."""
+        for item in items:
+            if item.id not in self._flushed:
+                await self.store.postpone(item, item.next_attempt_at)
 
     async def deliver(self, item: OutboxItem) -> bool:
         job = await self.store.get_job(item.job_id) if item.job_id else None

@@ -41,6 +41,9 @@ KNOWN_TRAINING_STATUSES: Final[tuple[str, ...]] = (
     "model_ready",
 )
 
+#: The provider refuses a request identical to one it received this many seconds before.
+DUPLICATE_WINDOW_SECONDS: Final = 30.0
+
 #: What :attr:`TrainingStatus.status` holds when the payload carries no status word at all.
 UNKNOWN_STATUS: Final[str] = "unknown"
 #: What :attr:`TrainingStatus.status` holds when the provider reports that the training failed.

@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 
 import discord
 
-from bot.jobs.model import Job, OutboxDraft
-from bot.jobs.notifier import Notifier
+from bot.delivery.notifier import Notifier
+from bot.jobs.delivery_errors import CannotPost, DiscordUnavailable, DmsClosed, MessageGone
+from bot.jobs.model import Job, OutboxDraft, Posted
 from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.transitions import plan_transition
-from bot.messenger import CannotPost, DiscordUnavailable, DmsClosed, MessageGone, Posted
 from bot.store.sqlite import SqliteStore
+from tests.store_helpers import enqueue, pending_outbox_count
 
 
 @dataclass
@@ -81,7 +82,7 @@ async def test_a_deleted_card_is_posted_again(store: SqliteStore) -> None:
     job = await running_job(store)
     await notifier.deliver_due()
     assert messenger.ops("post") and (await store.require_job(job.id)).card_message_id == messenger.next_id
-    assert await store.pending_outbox_count() == 0
+    assert await pending_outbox_count(store) == 0
 
 
 async def test_closed_dms_fall_back_to_a_channel_mention_and_are_remembered(store: SqliteStore) -> None:
@@ -106,9 +107,44 @@ async def test_an_outage_backs_off_and_stops_the_pass(store: SqliteStore, clock)
     await running_job(store, owner=2)
     assert await notifier.deliver_due() == 0
     assert len(messenger.ops("edit")) == 1  # the second item waits for the next pass
-    assert await store.pending_outbox_count() == 2
+    assert await pending_outbox_count(store) == 2
     assert await store.retry_outbox_now() >= 1  # Discord back: everything due now
     assert await notifier.deliver_due() == 2
+
+
+async def test_items_left_untried_by_an_outage_are_handed_back_at_once(store: SqliteStore) -> None:
+    messenger = ScriptedMessenger(errors={"edit": [DiscordUnavailable("503")]})
+    notifier = Notifier(store, messenger, edit_interval=0, owner="a")  # type: ignore[arg-type]
+    await running_job(store)
+    await running_job(store, owner=2)
+    await notifier.deliver_due()
+    other = Notifier(store, ScriptedMessenger(), edit_interval=0, owner="b")  # type: ignore[arg-type]
+    assert await other.deliver_due() == 1  # not left leased to "a" until its lease ran out
+
+
+async def test_two_processes_sharing_the_outbox_never_deliver_one_item_twice(store: SqliteStore, clock) -> None:
+    first, second = ScriptedMessenger(), ScriptedMessenger()
+    a = Notifier(store, first, edit_interval=0, owner="a")  # type: ignore[arg-type]
+    b = Notifier(store, second, edit_interval=0, owner="b")  # type: ignore[arg-type]
+    for owner in range(1, 7):
+        await running_job(store, owner=owner)
+    leased = await store.claim_outbox("a", lease=a.lease, limit=3)  # "a" is busy with three of them
+    assert await b.deliver_due() == 3
+    assert await b.deliver_due() == 0
+    for item in leased:
+        assert await a.deliver(item)
+    assert len(first.ops("edit")) + len(second.ops("edit")) == 6
+    assert {call[1] for call in first.ops("edit")}.isdisjoint({call[1] for call in second.ops("edit")})
+
+
+async def test_a_dead_process_s_items_are_delivered_by_another_when_the_lease_ends(store: SqliteStore, clock) -> None:
+    await running_job(store)
+    (item,) = await store.claim_outbox("dead", lease=Notifier(store, ScriptedMessenger()).lease)  # type: ignore[arg-type]
+    survivor = Notifier(store, messenger := ScriptedMessenger(), edit_interval=0, owner="b")  # type: ignore[arg-type]
+    assert await survivor.deliver_due() == 0
+    clock.advance(survivor.lease.total_seconds())
+    assert await survivor.deliver_due() == 1
+    assert [call[1] for call in messenger.ops("edit")] == [900 + item.job_id]
 
 
 async def test_one_poison_item_does_not_block_the_others(store: SqliteStore) -> None:
@@ -133,9 +169,9 @@ async def test_a_job_without_a_card_gets_no_card_item(store: SqliteStore) -> Non
 async def test_items_of_a_deleted_job_are_dropped(store: SqliteStore) -> None:
     messenger = ScriptedMessenger()
     notifier = Notifier(store, messenger, edit_interval=0)  # type: ignore[arg-type]
-    await store.enqueue(None, OutboxDraft("dm", "dm:orphan", {"state": "model_ready"}))
+    await enqueue(store, None, OutboxDraft("dm", "dm:orphan", {"state": "model_ready"}))
     await notifier.deliver_due()
-    assert messenger.calls == [] and await store.pending_outbox_count() == 0
+    assert messenger.calls == [] and await pending_outbox_count(store) == 0
 
 
 async def test_cannot_post_on_a_card_edit_gives_up_on_that_edit(store: SqliteStore) -> None:
@@ -143,7 +179,7 @@ async def test_cannot_post_on_a_card_edit_gives_up_on_that_edit(store: SqliteSto
     notifier = Notifier(store, messenger, edit_interval=0)  # type: ignore[arg-type]
     await running_job(store)
     await notifier.deliver_due()
-    assert await store.pending_outbox_count() == 0
+    assert await pending_outbox_count(store) == 0
 
 
 # -- the card never lags behind the DM ------------------------------------------------------------
@@ -161,7 +197,7 @@ async def test_the_card_shows_the_outcome_before_the_dm_is_sent(store: SqliteSto
     assert await notifier.deliver_due() == 2  # the postponed card edit, then the DM
     assert [call[0] for call in messenger.calls] == ["edit", "edit", "dm"]
     assert "ready" in messenger.calls[1][2].lower()
-    assert await store.pending_outbox_count() == 0
+    assert await pending_outbox_count(store) == 0
     clock.advance(60)
     assert await notifier.deliver_due() == 0 and len(messenger.calls) == 3  # nothing sent twice
 
@@ -190,7 +226,7 @@ async def test_the_dm_waits_while_discord_cannot_take_the_card_edit(store: Sqlit
     await store.apply_event(job.id, webhook("model_ready"), plan_transition)
     messenger.errors["edit"] = [DiscordUnavailable("503")]
     assert await notifier.deliver_due() == 0
-    assert messenger.ops("dm") == [] and await store.pending_outbox_count() == 2
+    assert messenger.ops("dm") == [] and await pending_outbox_count(store) == 2
     assert await store.retry_outbox_now() >= 1  # Discord is back
     assert await notifier.deliver_due() == 2
     assert [call[0] for call in messenger.calls] == ["edit", "edit", "edit", "dm"]
@@ -206,7 +242,7 @@ async def test_the_dm_still_goes_when_the_card_cannot_be_edited(store: SqliteSto
     messenger.errors["edit"] = [CannotPost("403 50013")]
     await notifier.deliver_due()
     assert [call[0] for call in messenger.calls] == ["edit", "edit", "dm"]
-    assert await store.pending_outbox_count() == 0  # the edit was given up, the DM delivered
+    assert await pending_outbox_count(store) == 0  # the edit was given up, the DM delivered
 
 
 async def test_the_dm_still_goes_when_the_card_edit_hits_a_bug(store: SqliteStore) -> None:
