@@ -58,7 +58,7 @@ async def test_a_backup_while_webhooks_arrive_is_whole_and_holds_every_committed
 ) -> None:
     database = Path(store.db.path)
     service = JobService(store, make_provider(no_provider_calls), settings)
-    server = WebhookServer(service, store, max_body_bytes=4096, rate_per_minute=600)
+    server = WebhookServer(service, store, database=store.db, max_body_bytes=4096, rate_per_minute=600)
     await server.start("127.0.0.1", 0)
     committed: dict[int, str] = {}  # job id -> the state its last answered webhook moved it to
     stop = asyncio.Event()

@@ -344,7 +344,9 @@ async def test_with_the_bot_running_public_url_must_reach_its_healthz(settings: 
     db = await Database.open(config.database_path)
     store = SqliteStore(db)
     provider = ProviderClient(config.sdapi_base_url, config.sdapi_key.get_secret_value())
-    server = WebhookServer(JobService(store, provider, config), store, max_body_bytes=65536, rate_per_minute=60)
+    server = WebhookServer(
+        JobService(store, provider, config), store, database=store.db, max_body_bytes=65536, rate_per_minute=60
+    )
     await server.start(config.webhook_host, config.webhook_port)
     try:
         running = await check_webhook(config)
