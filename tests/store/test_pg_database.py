@@ -17,7 +17,7 @@ from bot.config import ConfigError
 from bot.store import Database, DatabaseUnavailable, MigrationError, load_migrations
 from bot.store.database import Migration
 from bot.store.pg_database import PostgresDatabase, PostgresUnavailable, load_postgres_migrations, redact_url
-from tests.store.conftest import ADMIN_URL
+from tests.postgres import ADMIN_URL
 
 MIGRATIONS = [(1, "initial"), (2, "provider_models"), (3, "generations"), (4, "state_counts"), (5, "leases_previews")]
 

@@ -28,7 +28,7 @@ from bot.store.postgres import PostgresStore
 from bot.store.postgres_generations import PostgresGenerationStore
 from bot.store.sqlite import SqliteStore
 from bot.store.sqlite_generations import SqliteGenerationStore
-from tests.store.conftest import migrated_postgres
+from tests.postgres import migrated_postgres
 
 Query = Callable[[str, tuple[Any, ...]], Awaitable[list[tuple[Any, ...]]]]
 
