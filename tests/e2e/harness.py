@@ -19,6 +19,7 @@ from bot.discord_standin import FakeDiscord, FakeMessage, InteractionRecord
 from bot.jobs.model import Job
 from bot.jobs.states import JobState
 from bot.simulator.app import RunningSimulator, start_simulator
+from tests.e2e.databases import database_url
 
 GUILD = 290926798626357999
 CHANNEL = 645027906669510667
@@ -55,7 +56,7 @@ def make_settings(tmp_path: Path, fake: FakeDiscord, sim_url: str, **overrides: 
         "sdapi_submit_timeout_seconds": 5,
         "public_url": f"http://127.0.0.1:{port}",
         "webhook_port": port,
-        "database_url": f"sqlite:///{tmp_path / 'bot.db'}",
+        "database_url": database_url(tmp_path),
         "card_edit_interval_seconds": 0.05,
         "max_trainings_per_user_per_day": 0,
         "max_trainings_per_guild_per_day": 0,
@@ -218,9 +219,14 @@ async def open_world(
 class BotProcess:
     """The real `lorabot run` in a subprocess, against the in-test fake Discord and simulator."""
 
-    def __init__(self, tmp_path: Path, fake: FakeDiscord, sim_url: str, **env: str) -> None:
+    #: Every process started, so the e2e fixture can kill what a failed test left running.
+    started: list[BotProcess] = []
+
+    def __init__(
+        self, tmp_path: Path, fake: FakeDiscord, sim_url: str, *, log_name: str = "bot.log", **env: str
+    ) -> None:
         self.port = free_port()
-        self.log_path = tmp_path / "bot.log"
+        self.log_path = tmp_path / log_name
         self.env = {
             **{k: v for k, v in __import__("os").environ.items() if not k.startswith(("DISCORD_", "SDAPI_"))},
             "DISCORD_TOKEN": fake.token,
@@ -233,7 +239,7 @@ class BotProcess:
             "SDAPI_SUBMIT_TIMEOUT_SECONDS": "5",
             "PUBLIC_URL": f"http://127.0.0.1:{self.port}",
             "WEBHOOK_PORT": str(self.port),
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'bot.db'}",
+            "DATABASE_URL": database_url(tmp_path),
             "CARD_EDIT_INTERVAL_SECONDS": "0.05",
             "MAX_TRAININGS_PER_USER_PER_DAY": "0",
             "MAX_TRAININGS_PER_GUILD_PER_DAY": "0",
@@ -244,15 +250,17 @@ class BotProcess:
         self.cwd = tmp_path
         self.proc: asyncio.subprocess.Process | None = None
 
-    async def start(self) -> None:
+    async def start(self, *args: str) -> None:
+        """`lorabot run` with `args` after it."""
         import sys
 
         log = self.log_path.open("ab")
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "run",  # no .env in the working directory: the environment only
+            sys.executable, "-m", "bot", "run", *args,  # no .env in the working directory: the environment only
             env=self.env, cwd=self.cwd, stdout=log, stderr=log,
         )  # fmt: skip
         log.close()
+        BotProcess.started.append(self)
 
     async def stop(self, sig: int = 15, timeout: float = 30) -> int:  # noqa: ASYNC109
         assert self.proc is not None
@@ -262,6 +270,14 @@ class BotProcess:
 
     async def kill(self) -> None:
         await self.stop(9)
+
+    @classmethod
+    async def kill_leftovers(cls) -> None:
+        """SIGKILL every process still running (a test that failed before stopping its own)."""
+        leftovers, cls.started = cls.started, []
+        for bot in leftovers:
+            if bot.proc is not None and bot.proc.returncode is None:
+                await bot.kill()
 
     @property
     def log(self) -> str:

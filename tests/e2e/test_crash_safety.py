@@ -3,14 +3,13 @@ repeated or lost, and old buttons either work or say clearly that they no longer
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from bot.jobs.states import JobState
+from tests.e2e.databases import wait_stored_job
 from tests.e2e.harness import ALICE, CHANNEL, GUILD, BotProcess, World, job_id_of, photos
-from tests.e2e.test_process import fakes, run_train, started, wait_row  # noqa: F401 (fixture)
-from tests.store_helpers import pending_outbox_count
+from tests.e2e.test_process import fakes, run_train, started  # noqa: F401 (fixture)
+from tests.store.helpers import pending_outbox_count
 
 
 def restart_of(bot: BotProcess, tmp_path, fake, sim) -> BotProcess:
@@ -28,15 +27,15 @@ async def test_sigkill_while_the_submission_is_in_flight(tmp_path, fakes) -> Non
     job_id = await run_train(fake)
     # The provider has the training; the bot is still waiting for its answer.
     await fake.wait_for(lambda: sim.simulator.trainings or None, 20, "the training to reach the provider")
-    await wait_row(tmp_path, job_id, lambda r: r["image_urls"] is not None)
+    await wait_stored_job(tmp_path, job_id, lambda r: bool(r.image_urls))
     await bot.kill()
 
     again = restart_of(bot, tmp_path, fake, sim)
     await started(again, fake)
     try:
-        row = await wait_row(tmp_path, job_id, lambda r: r["state"] == "model_ready", timeout=40)
+        row = await wait_stored_job(tmp_path, job_id, lambda r: r.state is JobState.MODEL_READY, timeout=40)
         assert len(sim.simulator.trainings) == 1, "a training must never be submitted twice"
-        assert row["training_id"] == next(iter(sim.simulator.trainings))
+        assert row.training_id == next(iter(sim.simulator.trainings))
         ready = await fake.wait_for(
             lambda: [m for m in fake.dms_to(ALICE) if "is ready" in m.content] or None, 30, "the ready DM"
         )
@@ -73,8 +72,8 @@ async def test_a_preview_open_when_the_process_is_killed_still_starts_after_the_
             fake.component_payload(custom_id=f"lorabot:preview:start:{job_id}", message=preview, user_id=ALICE)
         )
         await click.wait_callback()
-        row = await wait_row(tmp_path, job_id, lambda r: r["training_id"] is not None)
-        assert len(json.loads(row["image_urls"])) == 5
+        row = await wait_stored_job(tmp_path, job_id, lambda r: r.training_id is not None)
+        assert len(row.image_urls) == 5
         assert len(sim.simulator.trainings) == 1
     finally:
         assert await again.stop() == 0

@@ -7,7 +7,7 @@ import asyncio
 
 from bot.jobs.states import JobState
 from tests.e2e.harness import ALICE, CHANNEL, World, embed_text, job_id_of, photos
-from tests.store_helpers import pending_outbox_count
+from tests.store.helpers import pending_outbox_count
 
 
 async def test_a_deleted_card_is_posted_again_and_kept_up_to_date(world: World) -> None:

@@ -20,7 +20,7 @@ from bot.discord_standin import FakeMessage
 from bot.jobs.model import Job
 from bot.jobs.states import JobState
 from tests.e2e.harness import ALICE, BOB, CHANNEL, GUILD, World, open_world
-from tests.store_helpers import pending_outbox_count
+from tests.store.helpers import pending_outbox_count
 
 NSFW_CHANNEL = 645027906669510999
 

@@ -22,7 +22,7 @@ from bot.jobs.model import Job, PreviewPhoto
 from bot.jobs.service import TrainingParams
 from bot.jobs.states import Action, Event, EventSource, JobState
 from tests.e2e.harness import ALICE, BOB, CHANNEL, GUILD, MANAGE_GUILD, MANAGER, World, embed_text
-from tests.store_helpers import pending_outbox_count
+from tests.store.helpers import count_rows, pending_outbox_count
 
 EPHEMERAL = 1 << 6
 NOT_FOUND = "I can't find that job among yours"
@@ -122,11 +122,6 @@ async def autocomplete(world: World, command: str, user_id: int, value: str = ""
     choices = rec.autocomplete_choices
     assert choices is not None
     return choices
-
-
-async def count_rows(world: World, sql: str, params: tuple[Any, ...] = ()) -> int:
-    row = await world.store.db.fetchone(sql, params)
-    return int(row[0])
 
 
 # -- /status -------------------------------------------------------------------------------------
@@ -511,16 +506,16 @@ async def test_mymodels_buttons_are_stateless_and_only_for_their_user(world: Wor
 async def count_user_data(world: World, user_id: int) -> tuple[int, int, int, int]:
     """(jobs, job events, outbox rows, users rows) stored for `user_id`."""
     return (
-        await count_rows(world, "SELECT COUNT(*) FROM jobs WHERE owner_id = ?", (user_id,)),
+        await count_rows(world.store, "SELECT COUNT(*) FROM jobs WHERE owner_id = ?", user_id),
         await count_rows(
-            world,
+            world.store,
             "SELECT COUNT(*) FROM job_events e JOIN jobs j ON j.id = e.job_id WHERE j.owner_id = ?",
-            (user_id,),
+            user_id,
         ),
         await count_rows(
-            world, "SELECT COUNT(*) FROM outbox o JOIN jobs j ON j.id = o.job_id WHERE j.owner_id = ?", (user_id,)
+            world.store, "SELECT COUNT(*) FROM outbox o JOIN jobs j ON j.id = o.job_id WHERE j.owner_id = ?", user_id
         ),
-        await count_rows(world, "SELECT COUNT(*) FROM users WHERE user_id = ?", (user_id,)),
+        await count_rows(world.store, "SELECT COUNT(*) FROM users WHERE user_id = ?", user_id),
     )
 
 
@@ -574,8 +569,8 @@ async def test_forgetme_cancels_running_trainings_then_deletes_only_the_invokers
     assert await count_user_data(world, ALICE) == (0, 0, 0, 0)
     for job_id in alice_ids:
         assert await world.store.get_job(job_id) is None
-        assert await count_rows(world, "SELECT COUNT(*) FROM job_events WHERE job_id = ?", (job_id,)) == 0
-        assert await count_rows(world, "SELECT COUNT(*) FROM outbox WHERE job_id = ?", (job_id,)) == 0
+        assert await count_rows(world.store, "SELECT COUNT(*) FROM job_events WHERE job_id = ?", job_id) == 0
+        assert await count_rows(world.store, "SELECT COUNT(*) FROM outbox WHERE job_id = ?", job_id) == 0
     assert await count_user_data(world, BOB) == bob_before
     assert (await world.store.require_job(bob_job.id)).state is JobState.MODEL_READY
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from bot.discord_standin import FakeDiscord
+from bot.jobs.states import JobState
+from tests.e2e.databases import wait_stored_job
 from tests.e2e.harness import (
     ALICE,
     API_KEY,
@@ -23,29 +24,6 @@ from tests.e2e.harness import (
     open_fakes,
     photos,
 )
-
-
-def job_row(tmp_path: Path, job_id: int) -> sqlite3.Row | None:
-    conn = sqlite3.connect(f"file:{tmp_path / 'bot.db'}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    finally:
-        conn.close()
-
-
-async def wait_row(tmp_path: Path, job_id: int, check, timeout: float = 30) -> sqlite3.Row:  # noqa: ASYNC109
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            row = job_row(tmp_path, job_id)
-        except sqlite3.OperationalError:
-            row = None
-        if row is not None and check(row):
-            return row
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"job {job_id} never matched; last row {dict(row) if row else None}")
-        await asyncio.sleep(0.05)
 
 
 async def run_train(fake: FakeDiscord, count: int = 5) -> int:
@@ -94,12 +72,12 @@ async def test_a_training_through_the_real_process_then_sigterm(tmp_path: Path, 
     await started(bot, fake)
     try:
         job_id = await run_train(fake)
-        row = await wait_row(tmp_path, job_id, lambda r: r["state"] == "model_ready")
+        row = await wait_stored_job(tmp_path, job_id, lambda r: r.state is JobState.MODEL_READY)
         dm = await fake.wait_for(lambda: fake.dms_to(ALICE) or None, 30, "the DM")
-        assert row["training_id"] in dm[0].content
-        card = fake.message(row["card_message_id"])
+        assert row.training_id in dm[0].content
+        card = fake.message(row.card_message_id)
         await fake.wait_for(lambda: "Model ready" in embed_text(card) or None, 10, "card edited to ready")
-        training = sim.simulator.trainings[row["training_id"]]
+        training = sim.simulator.trainings[row.training_id]
         assert all((i.width, i.height) == (512, 512) for i in training.images)
     finally:
         code = await bot.stop(signal.SIGTERM)
@@ -120,9 +98,9 @@ async def test_sigkill_mid_training_loses_nothing_and_repeats_nothing(tmp_path: 
     bot = BotProcess(tmp_path, fake, sim.url, RECONCILE_INTERVAL_SECONDS="10")
     await started(bot, fake)
     job_id = await run_train(fake)
-    row = await wait_row(tmp_path, job_id, lambda r: r["training_id"] is not None)
+    row = await wait_stored_job(tmp_path, job_id, lambda r: r.training_id is not None)
     await bot.kill()  # webhooks sent while the bot is down are lost: the provider does not retry
-    training = await sim.simulator.wait_until_settled(row["training_id"], within=30)
+    training = await sim.simulator.wait_until_settled(row.training_id, within=30)
     assert training.status == "model_ready"
     assert any(d.error or d.http_status is None for d in training.deliveries)
 
@@ -132,7 +110,7 @@ async def test_sigkill_mid_training_loses_nothing_and_repeats_nothing(tmp_path: 
     await started(restarted, fake, sessions=1)
     try:
         # The start-up reconciliation polls the provider and finishes the job.
-        row = await wait_row(tmp_path, job_id, lambda r: r["state"] == "model_ready")
+        row = await wait_stored_job(tmp_path, job_id, lambda r: r.state is JobState.MODEL_READY)
         await fake.wait_for(lambda: fake.dms_to(ALICE) or None, 30, "the DM")
         await asyncio.sleep(1.0)
         assert len(fake.dms_to(ALICE)) == 1
@@ -152,12 +130,12 @@ async def test_logs_of_a_run_with_failures_hold_no_secret(tmp_path: Path, fakes:
     try:
         sim.simulator.set_faults(fail_submission=1, fail_submission_message="Failed, Try Again")
         failed = await run_train(fake)
-        row = await wait_row(tmp_path, failed, lambda r: r["state"] == "failed")
-        assert "Failed, Try Again" in row["last_error"]
+        row = await wait_stored_job(tmp_path, failed, lambda r: r.state is JobState.FAILED)
+        assert "Failed, Try Again" in row.last_error
 
         good = await run_train(fake)
-        row = await wait_row(tmp_path, good, lambda r: r["state"] == "model_ready")
-        secrets_seen.append(sim.simulator.trainings[row["training_id"]].webhook_url.rsplit("/", 1)[1])
+        row = await wait_stored_job(tmp_path, good, lambda r: r.state is JobState.MODEL_READY)
+        secrets_seen.append(sim.simulator.trainings[row.training_id].webhook_url.rsplit("/", 1)[1])
         base = f"http://127.0.0.1:{bot.port}/webhooks/training"
         async with httpx.AsyncClient() as client:
             forged = [
@@ -173,7 +151,7 @@ async def test_logs_of_a_run_with_failures_hold_no_secret(tmp_path: Path, fakes:
 
         sim.simulator.set_faults(fail_submission=1, fail_submission_kind="invalid_key")
         refused = await run_train(fake)
-        row = await wait_row(tmp_path, refused, lambda r: r["state"] == "failed")
+        row = await wait_stored_job(tmp_path, refused, lambda r: r.state is JobState.FAILED)
     finally:
         assert await bot.stop() == 0
     log = bot.log

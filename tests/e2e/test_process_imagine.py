@@ -5,15 +5,17 @@ is never sent again."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from bot.discord_standin import FakeDiscord
+from bot.jobs.generation_model import GenerationState
+from bot.jobs.states import JobState
+from tests.e2e.databases import stored_records, wait_stored_generation, wait_stored_job
 from tests.e2e.harness import ALICE, CHANNEL, GUILD, BotProcess, open_fakes
-from tests.e2e.test_process import run_train, started, wait_row
+from tests.e2e.test_process import run_train, started
 
 
 @pytest.fixture
@@ -24,17 +26,6 @@ async def fakes() -> AsyncIterator[tuple]:
     finally:
         await sim.close()
         await fake.close()
-
-
-def generation_row(tmp_path: Path) -> sqlite3.Row | None:
-    conn = sqlite3.connect(f"file:{tmp_path / 'bot.db'}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute("SELECT * FROM generations ORDER BY id DESC LIMIT 1").fetchone()
-    except sqlite3.OperationalError:
-        return None
-    finally:
-        conn.close()
 
 
 async def send_imagine(fake: FakeDiscord, **options: object) -> None:
@@ -57,7 +48,7 @@ async def trained_bot(tmp_path: Path, fake: FakeDiscord, sim) -> BotProcess:
     bot = BotProcess(tmp_path, fake, sim.url, IMAGINE_COOLDOWN_SECONDS="0")
     await started(bot, fake)
     job_id = await run_train(fake)
-    await wait_row(tmp_path, job_id, lambda r: r["state"] == "model_ready")
+    await wait_stored_job(tmp_path, job_id, lambda r: r.state is JobState.MODEL_READY)
     return bot
 
 
@@ -68,23 +59,12 @@ def restarted(bot: BotProcess, tmp_path: Path, fake: FakeDiscord, sim) -> BotPro
     return again
 
 
-async def wait_generation(tmp_path: Path, check, timeout: float = 30) -> sqlite3.Row:  # noqa: ASYNC109
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        row = generation_row(tmp_path)
-        if row is not None and check(row):
-            return row
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"the generation never matched; last row {dict(row) if row else None}")
-        await asyncio.sleep(0.05)
-
-
 async def test_sigkill_while_processing_still_delivers_the_pictures_exactly_once(tmp_path: Path, fakes: tuple) -> None:
     fake, sim = fakes
     bot = await trained_bot(tmp_path, fake, sim)
     sim.simulator.set_faults(t2i_processing_steps=4, t2i_eta=1)  # a few seconds of fetching
     await send_imagine(fake, count=2)
-    await wait_generation(tmp_path, lambda r: r["state"] == "processing")
+    await wait_stored_generation(tmp_path, lambda r: r.state is GenerationState.PROCESSING)
     await bot.kill()
 
     again = restarted(bot, tmp_path, fake, sim)
@@ -96,8 +76,9 @@ async def test_sigkill_while_processing_still_delivers_the_pictures_exactly_once
         assert len(results(fake)) == 1, "delivered exactly once"
         assert len(sim.simulator.generations_v6) == 1, "never asked for twice"
         assert [r.endpoint for r in sim.simulator.requests].count("text2img") == 1
-        row = generation_row(tmp_path)
-        assert row["state"] == "ready"
+        async with stored_records(tmp_path) as records:
+            latest = await records.latest_generation()
+        assert latest is not None and latest.state is GenerationState.READY
     finally:
         assert await again.stop() == 0, again.log
 
@@ -107,15 +88,15 @@ async def test_sigkill_while_submitting_is_never_resent(tmp_path: Path, fakes: t
     bot = await trained_bot(tmp_path, fake, sim)
     sim.simulator.set_faults(t2i_hold=1, t2i_hold_seconds=20)  # the answer never comes before the kill
     await send_imagine(fake)
-    await wait_generation(tmp_path, lambda r: r["state"] == "submitting")
+    await wait_stored_generation(tmp_path, lambda r: r.state is GenerationState.SUBMITTING)
     await sim.simulator.wait_for(lambda: bool(sim.simulator.generations_v6), 10)
     await bot.kill()
 
     again = restarted(bot, tmp_path, fake, sim)
     await started(again, fake, sessions=1)
     try:
-        row = await wait_generation(tmp_path, lambda r: r["state"] == "uncertain")
-        assert "not asked for again" in row["last_error"]
+        row = await wait_stored_generation(tmp_path, lambda r: r.state is GenerationState.UNCERTAIN)
+        assert "not asked for again" in row.last_error
         told = await fake.wait_for(lambda: results(fake) or None, 30, "the member is told")
         assert "couldn't make your pictures" in told[0].content and not told[0].attachments
         await asyncio.sleep(1.0)

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import httpx
 
+from bot.jobs.states import JobState
+from tests.e2e.databases import wait_stored_job
 from tests.e2e.harness import API_KEY, BotProcess
-from tests.e2e.test_process import fakes, run_train, started, wait_row
+from tests.e2e.test_process import fakes, run_train, started
 
 __all__ = ["fakes"]  # the fixture, used by name
 
@@ -24,8 +26,8 @@ async def test_json_logs_parse_line_by_line_and_hold_no_secret(tmp_path: Path, f
     await started(bot, fake)
     try:
         job_id = await run_train(fake)
-        row = await wait_row(tmp_path, job_id, lambda r: r["state"] == "model_ready")
-        webhook_secret = sim.simulator.trainings[row["training_id"]].webhook_url.rsplit("/", 1)[1]
+        row = await wait_stored_job(tmp_path, job_id, lambda r: r.state is JobState.MODEL_READY)
+        webhook_secret = sim.simulator.trainings[row.training_id].webhook_url.rsplit("/", 1)[1]
         base = f"http://127.0.0.1:{bot.port}"
         async with httpx.AsyncClient(timeout=5) as client:
             forged = await client.post(

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from bot.jobs.states import JobState
+from tests.e2e.databases import wait_stored_job
 from tests.e2e.harness import ALICE, API_KEY, BotProcess, open_fakes
-from tests.e2e.test_process import run_train, started, wait_row
+from tests.e2e.test_process import run_train, started
 
 
 @pytest.fixture
@@ -59,13 +61,15 @@ async def test_a_full_queue_a_transient_not_found_and_lost_webhooks_still_end_re
     await started(bot, fake)
     try:
         job_id = await run_train(fake)
-        row = await wait_row(tmp_path, job_id, lambda r: r["training_id"] is not None)
-        await sim.simulator.wait_until_settled(row["training_id"], within=30)
+        row = await wait_stored_job(tmp_path, job_id, lambda r: r.training_id is not None)
+        await sim.simulator.wait_until_settled(row.training_id, within=30)
         sim.simulator.set_faults(status_not_found=1, status_not_found_shape="html")
-        row = await wait_row(tmp_path, job_id, lambda r: r["state"] in ("model_ready", "failed"), timeout=60)
-        assert row["state"] == "model_ready", row["last_error"]
+        row = await wait_stored_job(
+            tmp_path, job_id, lambda r: r.state in (JobState.MODEL_READY, JobState.FAILED), timeout=60
+        )
+        assert row.state is JobState.MODEL_READY, row.last_error
         dm = await fake.wait_for(lambda: fake.dms_to(ALICE) or None, 30, "the ready DM")
-        assert row["training_id"] in dm[0].content
+        assert row.training_id in dm[0].content
     finally:
         assert await bot.stop() == 0, bot.log
     assert len(sim.simulator.trainings) == 1, "created exactly once"

@@ -4,29 +4,23 @@ the local webhook server, and the card and the DM say plainly that it was simula
 
 from __future__ import annotations
 
-import asyncio
 import re
-import sys
 from pathlib import Path
 
 import httpx
 
+from bot.jobs.states import JobState
 from bot.render import SIMULATED_NOTE
+from tests.e2e.databases import wait_stored_job
 from tests.e2e.harness import ALICE, BotProcess, embed_text, open_fakes
-from tests.e2e.test_process import run_train, started, wait_row
+from tests.e2e.test_process import run_train, started
 
 
 class SimulatedBot(BotProcess):
     """`lorabot run --simulate --step-seconds 0.05` with the fake Discord's settings only."""
 
-    async def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "run",  # no .env in the working directory: the environment only
-            "--simulate", "--step-seconds", "0.05",
-            env=self.env, cwd=self.cwd, stdout=log, stderr=log,
-        )  # fmt: skip
-        log.close()
+    async def start(self, *args: str) -> None:
+        await super().start("--simulate", "--step-seconds", "0.05", *args)
 
 
 async def test_run_simulate_trains_to_model_ready_and_says_so_on_the_card_and_the_dm(tmp_path: Path) -> None:
@@ -38,14 +32,14 @@ async def test_run_simulate_trains_to_model_ready_and_says_so_on_the_card_and_th
     try:
         await started(bot, fake)
         job_id = await run_train(fake)
-        row = await wait_row(tmp_path, job_id, lambda r: r["state"] == "model_ready")
+        row = await wait_stored_job(tmp_path, job_id, lambda r: r.state is JobState.MODEL_READY)
 
-        card = fake.message(row["card_message_id"])
+        card = fake.message(row.card_message_id)
         await fake.wait_for(lambda: "Model ready" in embed_text(card) or None, 10, "card edited to ready")
         assert f"Simulated: {SIMULATED_NOTE}" in embed_text(card)
         dms = await fake.wait_for(lambda: fake.dms_to(ALICE) or None, 30, "the DM")
         assert len(dms) == 1
-        assert row["training_id"] in dms[0].content and SIMULATED_NOTE in dms[0].content
+        assert row.training_id in dms[0].content and SIMULATED_NOTE in dms[0].content
 
         # PUBLIC_URL defaulted to the local webhook server, so the simulator's webhooks came back.
         assert f"mode: webhooks to http://127.0.0.1:{bot.port}/webhooks/training" in bot.log
@@ -56,7 +50,7 @@ async def test_run_simulate_trains_to_model_ready_and_says_so_on_the_card_and_th
             assert found, bot.log
             state = (await client.get(f"{found[1]}/_sim/state")).json()
         (training,) = state["trainings"]
-        assert training["training_id"] == row["training_id"]
+        assert training["training_id"] == row.training_id
         assert training["webhook_url"].startswith(f"http://127.0.0.1:{bot.port}/webhooks/training/{job_id}/")
         assert any(hook.get("http_status") == 200 for hook in training["webhooks"]), training["webhooks"]
     finally:

@@ -1,9 +1,13 @@
 """What only tests need, for either store (the product never calls these): writing an outbox item
 outside a transition, every due item leased or not, counting what is undelivered, finding a job
-by its training id. SQLite's come from tests/store_helpers.py; PostgreSQL's write through the
-store's own outbox SQL, as SQLite's do through `write_outbox`."""
+by its training id, counting rows with plain SQL. SQLite's come from tests/store_helpers.py;
+PostgreSQL's write through the store's own outbox SQL, as SQLite's do through `write_outbox`."""
 
 from __future__ import annotations
+
+import itertools
+import re
+from typing import Any
 
 from bot.jobs.model import Job, OutboxDraft, OutboxItem
 from bot.store.pg_outbox import draft_arrays, draft_ctes
@@ -13,7 +17,14 @@ from bot.store.sqlite import SqliteStore
 from tests import store_helpers as sqlite_helpers
 from tests.store_helpers import require_generation
 
-__all__ = ["due_outbox", "enqueue", "job_by_training_id", "pending_outbox_count", "require_generation"]
+__all__ = [
+    "count_rows",
+    "due_outbox",
+    "enqueue",
+    "job_by_training_id",
+    "pending_outbox_count",
+    "require_generation",
+]
 
 AnyStore = SqliteStore | PostgresStore
 
@@ -51,3 +62,12 @@ async def job_by_training_id(store: AnyStore, training_id: str) -> Job | None:
         return await sqlite_helpers.job_by_training_id(store, training_id)
     row = await store.db.fetchrow("SELECT * FROM jobs WHERE training_id = $1", training_id)
     return job_from_record(row) if row else None
+
+
+async def count_rows(store: AnyStore, sql: str, *args: Any) -> int:
+    """The integer `sql` (written with `?` placeholders, in SQL both databases read alike) returns."""
+    if isinstance(store, SqliteStore):
+        row = await store.db.fetchone(sql, args)
+        return int(row[0]) if row else 0
+    numbers = itertools.count(1)
+    return int(await store.db.fetchval(re.sub(r"\?", lambda _match: f"${next(numbers)}", sql), *args))
