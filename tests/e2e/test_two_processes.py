@@ -1,0 +1,164 @@
+"""Two real `lorabot run` processes on one PostgreSQL schema, one fake Discord and one simulator,
+the provider's webhooks spread across both by a round-robin proxy. The leader is SIGKILLed while
+the training runs: the survivor takes the lead within the leader interval, the webhooks keep
+landing on it, the job still becomes ready, and the owner gets exactly one ready DM, sent once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bot.delivery.messenger import nonce_for
+from bot.discord_standin import FakeDiscord
+from bot.jobs.states import JobState
+from bot.simulator.app import RunningSimulator
+from bot.store.open import open_stores
+from tests.e2e.databases import database_url, postgres_only, wait_stored_job
+from tests.e2e.harness import ALICE, CHANNEL, GUILD, BotProcess, job_id_of, open_fakes, photos
+from tests.e2e.proxy import RoundRobinProxy
+
+pytestmark = postgres_only("two processes share one database only on PostgreSQL")
+
+LEADER_INTERVAL = 1.0
+#: Seconds per status of the simulated training: eight webhooks over about 5 s.
+STEP_SECONDS = 0.6
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[tuple[FakeDiscord, RunningSimulator]]:
+    fake, sim = await open_fakes(step_seconds=STEP_SECONDS)
+    try:
+        yield fake, sim
+    finally:
+        await sim.close()
+        await fake.close()
+
+
+async def healthz(bot: BotProcess) -> dict[str, Any] | None:
+    try:
+        async with httpx.AsyncClient(timeout=2) as client:
+            response = await client.get(f"http://127.0.0.1:{bot.port}/healthz")
+    except httpx.TransportError:
+        return None
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def wait_health(bot: BotProcess, check: Any, timeout: float, what: str) -> dict[str, Any]:  # noqa: ASYNC109
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        body = await healthz(bot)
+        if body is not None and check(body):
+            return body
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what}: /healthz never matched; last {body}\n{bot.log}")
+        await asyncio.sleep(0.05)
+
+
+def leads(body: dict[str, Any]) -> bool:
+    return bool(body.get("leadership", {}).get("leader"))
+
+
+async def start_process(bot: BotProcess, fake: FakeDiscord, sessions: int) -> str:
+    """Start `bot` and return the id of its gateway session (the one that was not there before)."""
+    before = {s.session_id for s in fake.sessions}
+    await bot.start()
+    try:
+        live = await fake.wait_until_connected(30, sessions=sessions)
+        await wait_health(bot, lambda body: body["status"] == "ok", 30, "the process is ready")
+    except Exception:
+        print(bot.log)
+        raise
+    (session_id,) = {s.session_id for s in live} - before
+    return session_id
+
+
+async def train_and_start(fake: FakeDiscord, session_id: str) -> int:
+    """/train then Start, both through the gateway session `session_id`; returns the job id."""
+    options: dict[str, Any] = {"instance_prompt": "photo of sks man", "class_prompt": "photo of a man"}
+    for index, data in enumerate(photos(5), start=1):
+        options[f"image{index}"] = fake.upload_attachment(data, f"photo{index}.jpg", "image/jpeg")
+    payload = fake.slash_command_payload(
+        "train",
+        user_id=ALICE,
+        guild_id=GUILD,
+        channel_id=CHANNEL,
+        options=options,
+        attachments=[v for v in options.values() if isinstance(v, dict)],
+    )
+    rec = await fake.send_interaction(payload, session_id=session_id)
+    preview = await rec.wait_original(lambda m: bool(m.components), timeout=30)
+    job_id = job_id_of(preview)
+    start = fake.component_payload(custom_id=f"lorabot:preview:start:{job_id}", message=preview, user_id=ALICE)
+    await (await fake.send_interaction(start, session_id=session_id)).wait_callback()
+    return job_id
+
+
+async def test_the_leader_killed_mid_training_loses_nothing_and_repeats_nothing(
+    tmp_path: Path, fakes: tuple[FakeDiscord, RunningSimulator]
+) -> None:
+    fake, sim = fakes
+    url = database_url(tmp_path)
+    env = {"LEADER_INTERVAL_SECONDS": str(LEADER_INTERVAL), "DATABASE_URL": url}
+    first = BotProcess(tmp_path, fake, sim.url, log_name="first.log", **env)
+    second = BotProcess(tmp_path, fake, sim.url, log_name="second.log", **env)
+    proxy = RoundRobinProxy([first.port, second.port])
+    await proxy.start()
+    for bot in (first, second):  # the provider's webhooks go to the one public address
+        bot.env["PUBLIC_URL"] = proxy.url
+    stores = await open_stores(url)
+    try:
+        first_session = await start_process(first, fake, sessions=1)
+        await wait_health(first, leads, 10, "the only process leads")
+        await start_process(second, fake, sessions=2)
+        tried = await wait_health(second, lambda body: body["leadership"]["since"], 10, "the second tried to lead")
+        assert not leads(tried) and leads((await healthz(first)) or {})
+
+        job_id = await train_and_start(fake, first_session)
+        job = await wait_stored_job(tmp_path, job_id, lambda j: j.training_id is not None)
+        assert job.training_id is not None
+        # Under way: each process has taken a webhook, and more are to come.
+        await sim.simulator.wait_for(lambda: bool(proxy.to(first.port)) and bool(proxy.to(second.port)), 20)
+        running = await stores.jobs.require_job(job_id)
+        assert not running.state.is_terminal, running
+
+        leading = [bot for bot in (first, second) if leads((await healthz(bot)) or {})]
+        assert len(leading) == 1, "exactly one process leads"
+        leader, survivor = leading[0], second if leading[0] is first else first
+        await leader.kill()
+        killed_at = asyncio.get_running_loop().time()
+        await wait_health(survivor, leads, LEADER_INTERVAL * 3, "the survivor takes the lead")
+        took = asyncio.get_running_loop().time() - killed_at
+
+        ready = await wait_stored_job(tmp_path, job_id, lambda j: j.state.is_terminal, timeout=30)
+        assert ready.state is JobState.MODEL_READY, ready.last_error
+        dm_key = f"dm:{job_id}:{JobState.MODEL_READY.value}"
+        deadline = asyncio.get_running_loop().time() + 20
+        while not await stores.jobs.outbox_delivered(dm_key):
+            assert asyncio.get_running_loop().time() < deadline, "the ready DM was never marked delivered"
+            await asyncio.sleep(0.05)
+
+        ready_dms = [m for m in fake.dms_to(ALICE) if "is ready" in (m.content or "")]
+        assert len(ready_dms) == 1, [m.content for m in fake.dms_to(ALICE)]
+        posts = [r for r in fake.requests if r.method == "POST" and isinstance(r.json, dict)]
+        nonces = Counter(r.json["nonce"] for r in posts if r.json.get("nonce"))
+        assert nonces[nonce_for(dm_key)] == 1
+        assert all(count == 1 for count in nonces.values()), nonces
+        assert len(sim.simulator.trainings) == 1, "the training was submitted once"
+        # Webhooks reached both processes; after the kill only the survivor answered them.
+        assert proxy.to(leader.port) and proxy.to(survivor.port)
+        after = [f for f in proxy.forwarded if f.body and f.body.get("training_status") == "model_ready"]
+        assert [(f.port, f.status) for f in after] == [(survivor.port, 200)]
+        assert took <= LEADER_INTERVAL * 2, f"the lead moved after {took:.2f} s"
+    finally:
+        await stores.close()
+        await proxy.close()
+        for bot in (first, second):
+            if bot.proc is not None and bot.proc.returncode is None:
+                assert await bot.stop() == 0, bot.log
