@@ -137,6 +137,16 @@ def _inspect_database(path: str) -> tuple[str, tuple[int, str, str | None] | Non
         connection.close()
 
 
+def _compare_versions(version: int, newest: int, problems: list[str], fixes: list[str]) -> None:
+    """Add what is wrong with a schema at `version` when this code's newest migration is `newest`."""
+    if version < newest:
+        problems.append(f"schema version {version}, but the newest migration is {newest}")
+        fixes.append("run `lorabot migrate` (`lorabot run` also migrates at start)")
+    elif version > newest:
+        problems.append(f"schema version {version} is newer than this code knows ({newest})")
+        fixes.append("upgrade lorabot, or point DATABASE_URL at another database")
+
+
 class _WriteProbeRolledBack(Exception):
     """Raised inside the probe transaction so that its write is rolled back."""
 
@@ -177,12 +187,7 @@ async def check_postgres(settings: Settings) -> CheckResult:
     if write_error is not None:
         problems.append(f"cannot write ({write_error})")
         fixes.append("grant the bot's database user INSERT/UPDATE/DELETE on its tables")
-    if version < newest:
-        problems.append(f"schema version {version}, but the newest migration is {newest}")
-        fixes.append("run `lorabot migrate` (`lorabot run` also migrates at start)")
-    elif version > newest:
-        problems.append(f"schema version {version} is newer than this code knows ({newest})")
-        fixes.append("upgrade lorabot, or point DATABASE_URL at another database")
+    _compare_versions(version, newest, problems, fixes)
     if problems:
         return _fail(name, f"{where}: " + "; ".join(problems), "; ".join(fixes))
     return _ok(name, f"{where}: PostgreSQL, writable, schema version {version} (the newest)")
@@ -218,12 +223,7 @@ async def check_database(settings: Settings) -> CheckResult:
     if integrity != "ok":
         problems.append(f"PRAGMA integrity_check says: {integrity}")
         fixes.append("restore the database from a backup")
-    if version < newest:
-        problems.append(f"schema version {version}, but the newest migration is {newest}")
-        fixes.append("run `lorabot migrate` (`lorabot run` also migrates at start)")
-    elif version > newest:
-        problems.append(f"schema version {version} is newer than this code knows ({newest})")
-        fixes.append("upgrade lorabot, or point DATABASE_URL at another database")
+    _compare_versions(version, newest, problems, fixes)
     if problems:
         return _fail(name, "; ".join(problems), "; ".join(fixes))
     return _ok(name, f"{where}: writable, schema version {version} (the newest), integrity ok")
