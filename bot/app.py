@@ -164,7 +164,10 @@ class Application:
             on_queued=lambda: self.generation_runner.wake(),
         )
         self.generation_runner = GenerationRunner(
-            self.generations, spawn=lambda name, work: self.supervisor.spawn("generations", work, task_name=name)
+            self.generations,
+            spawn=lambda name, work: self.supervisor.spawn("generations", work, task_name=name),
+            # Another process's /imagine cannot wake this runner: look often when several share the jobs.
+            idle_wait=30.0 if self.single_process else 2.0,
         )
         self.notifier = Notifier(
             self.store,

@@ -418,6 +418,35 @@ async def test_a_missing_or_old_database_asks_for_migrate(settings: Callable[...
     assert old.fix is not None and "lorabot migrate" in old.fix
 
 
+async def test_postgresql_checks_the_schema_and_a_write(settings: Callable[..., Settings]) -> None:
+    from bot.store.pg_database import PostgresDatabase, load_postgres_migrations
+    from tests.store.conftest import fresh_schema
+
+    async with fresh_schema() as url:
+        config = settings(database_url=url)
+        empty = await check_database(config)
+        assert not empty.ok and "no lorabot tables" in empty.detail, empty.line()
+        assert empty.fix is not None and "lorabot migrate" in empty.fix
+        db = await PostgresDatabase.open(url)
+        try:
+            await db.migrate(load_postgres_migrations()[:2])
+            old = await check_database(config)
+            assert not old.ok and "schema version 2" in old.detail, old.line()
+            await db.migrate()
+            ready = await check_database(config)
+            assert ready.ok and "PostgreSQL" in ready.detail, ready.line()
+            assert await db.fetchval("SELECT COUNT(*) FROM kv") == 0  # the probe's write was rolled back
+        finally:
+            await db.close()
+
+
+async def test_an_unreachable_postgresql_fails_without_its_password(settings: Callable[..., Settings]) -> None:
+    config = settings(database_url="postgresql://bot:s3cret-pw@127.0.0.1:1/lorabot")
+    result = await check_database(config)
+    assert not result.ok and "DATABASE_URL" in result.detail, result.line()
+    assert "s3cret-pw" not in result.line()
+
+
 async def test_the_advice_for_unsynced_commands_works_for_a_new_application(tmp_path: Path) -> None:
     """`check` says "start the bot" when commands are not synced: that must hold even when the
     database remembers a sync made for another application (a new token)."""
