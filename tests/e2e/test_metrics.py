@@ -73,7 +73,9 @@ async def test_counters_move_with_a_training_and_the_token_is_required(world: Wo
     assert total(metrics, "lorabot_outbox_oldest_age_seconds") == 0
     changes = "lorabot_job_state_changes_total"
     assert total(metrics, changes, source="user", state="submitting") == 1  # Start pressed
-    assert total(metrics, changes, source="system", state="deploying_gpu") == 1  # the provider's answer
+    # The provider's answer moves the job on, or its first webhook when that lands first (the simulator
+    # sends it right after the answer; on PostgreSQL the two writes truly race): once either way.
+    assert total(metrics, changes, state="deploying_gpu") == 1
     assert total(metrics, changes, source="webhook") >= 2  # the simulator's webhooks moved it on
     assert total(metrics, changes, state="model_ready") == 1
     assert total(metrics, "lorabot_webhooks_total", outcome="accepted") >= 2
