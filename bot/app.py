@@ -33,6 +33,7 @@ from bot.messenger import Messenger
 from bot.metrics import Metrics
 from bot.provider.client import ProviderClient
 from bot.provider.errors import InvalidApiKey, ProviderError, ProviderMisconfigured
+from bot.sharding import gateway_refusal
 from bot.store import Database
 from bot.store.sqlite import SqliteStore
 from bot.store.sqlite_generations import SqliteGenerationStore
@@ -194,6 +195,7 @@ class Application:
             discord_status=self.bot.connection_status,
             tasks=self.supervisor.health,
             waiting_for=self._waiting_for,
+            shards=self.bot.shard_health,
             mode=settings.mode,
             metrics=self.metrics if settings.metrics_enabled else None,
             metrics_token=settings.metrics_token.get_secret_value() if settings.metrics_token else None,
@@ -298,7 +300,15 @@ class Application:
             self.supervisor.supervise("notifier", self.notifier.run)
             self.supervisor.supervise("reconciler", self.reconciler.run)
             self.supervisor.supervise("generation-runner", self.generation_runner.run)
-        await self.bot.connect(reconnect=True)
+        try:
+            await self.bot.connect(reconnect=True)
+        except discord.ConnectionClosed as error:
+            # Discord refused a shard for good (SHARD_COUNT / SHARD_IDS): a deliberate stop, like a bad token.
+            refusal = gateway_refusal(error.code, error.shard_id, self.settings)
+            if refusal is None:
+                raise
+            self.fatal = ConfigError(refusal)
+            self.stop_event.set()
 
     async def _login(self) -> bool:
         """Log in, retrying while Discord is unreachable; False when Discord rejected the token."""

@@ -162,6 +162,7 @@ class WebhookServer:
         metrics: Metrics | None = None,
         metrics_token: str | None = None,
         waiting_for: Callable[[], list[str]] = list,
+        shards: Callable[[], Mapping[str, object]] | None = None,
     ) -> None:
         self.service = service
         self.store = store
@@ -176,6 +177,8 @@ class WebhookServer:
         self.tasks = tasks
         #: The parts not ready yet (e.g. ["discord"] until the first session): /healthz says "starting".
         self.waiting_for = waiting_for
+        #: This process's gateway shards and their connections, for /healthz (informative, like "discord").
+        self.shards = shards
         #: How trainings are followed, for /healthz: "webhooks", or "polling" (no PUBLIC_URL).
         self.mode = mode
         self.accepting = True
@@ -220,6 +223,8 @@ class WebhookServer:
             "database": database,
             "discord": self.discord_status(),
         }
+        if self.shards is not None:
+            body["shards"] = self.shards()
         healthy = database
         if self.tasks is not None:
             try:
