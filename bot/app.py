@@ -37,6 +37,7 @@ from bot.leader import LeaderLoop
 from bot.logging_setup import redactor
 from bot.metrics import Metrics
 from bot.provider.client import ProviderClient
+from bot.sharding import gateway_refusal
 from bot.store.leadership import AdvisoryLockLeadership, SingleProcessLeadership
 from bot.store.open import StoreDatabase, Stores, open_stores
 from bot.supervisor import Supervisor
@@ -207,6 +208,7 @@ class Application:
             discord_status=self.bot.connection_status,
             tasks=self.supervisor.health,
             waiting_for=self._waiting_for,
+            shards=self.bot.shard_health,
             mode=settings.mode,
             metrics=self.metrics if settings.metrics_enabled else None,
             metrics_token=settings.metrics_token.get_secret_value() if settings.metrics_token else None,
@@ -321,7 +323,15 @@ class Application:
             self.supervisor.supervise("notifier", self.notifier.run)
             # Once-per-system work runs on the leader only (on SQLite, always this process).
             self.supervisor.supervise("leader", self.leader.run)
-        await self.bot.connect(reconnect=True)
+        try:
+            await self.bot.connect(reconnect=True)
+        except discord.ConnectionClosed as error:
+            # Discord refused a shard for good (SHARD_COUNT / SHARD_IDS): a deliberate stop, like a bad token.
+            refusal = gateway_refusal(error.code, error.shard_id, self.settings)
+            if refusal is None:
+                raise
+            self.fatal = ConfigError(refusal)
+            self.stop_event.set()
 
     async def _login(self) -> bool:
         """Log in, retrying while Discord is unreachable; False when Discord rejected the token."""

@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     discord_api_base: str = "https://discord.com/api/v10"
     discord_gateway_url: str = "wss://gateway.discord.gg/"
     discord_guild_id: int | None = None
+    #: The bot's total number of gateway shards, across every process. Unset: what Discord
+    #: recommends (`GET /gateway/bot`), all in this process.
+    shard_count: int | None = Field(default=None, ge=1)
+    #: The shards this process runs (e.g. `0,2`); unset or `auto`: all of SHARD_COUNT. Processes
+    #: sharing one database run disjoint sets.
+    shard_ids: Annotated[list[int] | None, NoDecode] = None
 
     # Provider
     sdapi_key: SecretStr
@@ -174,6 +180,44 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.replace(";", ",").split(",") if part.strip()]
         return value
+
+    @field_validator("shard_ids", mode="before")
+    @classmethod
+    def _split_shard_ids(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.lower() in ("", "auto"):
+            return None
+        parts = [part.strip() for part in text.split(",")]
+        if not all(part.isdigit() for part in parts):
+            raise ValueError(f"must be shard numbers separated by commas (like 0,2), or auto; got {value!r}")
+        return [int(part) for part in parts]
+
+    @field_validator("shard_ids")
+    @classmethod
+    def _check_shard_ids(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        # A field validator (declared after SHARD_COUNT), so it is reported with every other bad setting.
+        if value is None or "shard_count" not in info.data:  # unset, or SHARD_COUNT itself is invalid
+            return value
+        count = info.data["shard_count"]
+        if count is None:
+            raise ValueError(
+                "needs SHARD_COUNT, the total number of shards across every process (e.g. SHARD_COUNT=2 "
+                "and SHARD_IDS=0 here, SHARD_IDS=1 in the other process)"
+            )
+        if not value:
+            raise ValueError("must name at least one shard, or be auto")
+        duplicates = sorted({shard for shard in value if value.count(shard) > 1})
+        if duplicates:
+            raise ValueError(f"names shard {', '.join(map(str, duplicates))} more than once")
+        beyond = [shard for shard in value if not 0 <= shard < count]
+        if beyond:
+            raise ValueError(
+                f"shard {', '.join(map(str, beyond))} does not exist: with SHARD_COUNT={count} the shards are "
+                f"0 to {count - 1}"
+            )
+        return sorted(value)
 
     @field_validator("discord_api_base", "sdapi_base_url")
     @classmethod

@@ -1,12 +1,18 @@
-"""The discord.py client: no privileged intents, cogs loaded from `cogs/`, commands synced on change."""
+"""The discord.py client: no privileged intents, cogs loaded from `cogs/`, commands synced on change.
+
+It is an `AutoShardedBot` over SHARD_COUNT / SHARD_IDS (one shard when both are unset and Discord
+recommends one), so several processes can each run some of the bot's shards.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import cast
 
 import discord
 import yarl
@@ -21,6 +27,7 @@ from bot.jobs.ports import KeyValue
 from bot.jobs.queries import JobQueries
 from bot.jobs.service import JobService
 from bot.jobs.submission import TrainingStarter
+from bot.sharding import ShardsHealth, ShardState, ShardStatus, latency_ms
 from bot.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -56,7 +63,7 @@ def point_discord_at(api_base: str, gateway_url: str) -> None:
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
 
 
-class LoraBot(commands.Bot):
+class LoraBot(commands.AutoShardedBot):
     services: Services
     memory: KeyValue
 
@@ -69,11 +76,16 @@ class LoraBot(commands.Bot):
             help_command=None,
             allowed_mentions=discord.AllowedMentions.none(),
             max_ratelimit_timeout=60.0,
+            shard_count=settings.shard_count,
+            # None (all shards of the count) is discord.py's own default; its stubs only say list.
+            shard_ids=cast("list[int]", settings.shard_ids),
         )
         self.settings = settings
-        #: From the first gateway READY on, the bot answers interactions; /healthz says "starting" until then.
-        self.has_connected = False
         self._invite_logged = False
+        #: Shards whose session is up (READY or RESUMED, and not disconnected since).
+        self._live_shards: set[int] = set()
+        #: Shards that have had a session at least once.
+        self._connected_once: set[int] = set()
 
     def attach(self, services: Services, memory: KeyValue) -> None:
         """The services for the cogs, and where the digest of the synced commands is kept."""
@@ -87,6 +99,13 @@ class LoraBot(commands.Bot):
             await self.sync_commands_if_changed()
         except (discord.HTTPException, discord.app_commands.CommandSyncFailure) as error:
             log.error("could not sync application commands (%s); the previous definition stays", error)
+
+    async def close(self) -> None:
+        if not isinstance(cast(object, self.loop), asyncio.AbstractEventLoop):
+            # Never logged in (e.g. built only to read its commands): discord.py's sharded close()
+            # needs what login() sets up first.
+            await self._async_setup_hook()
+        await super().close()
 
     def _sync_target(self) -> discord.Object | None:
         guild_id = self.settings.discord_guild_id
@@ -120,17 +139,87 @@ class LoraBot(commands.Bot):
             log.warning("the bot is in no server yet; invite it: %s", invite_url(self.application_id))
         await self.services.notifier.connection_restored()
 
-    async def on_connect(self) -> None:
-        self.has_connected = True
-
     async def on_resumed(self) -> None:
         await self.services.notifier.connection_restored()
 
-    def connection_status(self) -> str:
-        """For /healthz: connected once the gateway session is up (READY received) and open."""
+    # -- shards -------------------------------------------------------------------------------------
+
+    async def connect(self, *, reconnect: bool = True) -> None:
+        """discord.py's sharded `connect()`, which a cancellation always ends.
+
+        Its loop swallows a cancellation that lands while a shard reconnects, then waits for the
+        next shard event forever (and the stop with it). So it runs as a task of its own; when this
+        is cancelled, the bot is closed, which ends that loop, and only then does this return.
+        """
+        running = asyncio.ensure_future(super().connect(reconnect=reconnect))
+        try:
+            await asyncio.shield(running)
+        except asyncio.CancelledError:
+            await self.close()
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            raise
+
+    async def launch_shards(self) -> None:
+        # discord.py would connect to the gateway URL that `GET /gateway/bot` names when it asks
+        # for the shard count; asking here first keeps every shard on DISCORD_GATEWAY_URL.
+        if self.known_shard_count is None and not self.is_closed():
+            self.shard_count, _url, _limits = await self.http.get_bot_gateway()
+        log.info("running shard(s) %s of %s", ", ".join(map(str, self.own_shard_ids())), self.shard_count)
+        await super().launch_shards()
+
+    async def on_shard_connect(self, shard_id: int) -> None:
+        self._live_shards.add(shard_id)
+        self._connected_once.add(shard_id)
+
+    async def on_shard_resumed(self, shard_id: int) -> None:
+        self._live_shards.add(shard_id)
+
+    async def on_shard_disconnect(self, shard_id: int) -> None:
+        self._live_shards.discard(shard_id)
+
+    @property
+    def known_shard_count(self) -> int | None:
+        """The bot's total number of shards; None until asked (SHARD_COUNT unset)."""
+        # discord.py declares it `int`, but it is None until `launch_shards` has asked Discord.
+        return cast("int | None", self.shard_count)
+
+    def own_shard_ids(self) -> list[int]:
+        """The shards this process runs; empty until the count is known (SHARD_COUNT unset)."""
+        if self.shard_ids is not None:
+            return list(self.shard_ids)
+        count = self.known_shard_count
+        return list(range(count)) if count is not None else []
+
+    @property
+    def has_connected(self) -> bool:
+        """Every shard of this process has had a session: from then on the bot answers interactions
+        in all its guilds (/healthz says "starting" until then)."""
+        own = self.own_shard_ids()
+        return bool(own) and self._connected_once.issuperset(own)
+
+    def shard_status(self, shard_id: int) -> ShardStatus:
         if self.is_closed():
             return "closed"
-        ws = self.ws
-        if self.user is not None and ws is not None and not ws.socket.closed:
+        shard = self.get_shard(shard_id)
+        if shard is not None and not shard.is_closed() and shard_id in self._live_shards:
+            return "connected"
+        return "connecting"
+
+    def shard_health(self) -> ShardsHealth:
+        """For /healthz: this process's shards, each one's connection and heartbeat latency."""
+        states: list[ShardState] = []
+        for shard_id in self.own_shard_ids():
+            shard = self.get_shard(shard_id)
+            latency = latency_ms(shard.latency) if shard is not None else None
+            states.append({"id": shard_id, "status": self.shard_status(shard_id), "latency_ms": latency})
+        return {"count": self.known_shard_count, "ids": self.own_shard_ids(), "states": states}
+
+    def connection_status(self) -> ShardStatus:
+        """For /healthz: connected while every shard of this process has its session up and open."""
+        if self.is_closed():
+            return "closed"
+        own = self.own_shard_ids()
+        if own and all(self.shard_status(shard_id) == "connected" for shard_id in own):
             return "connected"
         return "connecting"

@@ -166,6 +166,7 @@ class WebhookServer:
         metrics: Metrics | None = None,
         metrics_token: str | None = None,
         waiting_for: Callable[[], list[str]] = list,
+        shards: Callable[[], Mapping[str, object]] | None = None,
     ) -> None:
         self.service = service
         self.store = store
@@ -182,6 +183,8 @@ class WebhookServer:
         self.tasks = tasks
         #: The parts not ready yet (e.g. ["discord"] until the first session): /healthz says "starting".
         self.waiting_for = waiting_for
+        #: This process's gateway shards and their connections, for /healthz (informative, like "discord").
+        self.shards = shards
         #: How trainings are followed, for /healthz: "webhooks", or "polling" (no PUBLIC_URL).
         self.mode = mode
         #: For /healthz: whether this process leads the once-per-system work, and since when.
@@ -230,6 +233,8 @@ class WebhookServer:
         }
         if self.leader is not None:
             body["leadership"] = dict(self.leader())
+        if self.shards is not None:
+            body["shards"] = self.shards()
         healthy = database
         if self.tasks is not None:
             try:

@@ -20,6 +20,8 @@ ALL_VARIABLES: dict[str, tuple[str, Any]] = {
     "DISCORD_API_BASE": ("http://127.0.0.1:9000/api/v10/", "http://127.0.0.1:9000/api/v10"),
     "DISCORD_GATEWAY_URL": ("ws://127.0.0.1:9001/", "ws://127.0.0.1:9001/"),
     "DISCORD_GUILD_ID": ("123456789012345678", 123456789012345678),
+    "SHARD_COUNT": ("4", 4),
+    "SHARD_IDS": (" 3, 1", [1, 3]),
     "SDAPI_KEY": (KEY, KEY),
     "SDAPI_BASE_URL": ("http://127.0.0.1:7860", "http://127.0.0.1:7860"),
     "SDAPI_TIMEOUT_SECONDS": ("12.5", 12.5),
@@ -43,6 +45,7 @@ ALL_VARIABLES: dict[str, tuple[str, Any]] = {
     "METRICS_ENABLED": ("false", False),
     "METRICS_TOKEN": (METRICS_TOKEN, METRICS_TOKEN),
     "DATABASE_URL": ("sqlite:///data/other.db", "sqlite:///data/other.db"),
+    "LEADER_INTERVAL_SECONDS": ("2.5", 2.5),
     "LOG_LEVEL": ("DEBUG", "DEBUG"),
     "LOG_FORMAT": ("json", "json"),
     "MIN_IMAGES": ("3", 3),
@@ -66,6 +69,8 @@ DEFAULTS: dict[str, Any] = {
     "discord_api_base": "https://discord.com/api/v10",
     "discord_gateway_url": "wss://gateway.discord.gg/",
     "discord_guild_id": None,
+    "shard_count": None,
+    "shard_ids": None,
     "sdapi_base_url": "https://modelslab.com",
     "sdapi_timeout_seconds": 30.0,
     "sdapi_submit_timeout_seconds": 90.0,
@@ -88,6 +93,7 @@ DEFAULTS: dict[str, Any] = {
     "metrics_enabled": True,
     "metrics_token": None,
     "database_url": "sqlite:///lorabot.db",
+    "leader_interval_seconds": 10.0,
     "log_level": "INFO",
     "log_format": "text",
     "min_images": 5,
@@ -377,3 +383,52 @@ def test_simulated_comes_only_from_for_simulator_never_from_the_environment(clea
 )
 def test_the_local_webhook_address_of_simulate(host: str, port: int, expected: str | None) -> None:
     assert local_webhook_url(host, port) == expected
+
+
+@pytest.mark.parametrize(
+    ("count", "ids", "expected"),
+    [
+        (None, None, (None, None)),
+        ("3", None, (3, None)),
+        ("3", "auto", (3, None)),
+        ("3", "AUTO", (3, None)),
+        ("3", "2,0", (3, [0, 2])),
+        ("1", "0", (1, [0])),
+    ],
+)
+def test_shard_settings(
+    clean_env: pytest.MonkeyPatch, count: str | None, ids: str | None, expected: tuple[Any, Any]
+) -> None:
+    required_only(clean_env)
+    for name, value in (("SHARD_COUNT", count), ("SHARD_IDS", ids)):
+        if value is not None:
+            clean_env.setenv(name, value)
+    settings = load_settings(env_file=None)
+    assert (settings.shard_count, settings.shard_ids) == expected
+
+
+@pytest.mark.parametrize(
+    ("count", "ids", "complaint"),
+    [
+        (None, "0", "SHARD_IDS: Value error, needs SHARD_COUNT"),
+        ("2", "0,2", "SHARD_IDS: Value error, shard 2 does not exist: with SHARD_COUNT=2 the shards are 0 to 1"),
+        ("2", "1,1", "SHARD_IDS: Value error, names shard 1 more than once"),
+        ("2", "0;1", "SHARD_IDS: Value error, must be shard numbers separated by commas (like 0,2), or auto"),
+        ("2", "-1", "SHARD_IDS: Value error, must be shard numbers"),
+        ("2", "0,", "SHARD_IDS: Value error, must be shard numbers"),
+        ("0", None, "SHARD_COUNT: Input should be greater than or equal to 1"),
+        ("two", "0", "SHARD_COUNT: Input should be a valid integer"),
+    ],
+)
+def test_bad_shard_settings_are_named(
+    clean_env: pytest.MonkeyPatch, count: str | None, ids: str | None, complaint: str
+) -> None:
+    required_only(clean_env)
+    for name, value in (("SHARD_COUNT", count), ("SHARD_IDS", ids)):
+        if value is not None:
+            clean_env.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env_file=None)
+    message = str(caught.value)
+    assert complaint in message
+    assert message.count("\n  - ") == 1  # one bad setting, one line (a bad SHARD_COUNT is not blamed on SHARD_IDS)

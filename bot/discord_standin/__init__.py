@@ -4,7 +4,7 @@
 `lorabot run` never imports it.
 """
 
-from .discord_gateway import GatewaySession
+from .discord_gateway import GatewaySession, shard_for
 from .discord_models import (
     CommandSync,
     FakeAttachment,
@@ -33,4 +33,5 @@ __all__ = [
     "RecordedFile",
     "RecordedRequest",
     "pointed_at",
+    "shard_for",
 ]

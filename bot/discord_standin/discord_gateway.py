@@ -1,4 +1,12 @@
-"""Gateway websocket of the fake Discord: HELLO, IDENTIFY/READY, RESUME, heartbeats and dispatches."""
+"""Gateway websocket of the fake Discord: HELLO, IDENTIFY/READY, RESUME, heartbeats and dispatches.
+
+Sharding works as Discord documents it: an IDENTIFY with ``shard: [shard_id, num_shards]`` gets the
+events of the guilds with ``(guild_id >> 22) % num_shards == shard_id`` only (READY and GUILD_CREATE
+included), and events without a guild (DMs) go to shard 0. A session without ``shard`` is shard 0 of 1:
+everything. Several sessions may run shard 0 of 1 (each gets every event), but a shard of a sharded
+bot (``num_shards > 1``) is refused while another connection runs it (4010), so overlapping shard sets
+of several processes show up at once; Discord itself would serve both.
+"""
 
 from __future__ import annotations
 
@@ -30,9 +38,35 @@ OP_HEARTBEAT_ACK = 11
 
 CLOSE_AUTHENTICATION_FAILED = 4004
 CLOSE_ALREADY_AUTHENTICATED = 4005
+CLOSE_INVALID_SHARD = 4010
+CLOSE_SHARDING_REQUIRED = 4011
 CLOSE_DISALLOWED_INTENTS = 4014
 PRIVILEGED_INTENTS = (1 << 1) | (1 << 8) | (1 << 15)  # GUILD_MEMBERS, GUILD_PRESENCES, MESSAGE_CONTENT
 BACKLOG_LIMIT = 2000
+#: Events whose guild is the payload's ``id`` (the others name it ``guild_id``).
+_GUILD_EVENTS = frozenset({"GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE"})
+
+
+def shard_for(guild_id: int, num_shards: int) -> int:
+    """The shard that gets a guild's events (Discord's sharding formula)."""
+    return (guild_id >> 22) % num_shards
+
+
+def event_guild(event: str, data: JSON) -> int | None:
+    """The guild an event belongs to; None for events without one (DMs), which go to shard 0."""
+    raw = data.get("id") if event in _GUILD_EVENTS else data.get("guild_id")
+    return int(raw) if raw is not None else None
+
+
+def _shard_key(identify: JSON) -> tuple[int, int] | None:
+    """``(shard_id, num_shards)`` of a valid IDENTIFY ``shard`` (absent: 0 of 1); None when invalid."""
+    shard = identify.get("shard")
+    if shard is None:
+        return 0, 1
+    if not isinstance(shard, list) or len(shard) != 2 or not all(type(n) is int for n in shard):
+        return None
+    shard_id, num_shards = shard
+    return (shard_id, num_shards) if 0 <= shard_id < num_shards else None
 
 
 class GatewayConnection:
@@ -105,12 +139,41 @@ class GatewaySession:
         shard = self.identify.get("shard")
         return list(shard) if shard else None
 
+    @property
+    def shard_id(self) -> int:
+        """The shard this session runs (0 when it did not ask for one)."""
+        return self.shard[0] if self.shard else 0
+
+    @property
+    def num_shards(self) -> int:
+        """The bot's number of shards as this session declared it (1 when it did not)."""
+        return self.shard[1] if self.shard else 1
+
+    def receives(self, guild_id: int | None) -> bool:
+        """Whether this session gets the events of ``guild_id`` (None: events without a guild)."""
+        if guild_id is None:
+            return self.shard_id == 0
+        return shard_for(guild_id, self.num_shards) == self.shard_id
+
 
 class FakeGateway:
     """Gateway state: sessions, dispatching and the websocket handler."""
 
-    def __init__(self, fake: FakeDiscord, *, heartbeat_interval_ms: int, enabled_privileged_intents: int) -> None:
+    def __init__(
+        self,
+        fake: FakeDiscord,
+        *,
+        heartbeat_interval_ms: int,
+        enabled_privileged_intents: int,
+        shard_count: int = 1,
+        require_sharding: bool = False,
+    ) -> None:
         self.fake = fake
+        #: What ``GET /gateway/bot`` recommends as ``shards``.
+        self.shard_count = shard_count
+        #: When true, an IDENTIFY that declares fewer than ``shard_count`` shards is closed with 4011
+        #: (Discord does so when a session would handle too many guilds).
+        self.require_sharding = require_sharding
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.enabled_privileged_intents = enabled_privileged_intents
         self.sessions: dict[str, GatewaySession] = {}
@@ -126,8 +189,16 @@ class FakeGateway:
     def live_sessions(self) -> list[GatewaySession]:
         return [s for s in self.sessions.values() if s.live]
 
-    def _targets(self, session_id: str | None, intent: int = 0) -> list[GatewaySession]:
-        sessions = [s for s in self.sessions.values() if not s.invalidated and (not intent or s.intents & intent)]
+    def live_shards(self) -> dict[int, GatewaySession]:
+        """Live sessions by the shard they run (the newest one when several run shard 0 of 1)."""
+        return {s.shard_id: s for s in self.live_sessions()}
+
+    def sessions_for(self, guild_id: int | None) -> list[GatewaySession]:
+        """Non-invalidated sessions that get the events of ``guild_id`` (None: DMs and other guildless events)."""
+        return [s for s in self.sessions.values() if not s.invalidated and s.receives(guild_id)]
+
+    def _targets(self, guild_id: int | None, session_id: str | None, intent: int = 0) -> list[GatewaySession]:
+        sessions = [s for s in self.sessions_for(guild_id) if not intent or s.intents & intent]
         if session_id is not None:
             sessions = [s for s in sessions if s.session_id == session_id]
         return sessions
@@ -144,15 +215,25 @@ class FakeGateway:
     async def dispatch(
         self, event: str, data: JSON, *, session_id: str | None = None, wait: float = 10.0, intent: int = 0
     ) -> int:
-        """Send ``event`` to every non-invalidated session (buffered for resume while disconnected) that has
-        ``intent`` (if given); wait up to ``wait`` seconds for a session when there is none."""
-        targets = self._targets(session_id, intent)
+        """Send ``event`` to every non-invalidated session of the event's shard (buffered for resume while
+        disconnected) that has ``intent`` (if given); wait up to ``wait`` seconds for a live session of that
+        shard when there is none."""
+        guild_id = event_guild(event, data)
+        targets = self._targets(guild_id, session_id, intent)
         if not targets and wait > 0:
-            await self.fake.wait_until_connected(timeout=wait)
-            targets = self._targets(session_id, intent)
+            await self.fake._notifier.wait_for(
+                lambda: [s for s in self._targets(guild_id, session_id) if s.live],
+                wait,
+                lambda: f"a live gateway session for {event} of guild {guild_id} (live shards: {self._shards_text()})",
+            )
+            targets = self._targets(guild_id, session_id, intent)
         for session in targets:
             await self._dispatch_to(session, event, data)
         return len(targets)
+
+    def _shards_text(self) -> str:
+        live = sorted(f"{s.shard_id}/{s.num_shards}" for s in self.live_sessions())
+        return ", ".join(live) or "none"
 
     async def _dispatch_to(self, session: GatewaySession, event: str, data: JSON) -> None:
         async with session.lock:
@@ -243,6 +324,10 @@ class FakeGateway:
         if data.get("token") != self.fake.token:
             await conn.close(CLOSE_AUTHENTICATION_FAILED, "Authentication failed.")
             return
+        refusal = self._shard_refusal(data)
+        if refusal is not None:
+            await conn.close(*refusal)
+            return
         intents = int(data.get("intents") or 0)
         if intents & PRIVILEGED_INTENTS & ~self.enabled_privileged_intents:
             await conn.close(CLOSE_DISALLOWED_INTENTS, "Disallowed intent(s).")
@@ -254,10 +339,26 @@ class FakeGateway:
             session.connection = conn
             conn.session = session
             await self._dispatch_locked(session, "READY", self.fake._ready_payload(session))
-            for guild_payload in self.fake._guild_create_payloads():
+            for guild_payload in self.fake._guild_create_payloads(session):
                 await self._dispatch_locked(session, "GUILD_CREATE", guild_payload)
             session.ready_sent = True
         self._changed()
+
+    def _shard_refusal(self, identify: JSON) -> tuple[int, str] | None:
+        """The close code and reason for an IDENTIFY whose ``shard`` Discord (or the stand-in) refuses."""
+        key = _shard_key(identify)
+        if key is None:
+            return CLOSE_INVALID_SHARD, "Invalid shard."
+        shard_id, num_shards = key
+        if self.require_sharding and num_shards < self.shard_count:
+            return CLOSE_SHARDING_REQUIRED, "Sharding required."
+        if num_shards > 1 and any(
+            s.shard_id == shard_id and s.num_shards == num_shards and s.connection is not None and s.connection.open
+            for s in self.sessions.values()
+            if not s.invalidated
+        ):
+            return CLOSE_INVALID_SHARD, "Invalid shard."  # the stand-in's own rule: see the module docstring
+        return None
 
     async def _resume(self, conn: GatewayConnection, data: JSON) -> None:
         if data.get("token") != self.fake.token:

@@ -149,7 +149,7 @@ class RestHandlers(FakeState):
             200,
             {
                 "url": self.gateway_url,
-                "shards": 1,
+                "shards": self.gateway.shard_count,
                 "session_start_limit": {
                     "total": 1000,
                     "remaining": 999,

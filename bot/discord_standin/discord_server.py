@@ -87,6 +87,8 @@ class FakeDiscord(InteractionBuilders, RestHandlers):
         interaction_deadline: float | None = INTERACTION_DEADLINE_S,
         enabled_privileged_intents: int = 0,
         echo_message_events: bool = True,
+        shard_count: int = 1,
+        require_sharding: bool = False,
     ) -> None:
         super().__init__(
             application_id=application_id,
@@ -101,7 +103,11 @@ class FakeDiscord(InteractionBuilders, RestHandlers):
             echo_message_events=echo_message_events,
         )
         self.gateway = FakeGateway(
-            self, heartbeat_interval_ms=heartbeat_interval_ms, enabled_privileged_intents=enabled_privileged_intents
+            self,
+            heartbeat_interval_ms=heartbeat_interval_ms,
+            enabled_privileged_intents=enabled_privileged_intents,
+            shard_count=shard_count,
+            require_sharding=require_sharding,
         )
         self._runner: web.AppRunner | None = None
         self._faults: list[_Fault] = []
@@ -290,7 +296,8 @@ class FakeDiscord(InteractionBuilders, RestHandlers):
         return rec
 
     async def send_interaction(self, payload: JSON, *, session_id: str | None = None) -> InteractionRecord:
-        """Dispatch INTERACTION_CREATE (waiting up to 10 s for a gateway session) and return its record."""
+        """Dispatch INTERACTION_CREATE on the shard of its guild (shard 0 for a DM), waiting up to 10 s for a
+        gateway session there, and return its record."""
         if not self.gateway.live_sessions() and not any(not s.invalidated for s in self.sessions):
             await self.wait_until_connected()
         rec = self.register_interaction(payload)
@@ -298,7 +305,7 @@ class FakeDiscord(InteractionBuilders, RestHandlers):
         return rec
 
     async def dispatch(self, event: str, data: JSON, *, session_id: str | None = None) -> None:
-        """Dispatch any gateway event (op 0) to every session."""
+        """Dispatch any gateway event (op 0) to every session of its guild's shard (shard 0 without a guild)."""
         await self.gateway.dispatch(event, data, session_id=session_id)
 
     # -----------------------------------------------------------------------------------------------------------

@@ -323,12 +323,30 @@ class FakeState:
     # Observation
     # -----------------------------------------------------------------------------------------------------------
 
-    async def wait_until_connected(self, timeout: float = 10.0, *, sessions: int = 1) -> list[GatewaySession]:  # noqa: ASYNC109
-        """Wait until ``sessions`` gateway sessions are live (READY and GUILD_CREATEs sent)."""
+    async def wait_until_connected(
+        self,
+        timeout: float = 10.0,  # noqa: ASYNC109
+        *,
+        sessions: int = 1,
+        shards: Iterable[int] = (),
+    ) -> list[GatewaySession]:
+        """Wait until ``sessions`` gateway sessions are live (READY and GUILD_CREATEs sent), among them one
+        for each of ``shards`` (shard ids; a session that did not ask for a shard runs shard 0)."""
+        wanted = set(shards)
+
+        def live() -> list[GatewaySession] | None:
+            found = self.gateway.live_sessions()
+            enough = len(found) >= max(sessions, len(wanted))
+            return found if enough and wanted <= {s.shard_id for s in found} else None
+
         return await self._notifier.wait_for(
-            lambda: live if len(live := self.gateway.live_sessions()) >= sessions else None,
+            live,
             timeout,
-            lambda: f"{sessions} live gateway session(s) (have {len(self.gateway.live_sessions())})",
+            lambda: (
+                f"{sessions} live gateway session(s)"
+                + (f" for shards {sorted(wanted)}" if wanted else "")
+                + f" (have {len(self.gateway.live_sessions())}: shards {sorted(self.gateway.live_shards())})"
+            ),
         )
 
     @property
@@ -500,7 +518,7 @@ class FakeState:
             "v": 10,
             "user": self._bot_user_payload(),
             "user_settings": {},
-            "guilds": [{"id": str(gid), "unavailable": True} for gid in self.guilds],
+            "guilds": [{"id": str(gid), "unavailable": True} for gid in self.guilds if session.receives(gid)],
             "relationships": [],
             "private_channels": [],
             "presences": [],
@@ -517,8 +535,9 @@ class FakeState:
             data["shard"] = session.shard
         return data
 
-    def _guild_create_payloads(self) -> list[JSON]:
-        return [self._guild_create_payload(g) for g in self.guilds.values()]
+    def _guild_create_payloads(self, session: GatewaySession) -> list[JSON]:
+        """GUILD_CREATE of each guild on the session's shard."""
+        return [self._guild_create_payload(g) for g in self.guilds.values() if session.receives(g.id)]
 
     def _guild_payload(self, guild: FakeGuild) -> JSON:
         first_channel = next(iter(guild.channels), None)

@@ -66,7 +66,7 @@ async def test_commands_are_synced_only_when_their_definition_changed(tmp_path) 
         world.app = type(world.app)(world.settings)
         await world.app.start()
         # The gateway connects only after login, and login runs setup_hook (where syncing happens).
-        await world.wait_for(lambda: world.app.bot.ws is not None or None, what="the second connection")
+        await world.wait_for(lambda: world.app.bot.has_connected or None, what="the second connection")
         assert world.fake.sync_count(GUILD) == 1  # unchanged definition: no second sync
     finally:
         await close()
