@@ -49,14 +49,16 @@ def postgres_only(why: str) -> pytest.MarkDecorator:
     )
 
 
-def database_url(tmp_path: Path) -> str:
-    """The DATABASE_URL of the test whose temp directory is `tmp_path`."""
-    url = _postgres_urls.get(tmp_path)
-    if url is not None:
-        return url
+def database_url(directory: Path) -> str:
+    """The DATABASE_URL of a bot whose directory is the test's temp directory or one under it: a
+    SQLite file there, or the test's PostgreSQL schema, which every process of the test shares (as
+    the processes of one deployment do)."""
+    for tmp_path, url in _postgres_urls.items():
+        if directory == tmp_path or tmp_path in directory.parents:
+            return url
     if ON_POSTGRES:
-        raise AssertionError(f"no PostgreSQL schema for {tmp_path}: the e2e_database fixture did not run")
-    return f"sqlite:///{tmp_path / 'bot.db'}"
+        raise AssertionError(f"no PostgreSQL schema for {directory}: the e2e_database fixture did not run")
+    return f"sqlite:///{directory / 'bot.db'}"
 
 
 @asynccontextmanager

@@ -222,11 +222,9 @@ class BotProcess:
     #: Every process started, so the e2e fixture can kill what a failed test left running.
     started: list[BotProcess] = []
 
-    def __init__(
-        self, tmp_path: Path, fake: FakeDiscord, sim_url: str, *, log_name: str = "bot.log", **env: str
-    ) -> None:
+    def __init__(self, tmp_path: Path, fake: FakeDiscord, sim_url: str, **env: str) -> None:
         self.port = free_port()
-        self.log_path = tmp_path / log_name
+        self.log_path = tmp_path / "bot.log"
         self.env = {
             **{k: v for k, v in __import__("os").environ.items() if not k.startswith(("DISCORD_", "SDAPI_"))},
             "DISCORD_TOKEN": fake.token,

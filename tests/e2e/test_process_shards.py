@@ -1,6 +1,7 @@
 """`lorabot run` over gateway shards: a process with SHARD_COUNT=2 SHARD_IDS=0 runs shard 0 only and
 /healthz says so; a second process for the same shard is refused (exit 2); one for shard 1 takes the
-other guilds. Each process has its own SQLite file here: only the gateway is shared."""
+other guilds. Each process has its own SQLite file here (on the PostgreSQL pass, the test's schema):
+the gateway is what they share."""
 
 from __future__ import annotations
 

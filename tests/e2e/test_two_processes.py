@@ -1,7 +1,8 @@
-"""Two real `lorabot run` processes on one PostgreSQL schema, one fake Discord and one simulator,
-the provider's webhooks spread across both by a round-robin proxy. The leader is SIGKILLed while
-the training runs: the survivor takes the lead within the leader interval, the webhooks keep
-landing on it, the job still becomes ready, and the owner gets exactly one ready DM, sent once."""
+"""Two real `lorabot run` processes on one PostgreSQL schema, one fake Discord and one simulator:
+each runs one of the two gateway shards (the member's guild is on the first's), and a round-robin
+proxy spreads the provider's webhooks across both. The leader is SIGKILLed while the training runs:
+the survivor takes the lead within the leader interval, the webhooks keep landing on it, the job
+still becomes ready, and the owner gets exactly one ready DM, sent once."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import httpx
 import pytest
 
 from bot.delivery.messenger import nonce_for
-from bot.discord_standin import FakeDiscord
+from bot.discord_standin import FakeDiscord, shard_for
 from bot.jobs.states import JobState
 from bot.simulator.app import RunningSimulator
 from bot.store.open import open_stores
@@ -28,6 +29,13 @@ pytestmark = postgres_only("two processes share one database only on PostgreSQL"
 LEADER_INTERVAL = 1.0
 #: Seconds per status of the simulated training: eight webhooks over about 5 s.
 STEP_SECONDS = 0.6
+
+
+def directory(tmp_path: Path, name: str) -> Path:
+    """A process's own directory (its log); the database is the test's, shared."""
+    path = tmp_path / name
+    path.mkdir()
+    return path
 
 
 @pytest.fixture
@@ -69,22 +77,15 @@ def reconciles(body: dict[str, Any]) -> bool:
     return body.get("tasks", {}).get("reconciler", {}).get("state") == "running"
 
 
-async def start_process(bot: BotProcess, fake: FakeDiscord, sessions: int) -> str:
-    """Start `bot` and return the id of its gateway session (the one that was not there before)."""
-    before = {s.session_id for s in fake.sessions}
+async def start_process(bot: BotProcess, fake: FakeDiscord, shard: int) -> None:
+    """Start `bot` and wait until it runs `shard` and answers /healthz with 200."""
     await bot.start()
-    try:
-        live = await fake.wait_until_connected(30, sessions=sessions)
-        await wait_health(bot, lambda body: body["status"] == "ok", 30, "the process is ready")
-    except Exception:
-        print(bot.log)
-        raise
-    (session_id,) = {s.session_id for s in live} - before
-    return session_id
+    await fake.wait_for(lambda: shard in fake.gateway.live_shards() or None, 30, f"shard {shard} connected")
+    await wait_health(bot, lambda body: body["status"] == "ok", 30, "the process is ready")
 
 
-async def train_and_start(fake: FakeDiscord, session_id: str) -> int:
-    """/train then Start, both through the gateway session `session_id`; returns the job id."""
+async def train_and_start(fake: FakeDiscord) -> int:
+    """/train then Start in the guild (its shard's process gets them); returns the job id."""
     options: dict[str, Any] = {"instance_prompt": "photo of sks man", "class_prompt": "photo of a man"}
     for index, data in enumerate(photos(5), start=1):
         options[f"image{index}"] = fake.upload_attachment(data, f"photo{index}.jpg", "image/jpeg")
@@ -96,11 +97,11 @@ async def train_and_start(fake: FakeDiscord, session_id: str) -> int:
         options=options,
         attachments=[v for v in options.values() if isinstance(v, dict)],
     )
-    rec = await fake.send_interaction(payload, session_id=session_id)
+    rec = await fake.send_interaction(payload)
     preview = await rec.wait_original(lambda m: bool(m.components), timeout=30)
     job_id = job_id_of(preview)
     start = fake.component_payload(custom_id=f"lorabot:preview:start:{job_id}", message=preview, user_id=ALICE)
-    await (await fake.send_interaction(start, session_id=session_id)).wait_callback()
+    await (await fake.send_interaction(start)).wait_callback()
     return job_id
 
 
@@ -108,23 +109,30 @@ async def test_the_leader_killed_mid_training_loses_nothing_and_repeats_nothing(
     tmp_path: Path, fakes: tuple[FakeDiscord, RunningSimulator]
 ) -> None:
     fake, sim = fakes
-    url = database_url(tmp_path)
-    env = {"LEADER_INTERVAL_SECONDS": str(LEADER_INTERVAL), "DATABASE_URL": url}
-    first = BotProcess(tmp_path, fake, sim.url, log_name="first.log", **env)
-    second = BotProcess(tmp_path, fake, sim.url, log_name="second.log", **env)
+    guild_shard = shard_for(GUILD, 2)
+    env = {"LEADER_INTERVAL_SECONDS": str(LEADER_INTERVAL), "SHARD_COUNT": "2"}
+    first = BotProcess(directory(tmp_path, "first"), fake, sim.url, SHARD_IDS=str(guild_shard), **env)
+    second = BotProcess(directory(tmp_path, "second"), fake, sim.url, SHARD_IDS=str(1 - guild_shard), **env)
     proxy = RoundRobinProxy([first.port, second.port])
     await proxy.start()
     for bot in (first, second):  # the provider's webhooks go to the one public address
         bot.env["PUBLIC_URL"] = proxy.url
-    stores = await open_stores(url)
+    stores = await open_stores(database_url(tmp_path))
     try:
-        first_session = await start_process(first, fake, sessions=1)
+        await start_process(first, fake, guild_shard)
         await wait_health(first, leads, 10, "the only process leads")
-        await start_process(second, fake, sessions=2)
+        await start_process(second, fake, 1 - guild_shard)
         tried = await wait_health(second, lambda body: body["leadership"]["since"], 10, "the second tried to lead")
         assert not leads(tried) and leads((await healthz(first)) or {})
+        assert [s.shard for s in fake.gateway.sessions_for(GUILD)] == [[guild_shard, 2]]
+        assert [((await healthz(bot)) or {}).get("shards", {}).get("ids") for bot in (first, second)] == [
+            [guild_shard],
+            [1 - guild_shard],
+        ]
 
-        job_id = await train_and_start(fake, first_session)
+        job_id = await train_and_start(fake)
+        other_shard = fake.gateway.live_shards()[1 - guild_shard]
+        assert not [frame for _seq, frame in other_shard.backlog if frame["t"] == "INTERACTION_CREATE"]
         job = await wait_stored_job(tmp_path, job_id, lambda j: j.training_id is not None)
         assert job.training_id is not None
         # Under way: each process has taken a webhook, and more are to come.
