@@ -5,7 +5,8 @@ Kept small and generic on purpose; suite-specific helpers live next to their tes
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -111,3 +112,16 @@ async def make_provider(settings: Settings) -> AsyncIterator[Callable[[Handler],
     yield build
     for client in clients:
         await client.aclose()
+
+
+@pytest.fixture
+def root_logging_restored() -> Iterator[None]:
+    """For tests that call `bot.cli.main`: it installs lorabot's handler on the root logger,
+    writing to this test's captured stderr; take it away again, as a process exit would."""
+    root = logging.getLogger()
+    saved_level, saved_handlers = root.level, list(root.handlers)
+    yield
+    for handler in root.handlers[:]:
+        if handler not in saved_handlers:
+            root.removeHandler(handler)
+    root.setLevel(saved_level)

@@ -133,6 +133,7 @@ def test_backup_refuses_what_is_not_a_backup(tmp_path: Path) -> None:
         backup_database(other, tmp_path)
 
 
+@pytest.mark.usefixtures("root_logging_restored")
 def test_backup_of_a_postgresql_url_points_at_pg_dump_without_its_password(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,6 +17,7 @@ import pytest
 from bot.config import ConfigError, Settings
 from bot.discord_bot import LoraBot, Services, point_discord_at
 from bot.discord_standin import FakeDiscord, shard_for
+from bot.jobs.ports import KeyValue
 from bot.sharding import ShardsHealth, gateway_refusal, latency_ms
 from tests.e2e.harness import GUILD, open_world
 
@@ -36,7 +37,8 @@ def discord_defaults() -> Iterator[None]:
 def bare_bot(settings: Settings) -> LoraBot:
     """A LoraBot that connects without its cogs or services (only the notifier is called, on READY)."""
     bot = LoraBot(settings)
-    bot.attach(cast(Services, SimpleNamespace(notifier=SimpleNamespace(connection_restored=AsyncMock()))))
+    services = SimpleNamespace(notifier=SimpleNamespace(connection_restored=AsyncMock()))
+    bot.attach(cast(Services, services), cast(KeyValue, SimpleNamespace()))  # setup_hook, its one user, is off
     bot.setup_hook = AsyncMock()  # type: ignore[method-assign]
     return bot
 

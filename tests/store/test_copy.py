@@ -6,8 +6,7 @@ prints the counts and exits non-zero when they differ."""
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -230,17 +229,7 @@ def test_the_report_says_which_counts_differ() -> None:
 # -- the command --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _root_logging_restored() -> Iterator[None]:
-    """`main` installs lorabot's handler on the root logger, writing to this test's captured
-    stderr: take it away again, as a process exit would."""
-    root = logging.getLogger()
-    saved_level, saved_handlers = root.level, list(root.handlers)
-    yield
-    for handler in root.handlers[:]:
-        if handler not in saved_handlers:
-            root.removeHandler(handler)
-    root.setLevel(saved_level)
+pytestmark = pytest.mark.usefixtures("root_logging_restored")
 
 
 async def run_cli(*args: str) -> int:
