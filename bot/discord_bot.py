@@ -134,7 +134,9 @@ class LoraBot(commands.AutoShardedBot):
 
     async def on_ready(self) -> None:
         log.info("connected to Discord as %s", self.user)
-        if not self.guilds and not self._invite_logged and self.application_id is not None:
+        # A process that runs only some of the shards may well have no server of its own.
+        all_shards = self.settings.shard_ids is None
+        if all_shards and not self.guilds and not self._invite_logged and self.application_id is not None:
             self._invite_logged = True  # once per process, not at every reconnect
             log.warning("the bot is in no server yet; invite it: %s", invite_url(self.application_id))
         await self.services.notifier.connection_restored()
