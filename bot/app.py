@@ -22,22 +22,23 @@ import discord
 from bot.config import ConfigError, Settings
 from bot.delivery.cards import DiscordCardPoster
 from bot.delivery.messenger import Messenger
-from bot.delivery.notifier import Notifier
+from bot.delivery.notifier import Notifier, process_identity
 from bot.delivery.pictures import PictureDelivery
 from bot.discord_bot import LoraBot, Services, point_discord_at
 from bot.images import ImageLimits
 from bot.jobs.generations import GenerationRunner, GenerationService
+from bot.jobs.ports import JobStore, Leadership
 from bot.jobs.provider_errors import InvalidApiKey, ProviderError, ProviderMisconfigured
 from bot.jobs.queries import JobQueries
 from bot.jobs.reconciler import Reconciler
 from bot.jobs.service import JobService
 from bot.jobs.submission import TrainingStarter
+from bot.leader import LeaderLoop
 from bot.logging_setup import redactor
 from bot.metrics import Metrics
 from bot.provider.client import ProviderClient
-from bot.store import Database
-from bot.store.sqlite import SqliteStore
-from bot.store.sqlite_generations import SqliteGenerationStore
+from bot.store.leadership import AdvisoryLockLeadership, SingleProcessLeadership
+from bot.store.open import StoreDatabase, Stores, open_stores
 from bot.supervisor import Supervisor
 from bot.webhooks import WebhookServer
 
@@ -74,21 +75,24 @@ def image_limits(settings: Settings) -> ImageLimits:
     )
 
 
-async def open_database(settings: Settings) -> Database:
-    db = await Database.open(settings.database_path)
-    try:
-        await db.migrate()
-    except BaseException:
-        await db.close()
-        raise
-    return db
+#: The outbox owner name of the only process on SQLite: the same across restarts, so a restarted
+#: bot takes back at once the items it had claimed when it stopped.
+SINGLE_PROCESS_OWNER = "lorabot"
+
+
+def leadership_for(stores: Stores, settings: Settings) -> Leadership:
+    """SQLite has one process, which always leads; on PostgreSQL it is whoever holds the lock."""
+    if stores.kind == "sqlite":
+        return SingleProcessLeadership()
+    return AdvisoryLockLeadership(settings.database_url)
 
 
 class Application:
     """The running bot process. `run()` returns when a stop signal arrives."""
 
-    db: Database
-    store: SqliteStore
+    stores: Stores
+    db: StoreDatabase
+    store: JobStore
     provider: ProviderClient
     bot: LoraBot
     notifier: Notifier
@@ -131,8 +135,10 @@ class Application:
         if settings.metrics_token is not None:
             redactor().add(settings.metrics_token.get_secret_value())
         point_discord_at(settings.discord_api_base, settings.discord_gateway_url)
-        self.db = await open_database(settings)
-        self.store = SqliteStore(self.db)
+        self.stores = await open_stores(settings.database_url, migrate=True)
+        self.db = self.stores.database
+        self.store = self.stores.jobs
+        self.single_process = self.stores.kind == "sqlite"
         self.provider = ProviderClient(
             settings.sdapi_base_url,
             settings.sdapi_key.get_secret_value(),
@@ -144,21 +150,24 @@ class Application:
             await self._check_provider()
         except ConfigError:
             await self.provider.aclose()
-            await self.db.close()
+            await self.stores.close()
             del self.db
             raise
         self.bot = LoraBot(settings)
         messenger = Messenger(self.bot)
         self.generations = GenerationService(
             self.store,
-            SqliteGenerationStore(self.db, now=self.store.now),
+            self.stores.generations,
             self.provider,
             settings,
             on_outbox=lambda: self.notifier.wake(),
             on_queued=lambda: self.generation_runner.wake(),
         )
         self.generation_runner = GenerationRunner(
-            self.generations, spawn=lambda name, work: self.supervisor.spawn("generations", work, task_name=name)
+            self.generations,
+            spawn=lambda name, work: self.supervisor.spawn("generations", work, task_name=name),
+            # Another process's /imagine cannot wake this runner: look often when several share the jobs.
+            idle_wait=30.0 if self.single_process else 2.0,
         )
         self.notifier = Notifier(
             self.store,
@@ -168,6 +177,7 @@ class Application:
             samples_deadline=settings.ready_samples_deadline_seconds,
             simulated=settings.simulated,
             metrics=self.metrics,
+            owner=SINGLE_PROCESS_OWNER if self.single_process else process_identity(),
         )
         self.service = JobService(
             self.store, self.provider, settings, on_outbox=self.notifier.wake, metrics=self.metrics
@@ -191,6 +201,7 @@ class Application:
         self.webhooks = WebhookServer(
             self.service,
             self.store,
+            database=self.db,
             max_body_bytes=settings.webhook_max_body_bytes,
             rate_per_minute=settings.webhook_rate_limit_per_minute,
             discord_status=self.bot.connection_status,
@@ -213,12 +224,22 @@ class Application:
             spread=polling,
             metrics=self.metrics,
         )
+        self.leader = LeaderLoop(
+            leadership_for(self.stores, settings),
+            self.supervisor,
+            {"reconciler": self.reconciler.run, "generation-runner": self.generation_runner.run},
+            interval=settings.leader_interval_seconds,
+        )
+        self.webhooks.leader = self.leader.health
         try:
             await self.webhooks.start(settings.webhook_host, settings.webhook_port)
         except OSError as error:  # a busy port, an address not of this machine: the operator's to fix
             raise ConfigError(listen_error(settings.webhook_host, settings.webhook_port, error)) from None
         self._log_mode()
-        settled = await self.service.recover_interrupted()
+        # Only the one process of SQLite knows that every `submitting` job was interrupted; with
+        # several processes, another may be submitting right now, and the reconciler settles the
+        # ones whose process died once they are older than any live submission can be.
+        settled = await self.service.recover_interrupted() if self.single_process else 0
         expired = await self.service.expire_stale_previews()
         if settled or expired:
             log.info("start-up recovery: %d interrupted submissions settled, %d previews expired", settled, expired)
@@ -283,7 +304,7 @@ class Application:
             await self.provider.aclose()
         if hasattr(self, "executor"):
             self.executor.shutdown(wait=True, cancel_futures=True)
-        await self.db.close()
+        await self.stores.close()
         del self.db
         log.info("stopped cleanly")
 
@@ -298,8 +319,8 @@ class Application:
                 return
             self._logged_in = True
             self.supervisor.supervise("notifier", self.notifier.run)
-            self.supervisor.supervise("reconciler", self.reconciler.run)
-            self.supervisor.supervise("generation-runner", self.generation_runner.run)
+            # Once-per-system work runs on the leader only (on SQLite, always this process).
+            self.supervisor.supervise("leader", self.leader.run)
         await self.bot.connect(reconnect=True)
 
     async def _login(self) -> bool:

@@ -240,12 +240,20 @@ def _migrate(database_url: str | None, env_file: Path | None = None) -> int:
 def _backup(path: str, *, force: bool, database_url: str | None, env_file: Path | None) -> int:
     """An online backup of the database to `path` (safe while the bot runs), and what it holds."""
     from bot.store.backup import BackupError, BackupFailed, backup_database
+    from bot.store.pg_database import is_postgres_url, redact_url
 
     config = _DatabaseOnly(_env_file=env_file)
     url = database_url or config.database_url
     setup_logging(config.log_level, fmt=config.log_format)
+    if is_postgres_url(url):
+        print(
+            "DATABASE_URL: lorabot backup copies SQLite databases; back PostgreSQL up with pg_dump "
+            "(see docs/operations.md, Backups)",
+            file=sys.stderr,
+        )
+        return 2
     if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
-        print(f"DATABASE_URL: must look like sqlite:///path/to/file.db, got {url!r}", file=sys.stderr)
+        print(f"DATABASE_URL: must look like sqlite:///path/to/file.db, got {redact_url(url)!r}", file=sys.stderr)
         return 2
     _log_where(env_file, url)
     try:

@@ -136,6 +136,9 @@ class Settings(BaseSettings):
 
     # Storage and logs
     database_url: str = "sqlite:///lorabot.db"
+    #: How often a process tries to take (or checks it still holds) the lead of the once-per-system
+    #: work on PostgreSQL: a dead leader is replaced within about this long.
+    leader_interval_seconds: float = Field(default=10.0, ge=0.5, le=300)
     log_level: LogLevel = "INFO"
     #: `json`: one JSON object per line (time, level, logger, message, exception).
     log_format: LogFormat = "text"

@@ -12,13 +12,15 @@ an id, a secret or free text.
 
 from __future__ import annotations
 
-import sqlite3
+import logging
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 if TYPE_CHECKING:
-    from bot.store.sqlite import SqliteStore
+    from bot.jobs.ports import JobStore
+
+log = logging.getLogger(__name__)
 
 #: The Prometheus text format (0.0.4), which every Prometheus server reads.
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -117,7 +119,7 @@ class Metrics:
 
     # -- scraping -----------------------------------------------------------------------------
 
-    async def refresh(self, store: SqliteStore) -> bool:
+    async def refresh(self, store: JobStore) -> bool:
         """Set the store gauges: two small reads, no write. False (gauges unchanged) if the store failed."""
         # Imported here: the provider client imports this module, and must not import the store.
         from bot.jobs.generation_model import GenerationState
@@ -126,7 +128,8 @@ class Metrics:
         try:
             counts = await store.state_counts()
             pending, oldest_age = await store.outbox_backlog()
-        except (sqlite3.Error, ValueError):  # ValueError: the connection is closed
+        except Exception as error:  # the database is down or closing: the scrape goes on without these gauges
+            log.warning("metrics: could not read the store's counts (%s)", type(error).__name__)
             self.scrape_errors.inc()
             return False
         for gauge, states, entity in (

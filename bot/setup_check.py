@@ -23,6 +23,7 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 import aiohttp
+import asyncpg
 import discord
 import httpx
 from aiohttp import web
@@ -39,7 +40,8 @@ from bot.jobs.provider_errors import (
     RequestRejected,
 )
 from bot.provider.client import ProviderClient
-from bot.store import MigrationError, load_migrations
+from bot.store import DatabaseUnavailable, MigrationError, load_migrations
+from bot.store.pg_database import PostgresDatabase, is_postgres_url, load_postgres_migrations, redact_url
 
 Outcome = Literal["ok", "fail", "skip"]
 
@@ -135,9 +137,62 @@ def _inspect_database(path: str) -> tuple[str, tuple[int, str, str | None] | Non
         connection.close()
 
 
+class _WriteProbeRolledBack(Exception):
+    """Raised inside the probe transaction so that its write is rolled back."""
+
+
+async def check_postgres(settings: Settings) -> CheckResult:
+    """PostgreSQL answers, a write in a rolled-back transaction works, and the schema is the newest."""
+    name = "database"
+    where = redact_url(settings.database_url)
+    try:
+        newest = load_postgres_migrations()[-1].version
+    except MigrationError as error:
+        return _fail(name, f"cannot read the migrations: {error}", "reinstall lorabot")
+    try:
+        db = await PostgresDatabase.open(settings.database_url, min_size=1, max_size=1)
+    except DatabaseUnavailable as error:
+        return _fail(name, str(error), "check DATABASE_URL, that the server runs, and that this user may log in")
+    try:
+        version = await db.schema_version()
+        write_error = None
+        if version:
+            try:
+                async with db.transaction() as conn:
+                    await conn.execute(
+                        "INSERT INTO kv (key, value) VALUES ('lorabot.check', 'x') ON CONFLICT DO NOTHING"
+                    )
+                    raise _WriteProbeRolledBack
+            except _WriteProbeRolledBack:
+                pass
+            except asyncpg.PostgresError as error:
+                write_error = str(error)
+    finally:
+        await db.close()
+    if version == 0:
+        return _fail(
+            name, f"{where} has no lorabot tables yet", "create them: `lorabot migrate` (`lorabot run` also does)"
+        )
+    problems, fixes = [], []
+    if write_error is not None:
+        problems.append(f"cannot write ({write_error})")
+        fixes.append("grant the bot's database user INSERT/UPDATE/DELETE on its tables")
+    if version < newest:
+        problems.append(f"schema version {version}, but the newest migration is {newest}")
+        fixes.append("run `lorabot migrate` (`lorabot run` also migrates at start)")
+    elif version > newest:
+        problems.append(f"schema version {version} is newer than this code knows ({newest})")
+        fixes.append("upgrade lorabot, or point DATABASE_URL at another database")
+    if problems:
+        return _fail(name, f"{where}: " + "; ".join(problems), "; ".join(fixes))
+    return _ok(name, f"{where}: PostgreSQL, writable, schema version {version} (the newest)")
+
+
 async def check_database(settings: Settings) -> CheckResult:
     """The database file exists, can be written, is at the newest schema, and passes integrity_check."""
     name = "database"
+    if is_postgres_url(settings.database_url):
+        return await check_postgres(settings)
     path = settings.database_path
     if path == ":memory:":
         return _ok(name, "in memory: a new, empty database at every start (nothing to check)")

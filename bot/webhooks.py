@@ -19,19 +19,18 @@ import hmac
 import json
 import logging
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from bot.jobs.model import Job, JobNotFound
+from bot.jobs.model import Job, JobNotFound, TrainingIdTaken
+from bot.jobs.ports import JobStore
 from bot.jobs.service import JobService, secret_matches
 from bot.jobs.states import FAILURE_WORDS, TERMINAL_STATES, Action, Event, EventSource
 from bot.metrics import CONTENT_TYPE, Metrics
-from bot.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +142,10 @@ def _ignored(state: str, job_id: int) -> web.Response:
     return web.Response(body=_IGNORED[state], content_type="application/json")
 
 
+class Pingable(Protocol):
+    async def ping(self) -> bool: ...
+
+
 _dumps = functools.partial(json.dumps, default=str)
 
 
@@ -152,8 +155,9 @@ class WebhookServer:
     def __init__(
         self,
         service: JobService,
-        store: SqliteStore,
+        store: JobStore,
         *,
+        database: Pingable,
         max_body_bytes: int,
         rate_per_minute: int,
         discord_status: Callable[[], str] = lambda: "not started",
@@ -165,6 +169,8 @@ class WebhookServer:
     ) -> None:
         self.service = service
         self.store = store
+        #: What /healthz asks whether the database answers (SQLite or PostgreSQL).
+        self.database = database
         #: Webhooks by outcome. `GET /metrics` is served only when `metrics` is given; with
         #: `metrics_token`, only to `Authorization: Bearer <token>`.
         self.metrics = metrics if metrics is not None else Metrics()
@@ -178,6 +184,8 @@ class WebhookServer:
         self.waiting_for = waiting_for
         #: How trainings are followed, for /healthz: "webhooks", or "polling" (no PUBLIC_URL).
         self.mode = mode
+        #: For /healthz: whether this process leads the once-per-system work, and since when.
+        self.leader: Callable[[], Mapping[str, Any]] | None = None
         self.accepting = True
         #: Jobs with a training id, by job id (bounded; the oldest entry goes first).
         self._known: dict[int, KnownJob] = {}
@@ -213,13 +221,15 @@ class WebhookServer:
     # -- handlers -------------------------------------------------------------------------------
 
     async def healthz(self, request: web.Request) -> web.Response:
-        database = await self.store.db.ping()
+        database = await self.database.ping()
         body: dict[str, Any] = {
             "status": "ok",
             "mode": self.mode,
             "database": database,
             "discord": self.discord_status(),
         }
+        if self.leader is not None:
+            body["leadership"] = dict(self.leader())
         healthy = database
         if self.tasks is not None:
             try:
@@ -336,7 +346,7 @@ class WebhookServer:
             self._known.pop(job_id, None)
             count("refused", "job_deleted")
             return web.Response(status=404)
-        except sqlite3.IntegrityError:  # adopting a training id that another job already has
+        except TrainingIdTaken:  # adopting a training id that another job already has
             count("refused", "model_id_other_job")
             return _reject(409, "model_id belongs to another job", peer, job_id)
         if not result.plan.write:

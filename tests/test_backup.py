@@ -58,7 +58,7 @@ async def test_a_backup_while_webhooks_arrive_is_whole_and_holds_every_committed
 ) -> None:
     database = Path(store.db.path)
     service = JobService(store, make_provider(no_provider_calls), settings)
-    server = WebhookServer(service, store, max_body_bytes=4096, rate_per_minute=600)
+    server = WebhookServer(service, store, database=store.db, max_body_bytes=4096, rate_per_minute=600)
     await server.start("127.0.0.1", 0)
     committed: dict[int, str] = {}  # job id -> the state its last answered webhook moved it to
     stop = asyncio.Event()
@@ -131,3 +131,16 @@ def test_backup_refuses_what_is_not_a_backup(tmp_path: Path) -> None:
         backup_database(other, other, force=True)
     with pytest.raises(BackupError, match="is a directory"):
         backup_database(other, tmp_path)
+
+
+def test_backup_of_a_postgresql_url_points_at_pg_dump_without_its_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    status = main(["backup", str(tmp_path / "copy.db"), "--database-url", "postgresql://bot:s3cret-pw@db/lorabot"])
+    err = capsys.readouterr().err
+    assert status == 2 and "pg_dump" in err
+    assert "s3cret-pw" not in err
+    assert not (tmp_path / "copy.db").exists()

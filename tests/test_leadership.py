@@ -26,11 +26,10 @@ from bot.leader import LeaderLoop
 from bot.store.leadership import (
     AdvisoryLockLeadership,
     SingleProcessLeadership,
-    describe_dsn,
-    dsn_secrets,
     lock_key,
     lock_key_halves,
 )
+from bot.store.pg_database import redact_url
 from bot.supervisor import Supervisor
 
 POSTGRES_URL = os.environ.get("LORABOT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -91,7 +90,7 @@ async def site() -> AsyncIterator[Site]:
     try:
         admin = await asyncpg.connect(POSTGRES_URL, timeout=5)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-        reason = f"PostgreSQL is unreachable at {describe_dsn(POSTGRES_URL)} ({type(error).__name__})"
+        reason = f"PostgreSQL is unreachable at {redact_url(POSTGRES_URL)} ({type(error).__name__})"
         if os.environ.get("LORABOT_REQUIRE_POSTGRES") == "1":
             pytest.fail(f"{reason}, and LORABOT_REQUIRE_POSTGRES=1")
         pytest.skip(f"{reason}; set LORABOT_TEST_POSTGRES_URL to run the leadership tests")
@@ -349,13 +348,6 @@ async def test_an_outage_is_warned_about_once_and_its_end_is_told(caplog) -> Non
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert len([r for r in caplog.records if r.levelno == logging.DEBUG]) == 2
-
-
-def test_describe_dsn_and_its_secrets() -> None:
-    dsn = "postgresql://bot:s3cr%40t@db.example.org:6543/lorabot?sslmode=require&password=two"
-    assert describe_dsn(dsn) == "postgresql://bot@db.example.org:6543/lorabot"
-    assert set(dsn_secrets(dsn)) == {"s3cr%40t", "s3cr@t", "two"}
-    assert dsn_secrets("postgresql://db/lorabot") == []
 
 
 def test_key_halves_are_what_pg_locks_shows() -> None:

@@ -170,7 +170,7 @@ async def test_the_reconciler_counts_its_passes(store: SqliteStore, settings, cl
 async def serve(store: SqliteStore, settings, metrics: Metrics | None, token: str | None = None) -> WebhookServer:
     service = JobService(store, None, settings, metrics=metrics)  # type: ignore[arg-type]
     server = WebhookServer(
-        service, store, max_body_bytes=4096, rate_per_minute=40, metrics=metrics, metrics_token=token
+        service, store, database=store.db, max_body_bytes=4096, rate_per_minute=40, metrics=metrics, metrics_token=token
     )
     await server.start("127.0.0.1", 0)
     return server

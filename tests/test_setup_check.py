@@ -344,7 +344,9 @@ async def test_with_the_bot_running_public_url_must_reach_its_healthz(settings: 
     db = await Database.open(config.database_path)
     store = SqliteStore(db)
     provider = ProviderClient(config.sdapi_base_url, config.sdapi_key.get_secret_value())
-    server = WebhookServer(JobService(store, provider, config), store, max_body_bytes=65536, rate_per_minute=60)
+    server = WebhookServer(
+        JobService(store, provider, config), store, database=store.db, max_body_bytes=65536, rate_per_minute=60
+    )
     await server.start(config.webhook_host, config.webhook_port)
     try:
         running = await check_webhook(config)
@@ -414,6 +416,35 @@ async def test_a_missing_or_old_database_asks_for_migrate(settings: Callable[...
     old = await check_database(config)
     assert not old.ok and "schema version 1" in old.detail
     assert old.fix is not None and "lorabot migrate" in old.fix
+
+
+async def test_postgresql_checks_the_schema_and_a_write(settings: Callable[..., Settings]) -> None:
+    from bot.store.pg_database import PostgresDatabase, load_postgres_migrations
+    from tests.store.conftest import fresh_schema
+
+    async with fresh_schema() as url:
+        config = settings(database_url=url)
+        empty = await check_database(config)
+        assert not empty.ok and "no lorabot tables" in empty.detail, empty.line()
+        assert empty.fix is not None and "lorabot migrate" in empty.fix
+        db = await PostgresDatabase.open(url)
+        try:
+            await db.migrate(load_postgres_migrations()[:2])
+            old = await check_database(config)
+            assert not old.ok and "schema version 2" in old.detail, old.line()
+            await db.migrate()
+            ready = await check_database(config)
+            assert ready.ok and "PostgreSQL" in ready.detail, ready.line()
+            assert await db.fetchval("SELECT COUNT(*) FROM kv") == 0  # the probe's write was rolled back
+        finally:
+            await db.close()
+
+
+async def test_an_unreachable_postgresql_fails_without_its_password(settings: Callable[..., Settings]) -> None:
+    config = settings(database_url="postgresql://bot:s3cret-pw@127.0.0.1:1/lorabot")
+    result = await check_database(config)
+    assert not result.ok and "DATABASE_URL" in result.detail, result.line()
+    assert "s3cret-pw" not in result.line()
 
 
 async def test_the_advice_for_unsynced_commands_works_for_a_new_application(tmp_path: Path) -> None:

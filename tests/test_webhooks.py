@@ -108,7 +108,12 @@ async def hooks(store: SqliteStore, settings, make_provider) -> AsyncIterator[Ha
     wakeups: list[int] = []
     service = JobService(store, make_provider(no_provider_calls), settings, on_outbox=lambda: wakeups.append(1))
     server = WebhookServer(
-        service, store, max_body_bytes=MAX_BODY, rate_per_minute=600, discord_status=lambda: "connected"
+        service,
+        store,
+        database=store.db,
+        max_body_bytes=MAX_BODY,
+        rate_per_minute=600,
+        discord_status=lambda: "connected",
     )
     await server.start("127.0.0.1", 0)
     assert server.port
@@ -589,7 +594,12 @@ async def test_healthz_says_starting_and_what_it_waits_for_until_discord_is_read
 async def test_healthz_tasks_come_from_the_constructor(store: SqliteStore, settings, make_provider) -> None:
     service = JobService(store, make_provider(no_provider_calls), settings)
     server = WebhookServer(
-        service, store, max_body_bytes=MAX_BODY, rate_per_minute=600, tasks=lambda: {"outbox": {"healthy": False}}
+        service,
+        store,
+        database=store.db,
+        max_body_bytes=MAX_BODY,
+        rate_per_minute=600,
+        tasks=lambda: {"outbox": {"healthy": False}},
     )
     await server.start("127.0.0.1", 0)
     try:
@@ -606,7 +616,7 @@ async def test_healthz_is_503_when_the_database_is_gone(tmp_path: Path, settings
     await db.migrate()
     store = SqliteStore(db, now=clock)
     service = JobService(store, make_provider(no_provider_calls), settings)
-    server = WebhookServer(service, store, max_body_bytes=MAX_BODY, rate_per_minute=600)
+    server = WebhookServer(service, store, database=store.db, max_body_bytes=MAX_BODY, rate_per_minute=600)
     await server.start("127.0.0.1", 0)
     try:
         await db.close()

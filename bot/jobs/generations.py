@@ -331,14 +331,18 @@ class GenerationRunner:
         service: GenerationService,
         *,
         spawn: Callable[[str, Coroutine[Any, Any, None]], object] | None = None,
+        idle_wait: float = 30.0,
     ) -> None:
         self.service = service
         self.generations = service.generations
         self.settings = service.settings
         self._wake = asyncio.Event()
         self._busy: set[int] = set()
-        self._recovered = False
+        self._work: set[asyncio.Task[None]] = set()
         self._at_capacity = False
+        #: The longest the runner sleeps with nothing due. Generations queued by another process
+        #: (several share PostgreSQL) cannot wake this one, so there it is short.
+        self.idle_wait = idle_wait
         self._spawn = spawn or (lambda name, coro: asyncio.create_task(coro, name=name))
 
     @property
@@ -349,12 +353,10 @@ class GenerationRunner:
         self._wake.set()
 
     async def recover(self) -> int:
-        """Once per process: a generation left in `submitting` by the previous process may have
-        reached the provider, so it becomes `uncertain`. (A restart of this runner by the
-        supervisor does not recover again: its own submissions may still be under way.)"""
-        if self._recovered:
-            return 0
-        self._recovered = True
+        """Each time the runner starts: a generation left in `submitting` by a process that died (or
+        by this runner before it lost the lead) may have reached the provider, so it becomes
+        `uncertain`. This runner's own submissions still under way (after a crash of its loop) are
+        left alone."""
         settled = 0
         for generation_id in await self.generations.ids_in_state(GenerationState.SUBMITTING):
             if generation_id in self._busy:
@@ -365,18 +367,28 @@ class GenerationRunner:
         return settled
 
     async def run(self) -> None:
-        await self.recover()
-        while True:
-            await self.run_once()
-            # At capacity, queued generations wait for a finished one to wake the runner (not a
-            # poll every few milliseconds); otherwise the next due generation decides.
-            next_due = await self.generations.next_due(include_queued=not self._at_capacity)
-            timeout = 30.0
-            if next_due is not None:
-                timeout = max(0.05, min(timeout, (next_due - self.generations.now()).total_seconds()))
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+        try:
+            await self.recover()
+            while True:
+                await self.run_once()
+                await self._sleep()
+        except asyncio.CancelledError:
+            # Stopping, or this process lost the lead: its work in flight stops too, and whoever
+            # leads next settles it (a submission that may have been sent is never sent again).
+            for task in list(self._work):
+                task.cancel()
+            raise
+
+    async def _sleep(self) -> None:
+        # At capacity, queued generations wait for a finished one to wake the runner (not a
+        # poll every few milliseconds); otherwise the next due generation decides.
+        next_due = await self.generations.next_due(include_queued=not self._at_capacity)
+        timeout = self.idle_wait
+        if next_due is not None:
+            timeout = max(0.05, min(timeout, (next_due - self.generations.now()).total_seconds()))
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def run_once(self) -> int:
         """Start work on every due generation (in the background); returns how many were started."""
@@ -400,7 +412,10 @@ class GenerationRunner:
             else:
                 work = self.check(generation)
             self._busy.add(generation.id)
-            self._spawn(f"generation-{generation.id}", self._guarded(generation.id, work))
+            task = self._spawn(f"generation-{generation.id}", self._guarded(generation.id, work))
+            if isinstance(task, asyncio.Task):  # kept to be stopped with the runner
+                self._work.add(task)
+                task.add_done_callback(self._work.discard)
             started += 1
         return started
 

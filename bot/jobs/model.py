@@ -105,6 +105,15 @@ class JobNotFound(LookupError):
     """No job has this id (never created, or erased with /forgetme)."""
 
 
+class TrainingIdTaken(ValueError):
+    """A report would give a job a training id that another job already has: nothing was written."""
+
+    def __init__(self, job_id: int, training_id: str | None) -> None:
+        super().__init__(f"job {job_id}: training id {training_id!r} belongs to another job")
+        self.job_id = job_id
+        self.training_id = training_id
+
+
 #: Decides, inside the store's transaction, what an event does to the job as it is then.
 Planner = Callable[[Job, Event], TransitionPlan]
 

@@ -34,11 +34,6 @@ class JobState(StrEnum):
         return self in TERMINAL_STATES
 
     @property
-    def is_training(self) -> bool:
-        """Accepted by the provider and not finished: what the reconciler polls."""
-        return self in PROVIDER_PROGRESS and self is not JobState.MODEL_READY
-
-    @property
     def label(self) -> str:
         return STATE_LABELS[self]
 

@@ -45,7 +45,6 @@ The key is kept out of ``repr``, logs, exceptions and stored payloads.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import math
@@ -119,7 +118,6 @@ _ENDPOINT_NAMES: Final = (
 _CANCEL_ENDPOINTS: Final = ("cancle_training", "cancel_training")
 
 #: ``base64_crop`` accepts at most 5 MB (SDA miscs page, ModelsLab general API).
-MAX_CROP_IMAGE_BYTES: Final = 5 * 1024 * 1024
 #: ``download_image`` refuses pictures larger than this by default.
 MAX_DOWNLOAD_BYTES: Final = 20 * 1024 * 1024
 #: ``download_image`` tries a link this many times in all when it fails transiently.
@@ -585,28 +583,6 @@ class ProviderClient:
         Used at start-up to catch a base URL that redirects, and by checks of the setup.
         """
         await self._read_only("finetune_list", {}, "list", limits=_make_timeout(seconds))
-
-    async def crop_image(self, image: bytes, mime: str = "image/png", *, crop: bool = True) -> str:
-        """``POST /api/v3/base64_crop``: upload an image as a data URI; returns the hosted link."""
-        if not image:
-            raise ValueError("image is empty")
-        mime = mime.strip().lower()
-        if not _IMAGE_MIME.fullmatch(mime):
-            raise ValueError("mime must be an image type such as image/png")
-        if len(image) > MAX_CROP_IMAGE_BYTES:
-            raise RequestRejected("That image is too large for the image service (the limit is 5 MB).")
-        data_uri = f"data:{mime};base64,{base64.b64encode(image).decode('ascii')}"
-        body = {"image": data_uri, "crop": "true" if crop else "false"}
-        payload = await self._call_object("base64_crop", body, "crop")
-        link = payload.get("link")
-        if not isinstance(link, str) or not link.strip():
-            output = payload.get("output")
-            link = output[0] if isinstance(output, list) and output else None
-        if not isinstance(link, str) or not link.strip():
-            raise ProviderUnavailable(
-                "The image service did not return a link for the uploaded image.", retryable=False
-            )
-        return link.strip()
 
     # ------------------------------------------------------------------ plumbing
 

@@ -25,9 +25,10 @@ import hashlib
 import logging
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import asyncpg
+
+from bot.store.pg_database import redact_url, url_passwords
 
 log = logging.getLogger(__name__)
 
@@ -78,23 +79,6 @@ def lock_key_halves(key: int) -> tuple[int, int]:
     return unsigned >> 32, unsigned & 0xFFFF_FFFF
 
 
-def describe_dsn(dsn: str) -> str:
-    """`dsn` without its password or query, for logs: ``postgresql://user@host:port/db``."""
-    parts = urlsplit(dsn)
-    user = f"{parts.username}@" if parts.username else ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
-
-
-def dsn_secrets(dsn: str) -> list[str]:
-    """The passwords a DSN carries (in its netloc or as ``?password=``), to scrub from messages."""
-    parts = urlsplit(dsn)
-    found = [parts.password or "", unquote(parts.password or "")]  # as written, and as sent
-    found += [value for key, value in parse_qsl(parts.query) if key == "password"]
-    return sorted({secret for secret in found if secret}, key=len, reverse=True)
-
-
 class SingleProcessLeadership:
     """SQLite: one process owns the database, so it always leads."""
 
@@ -125,8 +109,8 @@ class AdvisoryLockLeadership:
         self.timeout = timeout
         #: Settings for the session, e.g. a search_path naming the schema the bot's tables live in.
         self.server_settings = {**KEEPALIVE_SETTINGS, **(server_settings or {})}
-        self.where = describe_dsn(dsn)
-        self._secrets = dsn_secrets(dsn)
+        self.where = redact_url(dsn)
+        self._secrets = sorted(set(url_passwords(dsn)), key=len, reverse=True)
         self._conn: Any = None  # asyncpg.Connection; asyncpg ships no type information
         self._held = False
         #: The lock key of the current connection's schema (None until the first connection).

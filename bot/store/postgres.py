@@ -24,6 +24,7 @@ from bot.jobs.model import (
     Planner,
     Preview,
     PreviewPhoto,
+    TrainingIdTaken,
     TransitionPlan,
     TransitionResult,
 )
@@ -287,14 +288,19 @@ class PostgresStore:
                 return None  # the row changed since it was read: plan again
             return TransitionResult(before, job_from_record(after), plan, after["recorded"])
 
-        return await guarded_write(
-            self.db,
-            _SELECT_JOB,
-            job_id,
-            attempt,
-            missing=lambda: JobNotFound(job_id),
-            optimistic_attempts=self.optimistic_attempts,
-        )
+        try:
+            return await guarded_write(
+                self.db,
+                _SELECT_JOB,
+                job_id,
+                attempt,
+                missing=lambda: JobNotFound(job_id),
+                optimistic_attempts=self.optimistic_attempts,
+            )
+        except asyncpg.UniqueViolationError as error:
+            if error.constraint_name == "jobs_training_id_key":
+                raise TrainingIdTaken(job_id, event.training_id) from None
+            raise
 
     async def events_for_job(self, job_id: int) -> list[JobEvent]:
         rows = await self.db.fetch("SELECT * FROM job_events WHERE job_id = $1 ORDER BY id", job_id)

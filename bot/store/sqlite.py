@@ -21,6 +21,7 @@ from bot.jobs.model import (
     Planner,
     Preview,
     PreviewPhoto,
+    TrainingIdTaken,
     TransitionPlan,
     TransitionResult,
 )
@@ -252,7 +253,12 @@ class SqliteStore:
 
         # The whole transaction runs in the database thread in one step: a webhook costs one
         # hand-off between threads instead of a dozen.
-        return await self.db.run_transaction(apply)
+        try:
+            return await self.db.run_transaction(apply)
+        except sqlite3.IntegrityError as error:
+            if "jobs.training_id" in str(error):
+                raise TrainingIdTaken(job_id, event.training_id) from None
+            raise
 
     @staticmethod
     def _update_job(conn: sqlite3.Connection, before: Job, plan: TransitionPlan, now: str) -> None:

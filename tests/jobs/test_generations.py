@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import random
@@ -12,7 +14,7 @@ import pytest
 from PIL import Image
 
 from bot.errors import UserError
-from bot.jobs.generation_model import GenerationState
+from bot.jobs.generation_model import Generation, GenerationState
 from bot.jobs.generations import (
     Destination,
     GenerationEvent,
@@ -301,6 +303,38 @@ async def test_at_most_the_cap_is_in_flight(world, store: SqliteStore, clock, ma
     assert len(provider.calls("text2img")) == 2
 
 
+async def test_a_runner_that_stops_leading_stops_its_work_and_the_next_leader_settles_it(
+    world, store: SqliteStore, clock
+) -> None:
+    service, runner, provider, _ = world()
+    job = await ready_model(store)
+    generation = await service.imagine(1, job, ImagineOptions("x"), HERE)
+    sending = asyncio.Event()
+    cancelled: list[int] = []
+
+    async def hang(queued: Generation) -> None:  # a text2img call that is still under way
+        await service.record(queued.id, GenerationEvent("submit"))
+        sending.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(queued.id)
+            raise
+
+    runner.submit = hang  # type: ignore[method-assign]
+    running = asyncio.create_task(runner.run())
+    await asyncio.wait_for(sending.wait(), 5)
+    running.cancel()  # the leadership loop cancels the runner when the lead is lost
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+    await asyncio.sleep(0)
+    assert cancelled == [generation.id]
+    _, next_leader, _, _ = world()
+    assert await next_leader.recover() == 1
+    assert (await require_generation(service.generations, generation.id)).state is GenerationState.UNCERTAIN
+    assert provider.calls("text2img") == []
+
+
 async def test_after_a_crash_submitting_becomes_uncertain_and_processing_is_fetched_again(
     world, store: SqliteStore, clock
 ) -> None:
@@ -315,7 +349,7 @@ async def test_after_a_crash_submitting_becomes_uncertain_and_processing_is_fetc
 
     assert await runner.recover() == 1
     assert (await require_generation(service.generations, caught.id)).state is GenerationState.UNCERTAIN
-    assert await runner.recover() == 0  # once per process: a restarted runner leaves its own work alone
+    assert await runner.recover() == 0  # nothing left in `submitting`
     assert await drive(runner, clock, waiting.id) is GenerationState.READY
     assert provider.calls("text2img") == []
 

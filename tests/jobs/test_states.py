@@ -52,7 +52,6 @@ def test_the_documented_order_and_sets() -> None:
     assert {S.MODEL_READY, S.CANCELLED, S.FAILED, S.EXPIRED} == TERMINAL_STATES
     assert {S.SUBMITTING, S.UNCERTAIN, *PROVIDER_PROGRESS} - {S.MODEL_READY} == ACTIVE_STATES
     assert all(state.is_terminal == (state in TERMINAL_STATES) for state in JobState)
-    assert [state for state in JobState if state.is_training] == list(PROVIDER_PROGRESS[:-1])
     assert S.TRAINING_SUCCESS.label == "Training finished"
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import random
@@ -593,48 +592,6 @@ async def test_delete_unknown_training(make: MakeClient) -> None:
     with pytest.raises(TrainingNotFound):
         await client.delete_training(TID)
     assert len(script.requests) == 1
-
-
-async def test_crop_image_sends_a_data_uri_and_returns_the_link(make: MakeClient) -> None:
-    link = "https://pub-8b49af329fae499aa563997f5d4068a4.r2.dev/generations/2789658481681896990.png"
-    client, script = make(
-        ok({"status": "success", "messege": "image uploaded", "link": link}),
-        ok({"status": "success", "messege": "image uploaded", "link": link, "request_id": 2398}),
-    )
-    image = b"\x89PNG\r\n\x1a\nfake"
-    assert await client.crop_image(image) == link
-    assert await client.crop_image(image, "image/jpeg", crop=False) == link
-    first, second = script.bodies
-    assert first == {"key": KEY, "image": "data:image/png;base64," + base64.b64encode(image).decode(), "crop": "true"}
-    assert second["image"].startswith("data:image/jpeg;base64,") and second["crop"] == "false"
-    assert script.paths == ["/api/v3/base64_crop"] * 2
-
-
-async def test_crop_image_without_link_is_unavailable(make: MakeClient, sleeper: Sleeper) -> None:
-    client, script = make(ok({"status": "success", "messege": "image uploaded"}))
-    with pytest.raises(ProviderUnavailable):
-        await client.crop_image(b"png")
-    assert len(script.requests) == 1 and sleeper.delays == []
-
-
-async def test_crop_image_is_retried(make: MakeClient) -> None:
-    client, script = make(httpx.ConnectTimeout("slow"), ok({"status": "success", "link": "https://x/y.png"}))
-    assert await client.crop_image(b"png") == "https://x/y.png"
-    assert len(script.requests) == 2
-
-
-async def test_crop_image_local_checks(make: MakeClient) -> None:
-    client, script = make()
-    with pytest.raises(RequestRejected, match="5 MB"):
-        await client.crop_image(b"x" * (5 * 1024 * 1024 + 1))
-    with pytest.raises(ValueError, match="mime"):
-        await client.crop_image(b"x", "text/html")
-    with pytest.raises(ValueError, match="empty"):
-        await client.crop_image(b"")
-    assert script.requests == []
-
-
-# =========================================================================== ids, URLs, lifecycle
 
 
 @pytest.mark.parametrize("bad", ["", "   ", "../finetune_list", "a/b", "a?b=c", "..", "id with space"])

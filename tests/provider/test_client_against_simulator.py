@@ -6,12 +6,9 @@ Nothing leaves 127.0.0.1 (a guard fixture refuses to resolve any other name).
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
-import httpx
 import pytest
-from PIL import Image
 
 from bot.jobs.provider_errors import (
     InsufficientCredits,
@@ -25,8 +22,7 @@ from bot.jobs.provider_errors import (
 from bot.jobs.training_api import TrainingRequest, TrainingStatus
 from bot.provider.client import ProviderClient
 from bot.simulator import STATUSES, start_simulator
-from bot.simulator.state import tls_context
-from bot.simulator.testing import ImageHost, jpeg_bytes
+from bot.simulator.testing import ImageHost
 from tests.provider.simulated import STEP
 
 KEY = "client-test-key-9a8b7c"
@@ -330,22 +326,3 @@ async def test_list_and_delete(running, host, client):
     assert await client.list_trainings() == [second]
     with pytest.raises(TrainingNotFound):
         await client.training_status(first)
-
-
-async def test_crop_returns_a_served_512_link(running, client):
-    link = await client.crop_image(jpeg_bytes(900, 500), "image/jpeg")
-    assert link.startswith(f"{running.url}/generations/")
-    async with httpx.AsyncClient(trust_env=False, verify=tls_context()) as http:
-        served = await http.get(link)
-    with Image.open(io.BytesIO(served.content)) as image:
-        assert (image.format, image.size) == ("PNG", (512, 512))
-
-    uncropped = await client.crop_image(jpeg_bytes(300, 200), "image/jpeg", crop=False)
-    assert running.simulator.generations[uncropped.rsplit("/", 1)[1].removesuffix(".png")].width == 300
-
-
-async def test_crop_link_is_a_valid_training_image(running, client):
-    link = await client.crop_image(jpeg_bytes(700, 700), "image/jpeg")
-    request = TrainingRequest("photo of x man", "photo of a man", (link,))
-    result = await client.submit_training(request)
-    assert running.simulator.trainings[result.training_id].images[0].width == 512
