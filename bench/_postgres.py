@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -54,16 +53,60 @@ async def connect(url: str, **options: Any) -> Any:
     return await asyncpg.connect(url, timeout=10, **options)
 
 
-@contextlib.asynccontextmanager
-async def scratch_schema(url: str, purpose: str) -> AsyncIterator[str]:
-    """A fresh empty schema `bench_<purpose>_<random>`, dropped on exit; yields its name."""
+async def create_schema(url: str, purpose: str) -> str:
+    """A fresh empty schema `bench_<purpose>_<random>` (drop it with drop_schema); returns its name."""
     name = f"bench_{purpose}_{uuid.uuid4().hex[:10]}"
     conn = await connect(url)
     try:
         await conn.execute(f'CREATE SCHEMA "{name}"')
-        try:
-            yield name
-        finally:
-            await conn.execute(f'DROP SCHEMA "{name}" CASCADE')
     finally:
         await conn.close()
+    return name
+
+
+async def drop_schema(url: str, name: str) -> None:
+    conn = await connect(url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await conn.close()
+
+
+def _socket_ports(pid: int) -> set[int]:
+    """The local TCP ports of the sockets process `pid` holds (Linux /proc; empty elsewhere)."""
+    import os
+
+    inodes: set[str] = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    except OSError:
+        return set()
+    ports: set[int] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}", encoding="ascii") as handle:
+                next(handle)
+                for line in handle:
+                    fields = line.split()
+                    if fields[9] in inodes:
+                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            continue
+    return ports
+
+
+async def backend_pids(conn: Any, client_pids: list[int]) -> list[int]:
+    """The PostgreSQL backends serving the connections of these client processes (matched by the
+    client's TCP port; none over a Unix socket)."""
+    ports = sorted(set().union(*(_socket_ports(pid) for pid in client_pids)))
+    if not ports:
+        return []
+    rows = await conn.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE client_port = ANY($1::int[]) AND datname = current_database()",
+        ports,
+    )
+    return [int(row[0]) for row in rows]
