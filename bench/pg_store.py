@@ -214,7 +214,7 @@ def run(quick: bool, url: str, log: Any = print) -> Section:
     section = Section("pg store")
     sqlite_path = store.database(log)
     schema, made = asyncio.run(pg_dataset.dataset(url, sqlite_path, log))
-    samples = 300 if quick else 1000
+    samples = 300 if quick else 600
     result = asyncio.run(_measure(in_schema(url, schema), sqlite_path, samples))
     name = "6 pg store"
     for label, case in result["cases"].items():
