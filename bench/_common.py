@@ -252,9 +252,13 @@ def machine() -> dict[str, str]:
         import sqlite3
 
         import aiohttp
+        import asyncpg
         from PIL import __version__ as pillow
 
-        versions = f"SQLite {sqlite3.sqlite_version}, Pillow {pillow}, aiohttp {aiohttp.__version__}"
+        versions = (
+            f"SQLite {sqlite3.sqlite_version}, Pillow {pillow}, aiohttp {aiohttp.__version__}, "
+            f"asyncpg {asyncpg.__version__}"
+        )
     except ImportError:
         versions = ""
     return {
@@ -269,10 +273,10 @@ def machine() -> dict[str, str]:
 
 
 def source_hash() -> str:
-    """A hash of the code under measurement (bot/, cogs/, migrations/), to notice edits mid-run."""
+    """A hash of the code under measurement (bot/, cogs/, both migrations), to notice edits mid-run."""
     digest = hashlib.sha256()
     for path in (
-        sorted(ROOT.glob("bot/**/*.py")) + sorted(ROOT.glob("cogs/*.py")) + sorted(ROOT.glob("migrations/*.sql"))
+        sorted(ROOT.glob("bot/**/*.py")) + sorted(ROOT.glob("cogs/*.py")) + sorted(ROOT.glob("migrations/**/*.sql"))
     ):
         digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:8]

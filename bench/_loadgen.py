@@ -20,6 +20,9 @@ mode "open": requests are due at a fixed `rate` per second whatever the server d
 of each is counted from the moment it was due (so a slow server cannot hide queueing delay,
 "coordinated omission"); up to `concurrency` connections carry them.
 
+With `"ports": [a, b, ...]` instead of `"port"`, connection i goes to ports[i mod n] (and comes
+back to the same port after a reconnection): several servers behind one round-robin balancer.
+
 Prints one JSON line: counts per HTTP status, latency percentiles, throughput, own CPU time.
 """
 
@@ -70,7 +73,8 @@ def training_id_for(job_id: int) -> str:
 class Connection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection; `request()` sends raw bytes and returns the status."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int) -> None:
+        self.port = port
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.waiter: asyncio.Future[int] | None = None
@@ -119,7 +123,8 @@ class Connection(asyncio.Protocol):
 class Generator:
     def __init__(self, options: dict[str, Any]) -> None:
         self.host: str = options.get("host", "127.0.0.1")
-        self.port: int = options["port"]
+        self.ports: list[int] = list(options.get("ports") or [options["port"]])
+        self.connections = 0
         self.first_job: int = options["first_job"]
         self.jobs: int = options["jobs"]
         self.statuses: list[str] = options["statuses"]
@@ -143,7 +148,7 @@ class Generator:
         ).encode()
         head = (
             f"POST /webhooks/training/{job_id}/{secret_for(job_id)} HTTP/1.1\r\n"
-            f"Host: {self.host}:{self.port}\r\n"
+            f"Host: {self.host}:{self.ports[0]}\r\n"
             "User-Agent: lorabot-bench\r\n"
             "Content-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
@@ -157,21 +162,25 @@ class Generator:
         self.next_index += 1
         return index
 
-    async def connect(self) -> Connection:
+    async def connect(self, port: int | None = None) -> Connection:
+        """A new connection to `port`, or to the next port in turn."""
+        if port is None:
+            port = self.ports[self.connections % len(self.ports)]
+            self.connections += 1
         loop = asyncio.get_running_loop()
-        _transport, protocol = await loop.create_connection(Connection, self.host, self.port)
+        _transport, protocol = await loop.create_connection(lambda: Connection(port), self.host, port)
         return protocol
 
     async def send(self, conn: Connection, index: int) -> tuple[Connection, int | None]:
         if conn.closed:
-            conn = await self.connect()
+            conn = await self.connect(conn.port)
         try:
             status = await asyncio.wait_for(conn.request(self.build(index)), 30)
         except (ConnectionError, OSError, TimeoutError):
             self.errors += 1
             if conn.transport is not None:
                 conn.transport.abort()
-            return await self.connect(), None
+            return await self.connect(conn.port), None
         return conn, status
 
     def count(self, status: int | None) -> None:

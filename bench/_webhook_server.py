@@ -1,6 +1,7 @@
 """A webhook server in its own process: the bot's real `WebhookServer`, or a bare aiohttp handler.
 
     python -m bench._webhook_server '{"mode": "real", "db": "/tmp/x/bot.db"}'
+    python -m bench._webhook_server '{"mode": "real", "database_url": "postgresql://..."}'
 
 Mode "floor" serves nothing: it calls the real handler with in-memory requests (no HTTP) and
 prints its throughput (the ceiling the real server could reach if aiohttp's own work cost nothing).
@@ -133,7 +134,7 @@ async def main(options: dict[str, Any]) -> None:
         public_url=f"http://{host}:1",
         webhook_host=host,
         webhook_port=0,
-        database_url=f"sqlite:///{options['db']}",
+        database_url=options.get("database_url") or f"sqlite:///{options['db']}",
         # The default per-address rate limit although one address sends everything, as the
         # provider does: authentic webhooks never spend it (a 429 would show as a non-200 answer).
         log_level=options.get("log_level", "INFO"),

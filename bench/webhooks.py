@@ -58,7 +58,8 @@ OPEN_RATE = 200.0
 LATE_JOBS = 500  # one block (see bench._loadgen.target)
 
 
-async def _template(db_path: Path) -> int:
+async def template(database_url: str) -> int:
+    """The template job, made through the real flow in the database `database_url` names (migrated first)."""
     from datetime import timedelta
 
     from bot.config import load_settings
@@ -66,15 +67,13 @@ async def _template(db_path: Path) -> int:
     from bot.jobs.service import JobService, TrainingParams, hash_secret
     from bot.jobs.states import Action, Event, EventSource
     from bot.provider.client import ProviderClient
-    from bot.store import Database
-    from bot.store.sqlite import SqliteStore
+    from bot.store.open import open_stores
 
     settings = load_settings(
         env_file=None, discord_token="bench-token-000000", sdapi_key="bench-key-00000000", public_url="https://x.test"
     )
-    db = await Database.open(str(db_path))
-    await db.migrate()
-    store = SqliteStore(db)
+    stores = await open_stores(database_url, migrate=True)
+    store = stores.jobs
     provider = ProviderClient(settings.sdapi_base_url, "bench-key-00000000")
     service = JobService(store, provider, settings)
     try:
@@ -104,11 +103,11 @@ async def _template(db_path: Path) -> int:
         await store.set_card(job.id, 645027906669510667, 1_300_000_000_000_001_000)
     finally:
         await provider.aclose()
-        await db.close()
+        await stores.close()
     return job.id
 
 
-def _clone(db_path: Path, template: int, count: int) -> tuple[int, int]:
+def clone(db_path: Path, template: int, count: int) -> tuple[int, int]:
     """Copy the template job `count` times; returns the first new id and the count."""
     from bot.jobs.service import hash_secret
 
@@ -151,8 +150,10 @@ def _clone(db_path: Path, template: int, count: int) -> tuple[int, int]:
 class Server:
     """A webhook server subprocess (real or bare)."""
 
-    def __init__(self, mode: str, db: Path | None, log: Path, profile: Path | None = None) -> None:
-        options: dict[str, Any] = {"mode": mode, "db": str(db) if db else None}
+    def __init__(
+        self, mode: str, db: Path | None, log: Path, profile: Path | None = None, *, database_url: str | None = None
+    ) -> None:
+        options: dict[str, Any] = {"mode": mode, "db": str(db) if db else None, "database_url": database_url}
         if profile is not None:
             options["profile"] = str(profile)
         self.mode = mode
@@ -233,9 +234,9 @@ def run(quick: bool) -> Section:
     with tempfile.TemporaryDirectory(prefix="lorabot-bench-webhooks-") as tmp:
         tmp_path = Path(tmp)
         db = tmp_path / "bot.db"
-        template = asyncio.run(_template(db))
+        template_job = asyncio.run(template(f"sqlite:///{db}"))
         needed = 1000 + rounds * (2 * closed_jobs + open_jobs) + closed_jobs + LATE_JOBS
-        next_job, _ = _clone(db, template, needed)
+        next_job, _ = clone(db, template_job, needed)
 
         # The jobs of the late webhooks: finished through the real flow by a server process of
         # their own, so the measured server has never seen them (it reads each one once).

@@ -150,6 +150,24 @@ async def test_after_the_copy_postgres_hands_out_new_ids_and_the_copied_rows_wor
         await stores.close()
 
 
+async def test_after_the_copy_postgres_counts_new_rows_per_state(sqlite_source: str, pg_url: str, clock: Any) -> None:
+    # The copy writes the counts itself (its count triggers are off meanwhile): they must be on again.
+    await copy_database(sqlite_source, pg_url)
+    stores = await open_stores(pg_url, now=clock)
+    try:
+        before = await stores.jobs.state_counts()
+        await new_job(stores.jobs)
+        model = await job_by_training_id(stores.jobs, "READY-1")
+        assert model is not None
+        made = await stores.generations.create(new_generation(model))
+        after = await stores.jobs.state_counts()
+        assert after["jobs"]["preview"] == before["jobs"].get("preview", 0) + 1
+        state = made.state.value
+        assert after["generations"][state] == before["generations"].get(state, 0) + 1
+    finally:
+        await stores.close()
+
+
 async def test_a_copied_sqlite_database_delivers_its_pending_items(
     sqlite_source: str, pg_url: str, tmp_path: Path, clock: Any
 ) -> None:
