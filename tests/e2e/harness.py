@@ -177,6 +177,31 @@ def job_id_of(preview: FakeMessage) -> int:
     raise AssertionError(f"no Start button on {preview.components}")
 
 
+def train_payload(fake: FakeDiscord, count: int = 5) -> dict[str, Any]:
+    """ALICE's /train in GUILD's CHANNEL with `count` photos, uploaded to the fake's CDN first (as the
+    Discord client does before the command reaches the bot)."""
+    options: dict[str, Any] = {"instance_prompt": "photo of sks man", "class_prompt": "photo of a man"}
+    for index, data in enumerate(photos(count), start=1):
+        options[f"image{index}"] = fake.upload_attachment(data, f"photo{index}.jpg", "image/jpeg")
+    attachments = [v for v in options.values() if isinstance(v, dict)]
+    return fake.slash_command_payload(
+        "train", user_id=ALICE, guild_id=GUILD, channel_id=CHANNEL, options=options, attachments=attachments
+    )
+
+
+async def train_and_start(fake: FakeDiscord, count: int = 5) -> int:
+    """/train through the fake (whichever process gets it), then Start; returns the job id."""
+    rec = await fake.send_interaction(train_payload(fake, count))
+    assert (await rec.wait_callback())["type"] == 5
+    preview = await rec.wait_original(lambda m: bool(m.components), timeout=30)
+    job_id = job_id_of(preview)
+    click = await fake.send_interaction(
+        fake.component_payload(custom_id=f"lorabot:preview:start:{job_id}", message=preview, user_id=ALICE)
+    )
+    await click.wait_callback()
+    return job_id
+
+
 def embed_text(message: FakeMessage) -> str:
     """Everything visible in a message's content and embeds, for assertions."""
     parts = [message.content or ""]

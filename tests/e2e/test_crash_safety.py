@@ -7,8 +7,8 @@ import pytest
 
 from bot.jobs.states import JobState
 from tests.e2e.databases import wait_stored_job
-from tests.e2e.harness import ALICE, CHANNEL, GUILD, BotProcess, World, job_id_of, photos
-from tests.e2e.test_process import fakes, run_train, started  # noqa: F401 (fixture)
+from tests.e2e.harness import ALICE, BotProcess, World, job_id_of, train_and_start, train_payload
+from tests.e2e.test_process import fakes, started  # noqa: F401 (fixture)
 from tests.store.helpers import pending_outbox_count
 
 
@@ -24,7 +24,7 @@ async def test_sigkill_while_the_submission_is_in_flight(tmp_path, fakes) -> Non
     sim.simulator.step_seconds = 1.5
     bot = BotProcess(tmp_path, fake, sim.url, SDAPI_SUBMIT_TIMEOUT_SECONDS="60")
     await started(bot, fake)
-    job_id = await run_train(fake)
+    job_id = await train_and_start(fake)
     # The provider has the training; the bot is still waiting for its answer.
     await fake.wait_for(lambda: sim.simulator.trainings or None, 20, "the training to reach the provider")
     await wait_stored_job(tmp_path, job_id, lambda r: bool(r.image_urls))
@@ -49,18 +49,7 @@ async def test_a_preview_open_when_the_process_is_killed_still_starts_after_the_
     fake, sim = fakes
     bot = BotProcess(tmp_path, fake, sim.url)
     await started(bot, fake)
-    options: dict = {"instance_prompt": "photo of sks man", "class_prompt": "photo of a man"}
-    for index, data in enumerate(photos(5), start=1):
-        options[f"image{index}"] = fake.upload_attachment(data, f"p{index}.jpg", "image/jpeg")
-    payload = fake.slash_command_payload(
-        "train",
-        user_id=ALICE,
-        guild_id=GUILD,
-        channel_id=CHANNEL,
-        options=options,
-        attachments=[v for v in options.values() if isinstance(v, dict)],
-    )
-    rec = await fake.send_interaction(payload)
+    rec = await fake.send_interaction(train_payload(fake))
     preview = await rec.wait_original(lambda m: bool(m.components), timeout=30)
     job_id = job_id_of(preview)
     await bot.kill()

@@ -16,34 +16,12 @@ from tests.e2e.databases import wait_stored_job
 from tests.e2e.harness import (
     ALICE,
     API_KEY,
-    CHANNEL,
     GUILD,
     BotProcess,
     embed_text,
-    job_id_of,
     open_fakes,
-    photos,
+    train_and_start,
 )
-
-
-async def run_train(fake: FakeDiscord, count: int = 5) -> int:
-    """/train through the fake, press Start; returns the job id."""
-    options: dict = {"instance_prompt": "photo of sks man", "class_prompt": "photo of a man"}
-    for index, data in enumerate(photos(count), start=1):
-        options[f"image{index}"] = fake.upload_attachment(data, f"photo{index}.jpg", "image/jpeg")
-    attachments = [v for v in options.values() if isinstance(v, dict)]
-    payload = fake.slash_command_payload(
-        "train", user_id=ALICE, guild_id=GUILD, channel_id=CHANNEL, options=options, attachments=attachments
-    )
-    rec = await fake.send_interaction(payload)
-    assert (await rec.wait_callback())["type"] == 5
-    preview = await rec.wait_original(lambda m: bool(m.components), timeout=30)
-    job_id = job_id_of(preview)
-    click = await fake.send_interaction(
-        fake.component_payload(custom_id=f"lorabot:preview:start:{job_id}", message=preview, user_id=ALICE)
-    )
-    await click.wait_callback()
-    return job_id
 
 
 @pytest.fixture
@@ -71,7 +49,7 @@ async def test_a_training_through_the_real_process_then_sigterm(tmp_path: Path, 
     bot = BotProcess(tmp_path, fake, sim.url)
     await started(bot, fake)
     try:
-        job_id = await run_train(fake)
+        job_id = await train_and_start(fake)
         row = await wait_stored_job(tmp_path, job_id, lambda r: r.state is JobState.MODEL_READY)
         dm = await fake.wait_for(lambda: fake.dms_to(ALICE) or None, 30, "the DM")
         assert row.training_id in dm[0].content
@@ -97,7 +75,7 @@ async def test_sigkill_mid_training_loses_nothing_and_repeats_nothing(tmp_path: 
     sim.simulator.step_seconds = 0.5
     bot = BotProcess(tmp_path, fake, sim.url, RECONCILE_INTERVAL_SECONDS="10")
     await started(bot, fake)
-    job_id = await run_train(fake)
+    job_id = await train_and_start(fake)
     row = await wait_stored_job(tmp_path, job_id, lambda r: r.training_id is not None)
     await bot.kill()  # webhooks sent while the bot is down are lost: the provider does not retry
     training = await sim.simulator.wait_until_settled(row.training_id, within=30)
@@ -129,11 +107,11 @@ async def test_logs_of_a_run_with_failures_hold_no_secret(tmp_path: Path, fakes:
     secrets_seen: list[str] = []
     try:
         sim.simulator.set_faults(fail_submission=1, fail_submission_message="Failed, Try Again")
-        failed = await run_train(fake)
+        failed = await train_and_start(fake)
         row = await wait_stored_job(tmp_path, failed, lambda r: r.state is JobState.FAILED)
         assert "Failed, Try Again" in row.last_error
 
-        good = await run_train(fake)
+        good = await train_and_start(fake)
         row = await wait_stored_job(tmp_path, good, lambda r: r.state is JobState.MODEL_READY)
         secrets_seen.append(sim.simulator.trainings[row.training_id].webhook_url.rsplit("/", 1)[1])
         base = f"http://127.0.0.1:{bot.port}/webhooks/training"
@@ -150,7 +128,7 @@ async def test_logs_of_a_run_with_failures_hold_no_secret(tmp_path: Path, fakes:
         assert [r.status_code for r in forged] == [404, 404, 400]
 
         sim.simulator.set_faults(fail_submission=1, fail_submission_kind="invalid_key")
-        refused = await run_train(fake)
+        refused = await train_and_start(fake)
         row = await wait_stored_job(tmp_path, refused, lambda r: r.state is JobState.FAILED)
     finally:
         assert await bot.stop() == 0

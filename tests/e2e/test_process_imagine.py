@@ -15,7 +15,7 @@ from bot.jobs.generation_model import GenerationState
 from bot.jobs.states import JobState
 from tests.e2e.databases import stored_records, wait_stored_generation, wait_stored_job
 from tests.e2e.harness import ALICE, CHANNEL, GUILD, BotProcess, open_fakes
-from tests.e2e.test_process import run_train, started
+from tests.e2e.test_process import started, train_and_start
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def results(fake: FakeDiscord) -> list:
 async def trained_bot(tmp_path: Path, fake: FakeDiscord, sim) -> BotProcess:
     bot = BotProcess(tmp_path, fake, sim.url, IMAGINE_COOLDOWN_SECONDS="0")
     await started(bot, fake)
-    job_id = await run_train(fake)
+    job_id = await train_and_start(fake)
     await wait_stored_job(tmp_path, job_id, lambda r: r.state is JobState.MODEL_READY)
     return bot
 

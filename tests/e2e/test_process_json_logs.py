@@ -13,7 +13,7 @@ import httpx
 from bot.jobs.states import JobState
 from tests.e2e.databases import wait_stored_job
 from tests.e2e.harness import API_KEY, BotProcess
-from tests.e2e.test_process import fakes, run_train, started
+from tests.e2e.test_process import fakes, started, train_and_start
 
 __all__ = ["fakes"]  # the fixture, used by name
 
@@ -25,7 +25,7 @@ async def test_json_logs_parse_line_by_line_and_hold_no_secret(tmp_path: Path, f
     bot = BotProcess(tmp_path, fake, sim.url, LOG_FORMAT="json", METRICS_TOKEN=METRICS_TOKEN)
     await started(bot, fake)
     try:
-        job_id = await run_train(fake)
+        job_id = await train_and_start(fake)
         row = await wait_stored_job(tmp_path, job_id, lambda r: r.state is JobState.MODEL_READY)
         webhook_secret = sim.simulator.trainings[row.training_id].webhook_url.rsplit("/", 1)[1]
         base = f"http://127.0.0.1:{bot.port}"

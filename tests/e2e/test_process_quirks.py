@@ -13,7 +13,7 @@ import pytest
 from bot.jobs.states import JobState
 from tests.e2e.databases import wait_stored_job
 from tests.e2e.harness import ALICE, API_KEY, BotProcess, open_fakes
-from tests.e2e.test_process import run_train, started
+from tests.e2e.test_process import started, train_and_start
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ async def test_a_full_queue_a_transient_not_found_and_lost_webhooks_still_end_re
     bot = BotProcess(tmp_path, fake, sim.url, RECONCILE_INTERVAL_SECONDS="10")
     await started(bot, fake)
     try:
-        job_id = await run_train(fake)
+        job_id = await train_and_start(fake)
         row = await wait_stored_job(tmp_path, job_id, lambda r: r.training_id is not None)
         await sim.simulator.wait_until_settled(row.training_id, within=30)
         sim.simulator.set_faults(status_not_found=1, status_not_found_shape="html")

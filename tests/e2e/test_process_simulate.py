@@ -13,7 +13,7 @@ from bot.jobs.states import JobState
 from bot.render import SIMULATED_NOTE
 from tests.e2e.databases import wait_stored_job
 from tests.e2e.harness import ALICE, BotProcess, embed_text, open_fakes
-from tests.e2e.test_process import run_train, started
+from tests.e2e.test_process import started, train_and_start
 
 
 class SimulatedBot(BotProcess):
@@ -31,7 +31,7 @@ async def test_run_simulate_trains_to_model_ready_and_says_so_on_the_card_and_th
         del bot.env[name]
     try:
         await started(bot, fake)
-        job_id = await run_train(fake)
+        job_id = await train_and_start(fake)
         row = await wait_stored_job(tmp_path, job_id, lambda r: r.state is JobState.MODEL_READY)
 
         card = fake.message(row.card_message_id)

@@ -21,7 +21,7 @@ from bot.jobs.states import JobState
 from bot.simulator.app import RunningSimulator
 from bot.store.open import open_stores
 from tests.e2e.databases import database_url, postgres_only, wait_stored_job
-from tests.e2e.harness import ALICE, CHANNEL, GUILD, BotProcess, job_id_of, open_fakes, photos
+from tests.e2e.harness import ALICE, GUILD, BotProcess, open_fakes, train_and_start
 from tests.e2e.proxy import RoundRobinProxy
 
 pytestmark = postgres_only("two processes share one database only on PostgreSQL")
@@ -82,27 +82,6 @@ async def start_process(bot: BotProcess, fake: FakeDiscord, shard: int) -> None:
     await bot.start()
     await fake.wait_for(lambda: shard in fake.gateway.live_shards() or None, 30, f"shard {shard} connected")
     await wait_health(bot, lambda body: body["status"] == "ok", 30, "the process is ready")
-
-
-async def train_and_start(fake: FakeDiscord) -> int:
-    """/train then Start in the guild (its shard's process gets them); returns the job id."""
-    options: dict[str, Any] = {"instance_prompt": "photo of sks man", "class_prompt": "photo of a man"}
-    for index, data in enumerate(photos(5), start=1):
-        options[f"image{index}"] = fake.upload_attachment(data, f"photo{index}.jpg", "image/jpeg")
-    payload = fake.slash_command_payload(
-        "train",
-        user_id=ALICE,
-        guild_id=GUILD,
-        channel_id=CHANNEL,
-        options=options,
-        attachments=[v for v in options.values() if isinstance(v, dict)],
-    )
-    rec = await fake.send_interaction(payload)
-    preview = await rec.wait_original(lambda m: bool(m.components), timeout=30)
-    job_id = job_id_of(preview)
-    start = fake.component_payload(custom_id=f"lorabot:preview:start:{job_id}", message=preview, user_id=ALICE)
-    await (await fake.send_interaction(start)).wait_callback()
-    return job_id
 
 
 async def test_the_leader_killed_mid_training_loses_nothing_and_repeats_nothing(
