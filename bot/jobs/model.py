@@ -143,3 +143,15 @@ class Posted:
     channel_id: int
     message_id: int
     attachment_urls: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GuildSettingChange:
+    """One change of a server's setting: which, from what to what (None: the default), by whom."""
+
+    guild_id: int
+    key: str
+    old: Any
+    new: Any
+    changed_by: int
+    changed_at: datetime
