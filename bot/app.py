@@ -31,6 +31,7 @@ from bot.jobs.ports import JobStore, Leadership
 from bot.jobs.provider_errors import InvalidApiKey, ProviderError, ProviderMisconfigured
 from bot.jobs.queries import JobQueries
 from bot.jobs.reconciler import Reconciler
+from bot.jobs.server_settings import ServerSettings
 from bot.jobs.service import JobService
 from bot.jobs.submission import TrainingStarter
 from bot.leader import LeaderLoop
@@ -79,6 +80,10 @@ def image_limits(settings: Settings) -> ImageLimits:
 #: The outbox owner name of the only process on SQLite: the same across restarts, so a restarted
 #: bot takes back at once the items it had claimed when it stopped.
 SINGLE_PROCESS_OWNER = "lorabot"
+#: With several processes, how long one keeps a server's settings before reading them again: a
+#: server's interactions reach the process of its shard, so this only bounds how long a change
+#: made on one process takes to reach a read from another (a Generate button in DMs).
+SETTINGS_CACHE_SECONDS = 60.0
 
 
 def leadership_for(stores: Stores, settings: Settings) -> Leadership:
@@ -155,6 +160,12 @@ class Application:
             del self.db
             raise
         self.bot = LoraBot(settings)
+        self.server_settings = ServerSettings(
+            self.stores.guild_settings,
+            settings,
+            # One process sees every change it makes; several refresh what another may have changed.
+            cache_seconds=None if self.single_process else SETTINGS_CACHE_SECONDS,
+        )
         messenger = Messenger(self.bot)
         self.generations = GenerationService(
             self.store,
@@ -163,6 +174,7 @@ class Application:
             settings,
             on_outbox=lambda: self.notifier.wake(),
             on_queued=lambda: self.generation_runner.wake(),
+            server_settings=self.server_settings,
         )
         self.generation_runner = GenerationRunner(
             self.generations,
@@ -181,7 +193,12 @@ class Application:
             owner=SINGLE_PROCESS_OWNER if self.single_process else process_identity(),
         )
         self.service = JobService(
-            self.store, self.provider, settings, on_outbox=self.notifier.wake, metrics=self.metrics
+            self.store,
+            self.provider,
+            settings,
+            on_outbox=self.notifier.wake,
+            metrics=self.metrics,
+            server_settings=self.server_settings,
         )
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="images")
         cards = DiscordCardPoster(self.store, messenger, simulated=settings.simulated)
@@ -192,8 +209,9 @@ class Application:
                 queries=JobQueries(self.store, self.provider),
                 notifier=self.notifier,
                 image_limits=image_limits(settings),
-                starter=TrainingStarter(self.store, self.service, cards, settings),
+                starter=TrainingStarter(self.store, self.service, cards),
                 generations=self.generations,
+                server_settings=self.server_settings,
                 executor=self.executor,
                 supervisor=self.supervisor,
             ),
@@ -229,7 +247,11 @@ class Application:
         self.leader = LeaderLoop(
             leadership_for(self.stores, settings),
             self.supervisor,
-            {"reconciler": self.reconciler.run, "generation-runner": self.generation_runner.run},
+            {
+                "reconciler": self.reconciler.run,
+                "generation-runner": self.generation_runner.run,
+                "settings-purge": self.server_settings.run_purge,
+            },
             interval=settings.leader_interval_seconds,
         )
         self.webhooks.leader = self.leader.health

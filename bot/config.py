@@ -158,11 +158,14 @@ class Settings(BaseSettings):
 
     # Flow and limits
     preview_timeout_seconds: int = Field(default=600, ge=30, le=840)
-    max_active_jobs_per_user: int = Field(default=1, ge=1)
+    max_active_jobs_per_user: int = Field(default=1, ge=0, description="0 means unlimited")
     max_trainings_per_user_per_day: int = Field(default=3, ge=0, description="0 means unlimited")
     max_trainings_per_guild_per_day: int = Field(default=20, ge=0, description="0 means unlimited")
     limits_exempt_managers: bool = False
     train_role_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    #: The roles that may use /imagine and Generate (empty: everyone). Each server can set its own
+    #: with /lora-admin roles, like every limit above.
+    generate_role_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
 
     # Background work
     reconcile_interval_seconds: int = Field(default=300, ge=10)
@@ -174,7 +177,7 @@ class Settings(BaseSettings):
     #: Set by `for_simulator` only: a private attribute, so no environment variable can set it.
     _simulated: bool = PrivateAttr(default=False)
 
-    @field_validator("train_role_ids", mode="before")
+    @field_validator("train_role_ids", "generate_role_ids", mode="before")
     @classmethod
     def _split_roles(cls, value: object) -> object:
         if isinstance(value, str):

@@ -25,6 +25,7 @@ from bot.invite import invite_url
 from bot.jobs.generations import GenerationService
 from bot.jobs.ports import KeyValue
 from bot.jobs.queries import JobQueries
+from bot.jobs.server_settings import ServerSettings
 from bot.jobs.service import JobService
 from bot.jobs.submission import TrainingStarter
 from bot.sharding import ShardsHealth, ShardState, ShardStatus, latency_ms
@@ -32,7 +33,7 @@ from bot.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.errors", "cogs.training", "cogs.jobs", "cogs.imagine")
+EXTENSIONS = ("cogs.errors", "cogs.training", "cogs.jobs", "cogs.imagine", "cogs.admin")
 COMMANDS_HASH_KEY = "commands_hash"
 
 # The bot never joins voice: no "PyNaCl / davey is not installed, voice will NOT be supported"
@@ -53,6 +54,7 @@ class Services:
     image_limits: ImageLimits
     starter: TrainingStarter
     generations: GenerationService
+    server_settings: ServerSettings
     executor: Executor | None = None
     supervisor: Supervisor = field(default_factory=Supervisor)  # runs the cogs' background tasks
 
@@ -141,8 +143,26 @@ class LoraBot(commands.AutoShardedBot):
             log.warning("the bot is in no server yet; invite it: %s", invite_url(self.application_id))
         await self.services.notifier.connection_restored()
 
+        # Servers that removed the bot while it was offline start their settings' countdown.
+        await self.services.server_settings.reconcile_presence(
+            [guild.id for guild in self.guilds], ours=self.runs_guild
+        )
+
     async def on_resumed(self) -> None:
         await self.services.notifier.connection_restored()
+
+    async def on_guild_remove(self, guild: discord.Guild) -> None:
+        """Removed from a server (an outage is `on_guild_unavailable`): its settings are kept for a
+        while, in case the bot is invited back, then deleted."""
+        await self.services.server_settings.left(guild.id)
+
+    async def on_guild_join(self, guild: discord.Guild) -> None:
+        await self.services.server_settings.reconcile_presence([guild.id], ours=lambda _guild_id: False)
+
+    def runs_guild(self, guild_id: int) -> bool:
+        """Whether this process runs the shard that serves `guild_id` (Discord's sharding formula)."""
+        count = self.known_shard_count
+        return count is not None and (guild_id >> 22) % count in self.own_shard_ids()
 
     # -- shards -------------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import discord
 
 from bot.jobs.generation_model import Generation, GenerationState, StoredPicture
-from bot.jobs.model import Job, JobEvent
+from bot.jobs.model import CANCELLED_BY_OWNER, Job, JobEvent
 from bot.jobs.states import JobState, parse_provider_word
 
 #: What every card and DM of `lorabot run --simulate` says.
@@ -117,7 +117,9 @@ def outcome_message(job: Job, state: JobState, *, simulated: bool = False) -> st
         reason = job.last_error or "The provider reported a failure."
         return f"Your LoRA training **{job.name}** (job #{job.id}) failed.\nReason: {reason}{where}"
     if state is JobState.CANCELLED:
-        return f"Your LoRA training **{job.name}** (job #{job.id}) was cancelled.{where}"
+        # Cancelled by someone else (a server manager): say who. The owner knows it was them.
+        by = f"\n{job.last_error}" if job.last_error and job.last_error != CANCELLED_BY_OWNER else ""
+        return f"Your LoRA training **{job.name}** (job #{job.id}) was cancelled.{by}{where}"
     if state is JobState.UNCERTAIN:
         return (
             f"Your LoRA training **{job.name}** (job #{job.id}) was sent, but the provider did not confirm it. "
@@ -149,7 +151,9 @@ def preview_embed(
     warnings: Sequence[str],
     card_in_dms: bool,
     expires_at: datetime,
+    card_channel_id: int | None = None,
 ) -> discord.Embed:
+    """The preview; `card_channel_id`: the server's card channel, named when the card goes there."""
     embed = discord.Embed(
         title=f"Preview: {name}"[:256],
         description=(
@@ -175,6 +179,12 @@ def preview_embed(
         embed.add_field(
             name="Where the job card goes",
             value="I can't post in this channel, so the job's card will be sent to your DMs instead.",
+            inline=False,
+        )
+    elif card_channel_id is not None:
+        embed.add_field(
+            name="Where the job card goes",
+            value=f"This server posts job cards in <#{card_channel_id}>.",
             inline=False,
         )
     embed.set_image(url="attachment://preview.jpg")

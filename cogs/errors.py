@@ -12,6 +12,7 @@ from discord.ext import commands
 from bot.errors import UserError
 from bot.jobs.limits import LimitReached
 from bot.jobs.provider_errors import ProviderError
+from cogs.access import ManagersOnly
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ def user_message(error: BaseException) -> str | None:
         return error.message
     if isinstance(error, ProviderError):
         return error.user_message
+    if isinstance(error, ManagersOnly):
+        return str(error)
     if isinstance(error, app_commands.CheckFailure):
         return "You can't use this command here."
     if isinstance(error, app_commands.TransformerError | app_commands.CommandSignatureMismatch):

@@ -19,8 +19,8 @@ from bot.jobs.generation_model import Generation, GenerationState
 from bot.jobs.generations import Destination, ImagineOptions
 from bot.jobs.model import Job
 from bot.render import AGAIN_BUTTON_ID, GENERATE_BUTTON_ID
+from cogs.access import bot_can_post, requester
 from cogs.errors import report_error
-from cogs.training import bot_can_post
 
 if TYPE_CHECKING:
     from bot.discord_bot import LoraBot
@@ -120,7 +120,7 @@ class AgainButton(discord.ui.DynamicItem[Button], template=_template(AGAIN_BUTTO
         assert isinstance(cog, Imagine)
         try:
             await interaction.response.defer(ephemeral=True, thinking=True)
-            generation = await cog.bot.services.generations.again(interaction.user.id, self.generation_id)
+            generation = await cog.bot.services.generations.again(requester(interaction), self.generation_id)
             await cog.acknowledge(interaction, generation)
         except Exception as error:
             await report_error(interaction, error)
@@ -200,7 +200,7 @@ class Imagine(commands.Cog):
         if not interaction.response.is_done():
             await interaction.response.defer(ephemeral=True, thinking=True)
         generation = await self.bot.services.generations.imagine(
-            interaction.user.id, job, options, destination(interaction)
+            requester(interaction), job, options, destination(interaction)
         )
         await self.acknowledge(interaction, generation)
 

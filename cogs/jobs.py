@@ -17,6 +17,7 @@ from discord.ext import commands
 from bot.errors import UserError
 from bot.jobs.provider_errors import ProviderError
 from bot.render import job_card, job_list_embed, status_text
+from cogs.access import is_manager
 from cogs.errors import report_error
 
 if TYPE_CHECKING:
@@ -36,10 +37,6 @@ async def job_autocomplete(interaction: discord.Interaction, current: str) -> li
     return [
         app_commands.Choice(name=f"#{job.id} {job.name} ({status_text(job)})"[:100], value=str(job.id)) for job in jobs
     ]
-
-
-def _is_manager(interaction: discord.Interaction) -> bool:
-    return interaction.guild_id is not None and interaction.permissions.manage_guild
 
 
 class ConfirmButton(
@@ -167,7 +164,7 @@ class Jobs(commands.Cog):
     @app_commands.describe(job="Which training (start typing to search yours)")
     @app_commands.autocomplete(job=job_autocomplete)
     async def cancel(self, interaction: discord.Interaction, job: str | None = None) -> None:
-        manager_guild = interaction.guild_id if _is_manager(interaction) else None
+        manager_guild = interaction.guild_id if is_manager(interaction) else None
         found = await self.bot.services.queries.owned_job(interaction.user.id, job, manager_guild=manager_guild)
         if found.state.is_terminal:
             raise UserError(
@@ -180,7 +177,7 @@ class Jobs(commands.Cog):
         )
 
     async def confirm_cancel(self, interaction: discord.Interaction, job_id: int) -> str:
-        manager_guild = interaction.guild_id if _is_manager(interaction) else None
+        manager_guild = interaction.guild_id if is_manager(interaction) else None
         job = await self.bot.services.queries.owned_job(interaction.user.id, str(job_id), manager_guild=manager_guild)
         job = await self.bot.services.jobs.cancel(job, by_user_id=interaction.user.id)
         return f"Training #{job.id} **{job.name}** is cancelled."

@@ -14,12 +14,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.jobs.limits import Requester
 from bot.jobs.model import JobNotFound, PreviewPhoto
 from bot.jobs.photos import collect_photos, preview_grid
 from bot.jobs.service import TrainingParams
 from bot.jobs.states import JobState
 from bot.render import preview_embed, problems_text, queue_wait_text, start_outcome
+from cogs.access import bot_can_post, bot_can_post_in, requester
 from cogs.errors import report_error, user_message
 
 if TYPE_CHECKING:
@@ -48,26 +48,6 @@ class PendingPreview:
     interaction: discord.Interaction
     expires_at: datetime
     timer: asyncio.Task[None] | None = field(default=None, repr=False)
-
-
-def requester(interaction: discord.Interaction) -> Requester:
-    member = interaction.user if isinstance(interaction.user, discord.Member) else None
-    return Requester(
-        user_id=interaction.user.id,
-        guild_id=interaction.guild_id,
-        role_ids=[role.id for role in member.roles] if member else [],
-        manages_guild=bool(member and interaction.permissions.manage_guild),
-    )
-
-
-def bot_can_post(interaction: discord.Interaction) -> bool:
-    """Can the bot post the card (with files) where /train was run, with its own token?"""
-    if interaction.guild_id is None:
-        return True  # a DM with the bot
-    perms = interaction.app_permissions
-    in_thread = isinstance(interaction.channel, discord.Thread)
-    can_send = perms.send_messages_in_threads if in_thread else perms.send_messages
-    return bool(perms.view_channel and can_send and perms.attach_files and perms.embed_links)
 
 
 def default_name(instance_prompt: str) -> str:
@@ -192,12 +172,12 @@ class Training(commands.Cog):
             seed=seed,
         )
         label = (name or default_name(instance_prompt)).strip()
-        card_in_dms = not bot_can_post(interaction)
+        card_channel_id, card_in_dms = await self._card_destination(interaction)
         expires_at = discord.utils.utcnow() + timedelta(seconds=services.settings.preview_timeout_seconds)
         job = await services.jobs.create_preview(
             owner_id=interaction.user.id,
             guild_id=interaction.guild_id,
-            channel_id=interaction.channel_id or 0,
+            channel_id=card_channel_id,
             name=label,
             params=params,
             photos=[
@@ -216,6 +196,7 @@ class Training(commands.Cog):
             warnings=batch.warnings,
             card_in_dms=card_in_dms,
             expires_at=expires_at,
+            card_channel_id=card_channel_id if card_channel_id != interaction.channel_id else None,
         )
         preview = PendingPreview(job.id, interaction.user.id, interaction, expires_at)
         self.previews[job.id] = preview
@@ -227,6 +208,22 @@ class Training(commands.Cog):
             attachments=[discord.File(io.BytesIO(grid), filename="preview.jpg")],
             view=preview_view(job.id),
         )
+
+    async def _card_destination(self, interaction: discord.Interaction) -> tuple[int, bool]:
+        """Where the job's card goes, as (channel id, in the member's DMs instead): the server's card
+        channel if it set one the bot can post in, else where /train was used; DMs when neither."""
+        policy = await self.bot.services.server_settings.effective(interaction.guild_id)
+        guild = interaction.guild
+        if policy.card_channel_id is not None and guild is not None:
+            if await bot_can_post_in(guild, policy.card_channel_id, self.bot.user.id if self.bot.user else None):
+                return policy.card_channel_id, False
+            log.warning(
+                "guild %s: cannot post in the card channel %s (gone, or permissions changed); using the channel "
+                "of /train",
+                guild.id,
+                policy.card_channel_id,
+            )
+        return interaction.channel_id or 0, not bot_can_post(interaction)
 
     async def _expire_later(self, preview: PendingPreview) -> None:
         await asyncio.sleep(max(0.0, (preview.expires_at - discord.utils.utcnow()).total_seconds()))

@@ -22,7 +22,7 @@ from bot.discord_bot import LoraBot, Services
 from bot.discord_standin import FakeDiscord
 from bot.invite import REQUIRED_PERMISSIONS, invite_url
 from bot.jobs.ports import KeyValue
-from cogs.training import bot_can_post
+from cogs.access import bot_can_post
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What the bot does in a server's channels, and so all it asks for (see bot/invite.py).

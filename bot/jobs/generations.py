@@ -31,10 +31,11 @@ from bot.jobs.generation_model import (
     result_draft,
 )
 from bot.jobs.image_api import GenerationAnswer, GenerationRequest
-from bot.jobs.limits import DAY, LimitReached, when
+from bot.jobs.limits import DAY, LimitReached, Requester, check_roles, exempt, when
 from bot.jobs.model import Job
 from bot.jobs.ports import GenerationStore, ImageProvider, JobStore
 from bot.jobs.provider_errors import GenerationFailed, ProviderError, RateLimited, SubmissionUncertain
+from bot.jobs.server_settings import ServerPolicy, ServerSettings
 from bot.jobs.states import JobState
 
 log = logging.getLogger(__name__)
@@ -153,11 +154,14 @@ class GenerationService:
         on_outbox: Callable[[], None] = lambda: None,
         on_queued: Callable[[], None] = lambda: None,
         rng: random.Random | None = None,
+        server_settings: ServerSettings | None = None,
     ) -> None:
         self.store = store
         self.generations = generations
         self.provider = provider
         self.settings = settings
+        #: The settings in effect in each server (roles, limits, safety); without it, the environment's.
+        self.server_settings = server_settings or ServerSettings.environment_only(settings)
         self._on_outbox = on_outbox
         self._on_queued = on_queued
         self._rng = rng or random.SystemRandom()
@@ -211,19 +215,28 @@ class GenerationService:
 
     # -- starting ------------------------------------------------------------------------------------------
 
-    async def imagine(self, owner_id: int, job: Job, options: ImagineOptions, where: Destination) -> Generation:
-        """Check the limits, then write the generation (queued) for the runner to submit."""
-        if job.owner_id != owner_id or job.state is not JobState.MODEL_READY or not job.training_id:
+    async def imagine(self, who: Requester, job: Job, options: ImagineOptions, where: Destination) -> Generation:
+        """Check the roles and limits, then write the generation (queued) for the runner to submit.
+
+        The settings in effect are the server's where the pictures are asked for; in DMs, those of
+        the server the model was trained in (so a DM is no way around a server's limits).
+        """
+        if job.owner_id != who.user_id or job.state is not JobState.MODEL_READY or not job.training_id:
             raise UserError("That isn't one of your ready models.")
         if not options.prompt.strip():
             raise UserError("Tell me what to draw: the prompt can't be empty.")
-        await self.check_limits(owner_id, options.count)
-        return await self._create(job, options, where, kind="imagine")
+        policy = await self.server_settings.effective(where.guild_id if where.guild_id is not None else job.guild_id)
+        check_roles(policy, who, use="generate")
+        if not exempt(policy, who):
+            await self.check_limits(who.user_id, options.count, policy)
+        return await self._create(
+            job, options, where, kind="imagine", safety_off=policy.safety_checker_off_in_nsfw_channels
+        )
 
-    async def again(self, owner_id: int, generation_id: int) -> Generation:
+    async def again(self, who: Requester, generation_id: int) -> Generation:
         """The same settings as an earlier generation, with a new seed."""
         earlier = await self.generations.get(generation_id)
-        if earlier is None or earlier.owner_id != owner_id:
+        if earlier is None or earlier.owner_id != who.user_id:
             raise UserError("Only the member who made these pictures can make more like them.")
         job = await self.store.get_job(earlier.job_id)
         if job is None or job.state is not JobState.MODEL_READY:
@@ -235,7 +248,7 @@ class GenerationService:
             negative_prompt=earlier.negative_prompt,
         )
         where = Destination(earlier.guild_id, earlier.channel_id, earlier.age_restricted)
-        return await self.imagine(owner_id, job, options, where)
+        return await self.imagine(who, job, options, where)
 
     async def start_samples(self, job: Job) -> Generation | None:
         """The pictures for a ready model's DM (READY_SAMPLES of them), once per job."""
@@ -246,12 +259,16 @@ class GenerationService:
         if existing is not None:
             return existing
         options = ImagineOptions(prompt=sample_prompt(job), count=count)
-        return await self._create(job, options, Destination(job.guild_id, None), kind="sample")
+        # In DMs, never age-restricted: the safety checker stays on.
+        return await self._create(job, options, Destination(job.guild_id, None), kind="sample", safety_off=False)
 
-    async def _create(self, job: Job, options: ImagineOptions, where: Destination, *, kind: str) -> Generation:
+    async def _create(
+        self, job: Job, options: ImagineOptions, where: Destination, *, kind: str, safety_off: bool
+    ) -> Generation:
+        """`safety_off`: the server lets /imagine turn the safety checker off (in age-restricted channels only)."""
         sdxl = job.params.get("base_model", "sdxl") != "normal"
         side = 1024 if sdxl else 512
-        safety = not (self.settings.imagine_safety_checker_off_in_nsfw_channels and where.age_restricted)
+        safety = not (safety_off and where.age_restricted)
         assert job.training_id is not None
         generation = await self.generations.create(
             NewGeneration(
@@ -280,16 +297,17 @@ class GenerationService:
         self._on_queued()
         return generation
 
-    async def check_limits(self, owner_id: int, count: int) -> None:
-        """The per-member cooldown and daily picture quota, with the same wording as training limits."""
+    async def check_limits(self, owner_id: int, count: int, policy: ServerPolicy) -> None:
+        """The per-member cooldown and daily picture quota (0: none), with the same wording as the
+        training limits."""
         now = self.generations.now()
         recent = await self.generations.recent_for_owner(owner_id, now - DAY)
-        cooldown = timedelta(seconds=self.settings.imagine_cooldown_seconds)
+        cooldown = timedelta(seconds=policy.imagine_cooldown_seconds)
         if cooldown and recent and recent[-1][0] + cooldown > now:
             retry_at = recent[-1][0] + cooldown
-            message = f"You're making pictures a little fast. You can /imagine again {when(retry_at)}."
+            message = f"You're making pictures a little fast; try again {when(retry_at)}."
             raise LimitReached(message, retry_at)
-        quota = self.settings.max_pictures_per_user_per_day
+        quota = policy.max_pictures_per_user_per_day
         if quota:
             used = sum(pictures for _, pictures in recent)
             if used + count > quota:
@@ -302,7 +320,7 @@ class GenerationService:
                         break
                 left = max(0, quota - used)
                 raise LimitReached(
-                    f"You have {left} of your {quota} pictures for today left. You can make more {when(retry_at)}.",
+                    f"You have {left} of your {quota} pictures for today left; try again {when(retry_at)}.",
                     retry_at,
                 )
 

@@ -1,13 +1,15 @@
-"""Who may train, and how often: per-user active jobs, per-user and per-guild daily quotas, roles."""
+"""Who may train or make pictures, and how often: roles, per-member running jobs, per-member and
+per-server daily quotas, each read from the settings in effect in the server (`ServerPolicy`)."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
-from bot.config import Settings
 from bot.jobs.ports import JobStore
+from bot.jobs.server_settings import ServerPolicy
 
 DAY = timedelta(days=1)
 
@@ -33,35 +35,51 @@ def when(moment: datetime) -> str:
     return f"<t:{int(moment.timestamp())}:R>"
 
 
-async def check_can_train(store: JobStore, settings: Settings, who: Requester) -> None:
-    """Raise LimitReached with a clear message when `who` may not start a training now."""
-    exempt = settings.limits_exempt_managers and who.manages_guild
-    restricted = settings.train_role_ids and who.guild_id is not None and not exempt
-    if restricted and not set(settings.train_role_ids) & set(who.role_ids):
-        raise LimitReached("Training is limited to certain roles on this server, and you have none of them.")
-    if exempt:
+def check_roles(policy: ServerPolicy, who: Requester, *, use: Literal["train", "generate"]) -> None:
+    """Raise LimitReached when the server limits `use` to roles `who` has none of. Role lists apply
+    in the server only: a DM carries no roles (and the defaults apply there)."""
+    allowed = policy.train_role_ids if use == "train" else policy.generate_role_ids
+    if not allowed or who.guild_id is None or exempt(policy, who):
         return
-    active = await store.count_active_jobs(who.user_id)
-    if active >= settings.max_active_jobs_per_user:
-        raise LimitReached(
-            f"You already have {active} training(s) running (the limit is {settings.max_active_jobs_per_user}). "
-            "Wait for it to finish or /cancel it."
-        )
+    if not set(allowed) & set(who.role_ids):
+        what = "Training" if use == "train" else "Making pictures"
+        roles = ", ".join(f"<@&{role}>" for role in allowed)
+        raise LimitReached(f"{what} is limited to certain roles on this server ({roles}), and you have none of them.")
+
+
+def exempt(policy: ServerPolicy, who: Requester) -> bool:
+    """Managers skip the role lists and the limits where the server (or the default) says so."""
+    return policy.limits_exempt_managers and who.manages_guild and who.guild_id is not None
+
+
+async def check_can_train(store: JobStore, policy: ServerPolicy, who: Requester) -> None:
+    """Raise LimitReached with a clear message when `who` may not start a training now, under the
+    settings in effect where they asked (`policy`). A limit of 0 means no limit."""
+    check_roles(policy, who, use="train")
+    if exempt(policy, who):
+        return
+    active_limit = policy.max_active_jobs_per_user
+    if active_limit:
+        active = await store.count_active_jobs(who.user_id)
+        if active >= active_limit:
+            raise LimitReached(
+                f"You already have {active} training(s) running (the limit is {active_limit}). "
+                "Wait for it to finish or /cancel it."
+            )
     since = store.now() - DAY
-    user_limit = settings.max_trainings_per_user_per_day
+    user_limit = policy.max_trainings_per_user_per_day
     if user_limit:
         retry_at = _quota_reopens(await store.submissions_since(since, owner_id=who.user_id), user_limit)
         if retry_at is not None:
             raise LimitReached(
-                f"You have used your {user_limit} trainings for today. You can train again {when(retry_at)}.",
-                retry_at,
+                f"You have used your {user_limit} training(s) for today; try again {when(retry_at)}.", retry_at
             )
-    guild_limit = settings.max_trainings_per_guild_per_day
+    guild_limit = policy.max_trainings_per_guild_per_day
     if guild_limit and who.guild_id is not None:
         retry_at = _quota_reopens(await store.submissions_since(since, guild_id=who.guild_id), guild_limit)
         if retry_at is not None:
             raise LimitReached(
-                f"This server has used its {guild_limit} trainings for today. Trainings open again {when(retry_at)}.",
+                f"This server has used its {guild_limit} training(s) for today; try again {when(retry_at)}.",
                 retry_at,
             )
 

@@ -13,6 +13,9 @@ from typing import Any
 
 from bot.jobs.states import Event, EventSource, JobState
 
+#: What a job records when its owner cancelled it (anyone else is named: "Cancelled by ...").
+CANCELLED_BY_OWNER = "Cancelled by its owner."
+
 
 @dataclass(frozen=True, slots=True)
 class Job:

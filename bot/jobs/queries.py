@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 
 from bot.errors import UserError
 from bot.jobs.model import Job, JobEvent
 from bot.jobs.ports import JobStore, TrainingProvider
-from bot.jobs.states import JobState
+from bot.jobs.states import ACTIVE_STATES, JobState
 from bot.jobs.training_api import TrainingStatus
 
 NOT_FOUND = "I can't find that job among yours. Use /mymodels to list them."
 _JOB_REFERENCE = re.compile(r"#?(\d{1,18})")
+#: How far back a server's managers see its failed trainings.
+RECENT_FAILURES = timedelta(days=7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,14 @@ class JobQueries:
         if job.owner_id == user_id or (manager_guild is not None and job.guild_id == manager_guild):
             return job
         raise UserError(NOT_FOUND)
+
+    async def server_jobs(self, guild_id: int, *, limit: int = 25) -> tuple[list[Job], list[Job]]:
+        """A server's running trainings and its failures of the last 7 days, newest first (for its
+        managers: /lora-admin jobs)."""
+        active = await self.store.guild_jobs(guild_id, sorted(ACTIVE_STATES), limit=limit)
+        since = self.store.now() - RECENT_FAILURES
+        failed = await self.store.guild_jobs(guild_id, [JobState.FAILED], updated_since=since, limit=10)
+        return active, failed
 
     async def search(self, owner_id: int, text: str, *, limit: int = 25) -> list[Job]:
         """The member's newest jobs whose name or id contains `text` (autocomplete)."""

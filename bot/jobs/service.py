@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from bot.config import Settings
 from bot.errors import UserError
 from bot.jobs import limits
-from bot.jobs.model import Job, Preview, PreviewPhoto, TransitionResult
+from bot.jobs.model import CANCELLED_BY_OWNER, Job, Preview, PreviewPhoto, TransitionResult
 from bot.jobs.ports import JobStore, Metrics, NoMetrics, TrainingProvider
 from bot.jobs.provider_errors import (
     InsufficientCredits,
@@ -31,6 +31,7 @@ from bot.jobs.provider_errors import (
     SubmissionUncertain,
     TrainingNotFound,
 )
+from bot.jobs.server_settings import ServerSettings
 from bot.jobs.states import Action, Event, EventSource, JobState
 from bot.jobs.training_api import DUPLICATE_WINDOW_SECONDS, TrainingRequest
 from bot.jobs.transitions import plan_transition
@@ -125,10 +126,13 @@ class JobService:
         on_outbox: Callable[[], None] = lambda: None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         metrics: Metrics | None = None,
+        server_settings: ServerSettings | None = None,
     ) -> None:
         self.store = store
         self.provider = provider
         self.settings = settings
+        #: The settings in effect in each server (limits, roles); without it, the environment's.
+        self.server_settings = server_settings or ServerSettings.environment_only(settings)
         self.metrics: Metrics = metrics if metrics is not None else NoMetrics()
         self._on_outbox = on_outbox
         self._sleep = sleep
@@ -190,8 +194,10 @@ class JobService:
         return await self.store.get_job(job_id)
 
     async def check_can_train(self, who: limits.Requester) -> None:
-        """Raise LimitReached when `who` may not start a training now (roles, running jobs, quotas)."""
-        await limits.check_can_train(self.store, self.settings, who)
+        """Raise LimitReached when `who` may not start a training now (roles, running jobs, quotas),
+        under the settings in effect in the server they asked from."""
+        policy = await self.server_settings.effective(who.guild_id)
+        await limits.check_can_train(self.store, policy, who)
 
     async def expire_preview(self, job_id: int, reason: str) -> TransitionResult:
         return await self.record(job_id, Event(Action.EXPIRE, EventSource.USER, detail=reason))
@@ -320,12 +326,14 @@ class JobService:
             return
         await self.store.record_listing(models, baseline_for=job_id)
 
-    async def cancel(self, job: Job, *, by_user_id: int) -> Job:
+    async def cancel(self, job: Job, *, by_user_id: int, by: str | None = None) -> Job:
         """Stop a job: ask the provider to cancel, then record `cancelled` ourselves.
 
         The provider may report a stopped run as finished, so our own record is what counts.
         If the provider cannot be reached the job is left alone and the error is raised, so the
         user never believes a training was stopped while it is still running (and billed).
+        `by` says who cancelled when it was not the owner (a server manager): the card and the
+        owner's DM say so.
         """
         if job.state.is_terminal:
             raise UserError(f"Job #{job.id} has already finished ({job.state.label.lower()}) and can't be cancelled.")
@@ -337,8 +345,8 @@ class JobService:
             except RequestRejected as error:
                 # e.g. "Training has already finished.": record the cancel anyway; no more charges accrue.
                 log.info("job %s: provider answered the cancel with: %s", job.id, error.provider_message)
-        who = "its owner" if by_user_id == job.owner_id else f"<@{by_user_id}>"
-        result = await self.record(job.id, Event(Action.CANCEL, EventSource.USER, detail=f"Cancelled by {who}."))
+        detail = CANCELLED_BY_OWNER if by_user_id == job.owner_id else f"Cancelled by {by or f'<@{by_user_id}>'}."
+        result = await self.record(job.id, Event(Action.CANCEL, EventSource.USER, detail=detail))
         if not result.changed:
             raise UserError(f"Job #{job.id} has already finished and can't be cancelled.")
         return result.after

@@ -7,21 +7,19 @@ stored, and only then is the provider called.
 
 from __future__ import annotations
 
-from bot.config import Settings
 from bot.errors import UserError
 from bot.jobs.delivery_errors import CannotPost, DeliveryError, DmsClosed, MessageGone
-from bot.jobs.limits import LimitReached, Requester, check_can_train
+from bot.jobs.limits import LimitReached, Requester
 from bot.jobs.model import Job, Posted
 from bot.jobs.ports import CardPoster, JobStore
 from bot.jobs.service import JobService, QueueWait
 
 
 class TrainingStarter:
-    def __init__(self, store: JobStore, jobs: JobService, cards: CardPoster, settings: Settings) -> None:
+    def __init__(self, store: JobStore, jobs: JobService, cards: CardPoster) -> None:
         self.store = store
         self.jobs = jobs
         self.cards = cards
-        self.settings = settings
 
     async def start(self, job_id: int, who: Requester, *, on_queue_wait: QueueWait | None = None) -> Job:
         """Submit a confirmed preview; returns the job as the provider left it (or raises UserError).
@@ -34,7 +32,7 @@ class TrainingStarter:
         if preview is None:
             raise UserError("This preview can no longer be started. Run /train again.")
         try:
-            await check_can_train(self.store, self.settings, who)
+            await self.jobs.check_can_train(who)
         except LimitReached:
             await self.jobs.expire_preview(job_id, "A training limit was reached before Start.")
             raise

@@ -53,7 +53,7 @@ def start(store: SqliteStore, settings, make_provider):
         provider = Provider(lora_fine_tune=ok(ACCEPTED))
         service = JobService(store, make_provider(provider), settings)
         job = await preview(service, OWNER)
-        starter = TrainingStarter(store, service, cards, settings)
+        starter = TrainingStarter(store, service, cards)
         who = Requester(user_id=OWNER, guild_id=10)
         await store.drop_preview(job.id)
         photos = [PreviewPhoto(f"photo{i + 1}.jpg", data) for i, data in enumerate(IMAGES)]
