@@ -35,9 +35,13 @@ def discord_defaults() -> Iterator[None]:
 
 
 def bare_bot(settings: Settings) -> LoraBot:
-    """A LoraBot that connects without its cogs or services (only the notifier is called, on READY)."""
+    """A LoraBot that connects without its cogs or services (only the notifier and the server settings
+    are called, on READY)."""
     bot = LoraBot(settings)
-    services = SimpleNamespace(notifier=SimpleNamespace(connection_restored=AsyncMock()))
+    services = SimpleNamespace(
+        notifier=SimpleNamespace(connection_restored=AsyncMock()),
+        server_settings=SimpleNamespace(reconcile_presence=AsyncMock()),
+    )
     bot.attach(cast(Services, services), cast(KeyValue, SimpleNamespace()))  # setup_hook, its one user, is off
     bot.setup_hook = AsyncMock()  # type: ignore[method-assign]
     return bot

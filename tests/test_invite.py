@@ -120,7 +120,10 @@ async def test_run_logs_the_invite_once_when_the_bot_is_in_no_server(
 ) -> None:
     bot = LoraBot(make_settings())
     restored = AsyncMock()
-    services: Any = SimpleNamespace(notifier=SimpleNamespace(connection_restored=restored))
+    services: Any = SimpleNamespace(
+        notifier=SimpleNamespace(connection_restored=restored),
+        server_settings=SimpleNamespace(reconcile_presence=AsyncMock()),
+    )
     bot.attach(cast(Services, services), cast(KeyValue, None))
     bot._connection.application_id = 1150000000000000777
     with caplog.at_level(logging.INFO, logger="bot.discord_bot"):

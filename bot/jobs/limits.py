@@ -31,6 +31,10 @@ class Requester:
     manages_guild: bool = False
 
 
+def trainings(count: int) -> str:
+    return f"{count} training" if count == 1 else f"{count} trainings"
+
+
 def when(moment: datetime) -> str:
     return f"<t:{int(moment.timestamp())}:R>"
 
@@ -72,14 +76,14 @@ async def check_can_train(store: JobStore, policy: ServerPolicy, who: Requester)
         retry_at = _quota_reopens(await store.submissions_since(since, owner_id=who.user_id), user_limit)
         if retry_at is not None:
             raise LimitReached(
-                f"You have used your {user_limit} training(s) for today; try again {when(retry_at)}.", retry_at
+                f"You have used your {trainings(user_limit)} for today; try again {when(retry_at)}.", retry_at
             )
     guild_limit = policy.max_trainings_per_guild_per_day
     if guild_limit and who.guild_id is not None:
         retry_at = _quota_reopens(await store.submissions_since(since, guild_id=who.guild_id), guild_limit)
         if retry_at is not None:
             raise LimitReached(
-                f"This server has used its {guild_limit} training(s) for today; try again {when(retry_at)}.",
+                f"This server has used its {trainings(guild_limit)} for today; try again {when(retry_at)}.",
                 retry_at,
             )
 

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from bot.config import Settings
 from bot.errors import UserError
 from bot.jobs.generation_model import Generation, GenerationState
 from bot.jobs.generations import (
@@ -24,7 +25,8 @@ from bot.jobs.generations import (
     full_prompt,
     plan_generation,
 )
-from bot.jobs.limits import LimitReached
+from bot.jobs.limits import LimitReached, Requester
+from bot.jobs.server_settings import ServerSettings
 from bot.jobs.model import Job
 from bot.jobs.states import Action, Event, EventSource
 from bot.jobs.transitions import plan_transition
@@ -131,7 +133,15 @@ async def drive(runner: GenerationRunner, clock, generation_id: int, *, steps: i
     return state
 
 
+def use_settings(service: GenerationService, settings: Settings) -> None:
+    """Run `service` under other settings: the environment's, as every server's too."""
+    service.settings = settings
+    service.server_settings = ServerSettings.environment_only(settings)
+
+
 HERE = Destination(1, CHANNEL)
+#: The owner of the models these tests make (user 1), asking from guild 1.
+OWNER_1 = Requester(1, 1)
 
 
 # -- starting -------------------------------------------------------------------------------------------
@@ -165,7 +175,7 @@ async def test_only_the_owners_ready_models_can_be_used(world, store: SqliteStor
 async def test_imagine_writes_the_generation_before_anything_is_sent(world, store: SqliteStore, settings) -> None:
     service, _runner, provider, _ = world()
     job = await ready_model(store, base="normal")
-    generation = await service.imagine(1, job, ImagineOptions("on a beach", strength=0.6, count=3), HERE)
+    generation = await service.imagine(OWNER_1, job, ImagineOptions("on a beach", strength=0.6, count=3), HERE)
     assert generation.state is GenerationState.QUEUED and provider.requests == []
     assert (generation.width, generation.height) == (512, 512)
     assert generation.base_model_id == settings.sdapi_base_model_sd15
@@ -179,26 +189,26 @@ async def test_the_safety_checker_is_off_only_where_allowed_and_age_restricted(
 ) -> None:
     service, *_ = world()
     job = await ready_model(store)
-    service.settings = make_settings(imagine_safety_checker_off_in_nsfw_channels=True, imagine_cooldown_seconds=0)
-    nsfw = await service.imagine(1, job, ImagineOptions("x"), Destination(1, CHANNEL, age_restricted=True))
-    sfw = await service.imagine(1, job, ImagineOptions("x"), HERE)
+    use_settings(service, make_settings(imagine_safety_checker_off_in_nsfw_channels=True, imagine_cooldown_seconds=0))
+    nsfw = await service.imagine(OWNER_1, job, ImagineOptions("x"), Destination(1, CHANNEL, age_restricted=True))
+    sfw = await service.imagine(OWNER_1, job, ImagineOptions("x"), HERE)
     assert not nsfw.safety_checker and sfw.safety_checker
 
 
 async def test_cooldown_and_daily_quota(world, store: SqliteStore, clock, make_settings) -> None:
     service, *_ = world()
-    service.settings = make_settings(imagine_cooldown_seconds=60, max_pictures_per_user_per_day=5)
+    use_settings(service, make_settings(imagine_cooldown_seconds=60, max_pictures_per_user_per_day=5))
     job = await ready_model(store)
-    await service.imagine(1, job, ImagineOptions("a", count=4), HERE)
+    await service.imagine(OWNER_1, job, ImagineOptions("a", count=4), HERE)
     with pytest.raises(LimitReached, match=r"again <t:\d+:R>"):
-        await service.imagine(1, job, ImagineOptions("b"), HERE)
+        await service.imagine(OWNER_1, job, ImagineOptions("b"), HERE)
     clock.advance(61)
     with pytest.raises(LimitReached, match=r"1 of your 5 pictures.*<t:\d+:R>") as info:
-        await service.imagine(1, job, ImagineOptions("c", count=2), HERE)
+        await service.imagine(OWNER_1, job, ImagineOptions("c", count=2), HERE)
     assert info.value.retry_at is not None and info.value.retry_at > clock()
-    await service.imagine(1, job, ImagineOptions("d", count=1), HERE)  # exactly the quota
+    await service.imagine(OWNER_1, job, ImagineOptions("d", count=1), HERE)  # exactly the quota
     clock.advance(days=1)
-    await service.imagine(1, job, ImagineOptions("e", count=4), HERE)
+    await service.imagine(OWNER_1, job, ImagineOptions("e", count=4), HERE)
 
 
 # -- the runner -----------------------------------------------------------------------------------------
@@ -209,7 +219,7 @@ async def test_processing_then_success_downloads_and_queues_the_result_once(worl
         text2img=ok(processing(eta=4)), fetch=[ok(processing(eta=100)), ok(success(count=2, nsfw=[False, True]))]
     )
     job = await ready_model(store)
-    generation = await service.imagine(1, job, ImagineOptions("on a beach", count=2), HERE)
+    generation = await service.imagine(OWNER_1, job, ImagineOptions("on a beach", count=2), HERE)
     assert await drive(runner, clock, generation.id) is GenerationState.READY
 
     sent = json.loads(provider.calls("text2img")[0].content)
@@ -227,7 +237,7 @@ async def test_processing_then_success_downloads_and_queues_the_result_once(worl
 async def test_the_eta_is_followed_within_bounds(world, store: SqliteStore, clock) -> None:
     service, runner, _provider, _ = world(text2img=ok(processing(eta=500)))
     job = await ready_model(store)
-    generation = await service.imagine(1, job, ImagineOptions("x"), HERE)
+    generation = await service.imagine(OWNER_1, job, ImagineOptions("x"), HERE)
     before = clock()
     await drive(runner, clock, generation.id, steps=1)
     after = await require_generation(service.generations, generation.id)
@@ -239,7 +249,7 @@ async def test_a_full_queue_requeues_after_retry_after_and_submits_once_more(wor
     full = {"status": "error", "message": "Rate limit exceeded. Maximum 5 queued requests allowed.", "retry_after": 9}
     service, runner, provider, _ = world(text2img=[ok(full, 429), ok(success(count=1))])
     job = await ready_model(store)
-    generation = await service.imagine(1, job, ImagineOptions("x"), HERE)
+    generation = await service.imagine(OWNER_1, job, ImagineOptions("x"), HERE)
     started = clock()
     await drive(runner, clock, generation.id, steps=1)
     queued = await require_generation(service.generations, generation.id)
@@ -266,7 +276,7 @@ async def test_refusals_fail_and_doubts_are_never_resent(
 ) -> None:
     service, runner, provider, _ = world(text2img=answer)
     job = await ready_model(store)
-    generation = await service.imagine(1, job, ImagineOptions("x"), HERE)
+    generation = await service.imagine(OWNER_1, job, ImagineOptions("x"), HERE)
     assert await drive(runner, clock, generation.id) is state
     assert reason in (await require_generation(service.generations, generation.id)).last_error
     assert len(provider.calls("text2img")) == 1
@@ -276,7 +286,7 @@ async def test_a_generation_failing_while_processing_fails_with_the_reason(world
     failed = {"status": "failed", "id": 77, "message": "GPU out of memory", "output": []}
     service, runner, _provider, _ = world(text2img=ok(processing()), fetch=ok(failed))
     job = await ready_model(store)
-    generation = await service.imagine(1, job, ImagineOptions("x"), HERE)
+    generation = await service.imagine(OWNER_1, job, ImagineOptions("x"), HERE)
     assert await drive(runner, clock, generation.id) is GenerationState.FAILED
     assert "GPU out of memory" in (await require_generation(service.generations, generation.id)).last_error
 
@@ -284,7 +294,7 @@ async def test_a_generation_failing_while_processing_fails_with_the_reason(world
 async def test_a_generation_past_the_deadline_is_given_up(world, store: SqliteStore, clock) -> None:
     service, runner, _provider, _ = world(text2img=ok(processing()), fetch=lambda _r: ok(processing()))
     job = await ready_model(store)
-    generation = await service.imagine(1, job, ImagineOptions("x"), HERE)
+    generation = await service.imagine(OWNER_1, job, ImagineOptions("x"), HERE)
     await drive(runner, clock, generation.id, steps=2)
     clock.advance(service.settings.imagine_deadline_seconds)
     assert await drive(runner, clock, generation.id, steps=1) is GenerationState.FAILED
@@ -293,11 +303,11 @@ async def test_a_generation_past_the_deadline_is_given_up(world, store: SqliteSt
 
 async def test_at_most_the_cap_is_in_flight(world, store: SqliteStore, clock, make_settings) -> None:
     service, runner, provider, _ = world(text2img=lambda _r: ok(processing()))
-    service.settings = make_settings(max_concurrent_generations=2, imagine_cooldown_seconds=0)
+    use_settings(service, make_settings(max_concurrent_generations=2, imagine_cooldown_seconds=0))
     runner.settings = service.settings
     job = await ready_model(store)
     for _ in range(3):
-        await service.imagine(1, job, ImagineOptions("x"), HERE)
+        await service.imagine(OWNER_1, job, ImagineOptions("x"), HERE)
     await drive(runner, clock, 1, steps=1)
     assert await service.generations.in_flight() == 2
     assert len(provider.calls("text2img")) == 2
@@ -308,7 +318,7 @@ async def test_a_runner_that_stops_leading_stops_its_work_and_the_next_leader_se
 ) -> None:
     service, runner, provider, _ = world()
     job = await ready_model(store)
-    generation = await service.imagine(1, job, ImagineOptions("x"), HERE)
+    generation = await service.imagine(OWNER_1, job, ImagineOptions("x"), HERE)
     sending = asyncio.Event()
     cancelled: list[int] = []
 
@@ -340,10 +350,10 @@ async def test_after_a_crash_submitting_becomes_uncertain_and_processing_is_fetc
 ) -> None:
     service, runner, provider, _ = world(fetch=ok(success(count=1)))
     job = await ready_model(store)
-    caught = await service.imagine(1, job, ImagineOptions("x"), HERE)
+    caught = await service.imagine(OWNER_1, job, ImagineOptions("x"), HERE)
     clock.advance(service.settings.imagine_cooldown_seconds)
     await service.record(caught.id, GenerationEvent("submit"))
-    waiting = await service.imagine(1, job, ImagineOptions("y"), HERE)
+    waiting = await service.imagine(OWNER_1, job, ImagineOptions("y"), HERE)
     await service.record(waiting.id, GenerationEvent("submit"))
     await service.record(waiting.id, GenerationEvent("processing", request_id="77", next_check_at=clock()))
 
@@ -368,7 +378,7 @@ def test_plan_refuses_events_out_of_order() -> None:
 async def test_forgetting_the_owner_deletes_generations_and_pictures(world, store: SqliteStore, clock) -> None:
     service, runner, _provider, _ = world(text2img=ok(success(count=2)))
     job = await ready_model(store)
-    generation = await service.imagine(1, job, ImagineOptions("x", count=2), HERE)
+    generation = await service.imagine(OWNER_1, job, ImagineOptions("x", count=2), HERE)
     await drive(runner, clock, generation.id)
     assert await service.pictures_per_model([job.id]) == {job.id: 2}
     await store.forget_user(1)
@@ -380,11 +390,11 @@ async def test_the_runner_waits_quietly_while_at_capacity(world, store: SqliteSt
     import asyncio
 
     service, runner, _provider, _ = world(text2img=lambda _r: ok(processing(eta=30)))
-    service.settings = make_settings(max_concurrent_generations=1, imagine_cooldown_seconds=0)
+    use_settings(service, make_settings(max_concurrent_generations=1, imagine_cooldown_seconds=0))
     runner.settings = service.settings
     job = await ready_model(store)
     for _ in range(2):
-        await service.imagine(1, job, ImagineOptions("x"), HERE)
+        await service.imagine(OWNER_1, job, ImagineOptions("x"), HERE)
     passes = 0
     real = runner.run_once
 

@@ -6,12 +6,19 @@ from datetime import timedelta
 
 import pytest
 
+from bot.config import Settings
 from bot.jobs.limits import LimitReached, Requester, check_can_train
+from bot.jobs.server_settings import ServerPolicy, defaults_of, resolve
 from bot.jobs.states import Action, Event, EventSource
 from bot.jobs.transitions import plan_transition
 from bot.store.sqlite import SqliteStore
 
 MEMBER = Requester(user_id=1, guild_id=10, role_ids=(100,))
+
+
+def policy_of(settings: Settings) -> ServerPolicy:
+    """The settings in effect in a server that kept every default."""
+    return resolve(10, defaults_of(settings), {})
 
 
 async def submit_job(store: SqliteStore, owner: int = 1, guild: int | None = 10, *, finish: bool = True) -> int:
@@ -24,24 +31,24 @@ async def submit_job(store: SqliteStore, owner: int = 1, guild: int | None = 10,
 
 async def refused(store: SqliteStore, settings, who: Requester = MEMBER) -> LimitReached:
     with pytest.raises(LimitReached) as caught:
-        await check_can_train(store, settings, who)
+        await check_can_train(store, policy_of(settings), who)
     return caught.value
 
 
 async def test_a_fresh_member_may_train(store: SqliteStore, settings) -> None:
-    await check_can_train(store, settings, MEMBER)
+    await check_can_train(store, policy_of(settings), MEMBER)
 
 
 async def test_the_active_job_limit(store: SqliteStore, make_settings) -> None:
     settings = make_settings(max_active_jobs_per_user=2, max_trainings_per_user_per_day=0)
     await store.create_job(owner_id=1, guild_id=10, channel_id=5, name="preview", params={}, image_count=5)
     await submit_job(store, finish=False)
-    await check_can_train(store, settings, MEMBER)  # one running (previews do not count)
+    await check_can_train(store, policy_of(settings), MEMBER)  # one running (previews do not count)
     await submit_job(store, finish=False)
     error = await refused(store, settings)
     assert "2 training(s) running" in error.message and "the limit is 2" in error.message
     assert error.retry_at is None
-    await check_can_train(store, settings, Requester(user_id=2, guild_id=10))  # someone else is fine
+    await check_can_train(store, policy_of(settings), Requester(user_id=2, guild_id=10))  # someone else is fine
 
 
 async def test_the_per_user_daily_quota_says_when_to_retry(store: SqliteStore, make_settings, clock) -> None:
@@ -58,7 +65,7 @@ async def test_the_per_user_daily_quota_says_when_to_retry(store: SqliteStore, m
     assert "your 2 trainings for today" in str(error)
 
     clock.current = first + timedelta(days=1, seconds=1)  # the oldest one left the rolling window
-    await check_can_train(store, settings, MEMBER)
+    await check_can_train(store, policy_of(settings), MEMBER)
 
 
 async def test_the_per_guild_daily_quota(store: SqliteStore, make_settings, clock) -> None:
@@ -74,15 +81,15 @@ async def test_the_per_guild_daily_quota(store: SqliteStore, make_settings, cloc
     assert "This server has used its 3 trainings" in error.message
     assert error.retry_at == times[0] + timedelta(days=1)
     assert f"<t:{int(error.retry_at.timestamp())}:R>" in error.message
-    await check_can_train(store, settings, Requester(user_id=1, guild_id=99))
-    await check_can_train(store, settings, Requester(user_id=1, guild_id=None))  # in a DM: no guild quota
+    await check_can_train(store, policy_of(settings), Requester(user_id=1, guild_id=99))
+    await check_can_train(store, policy_of(settings), Requester(user_id=1, guild_id=None))  # in a DM: no guild quota
 
 
 async def test_zero_means_unlimited(store: SqliteStore, make_settings) -> None:
     settings = make_settings(max_trainings_per_user_per_day=0, max_trainings_per_guild_per_day=0)
     for _ in range(30):
         await submit_job(store)
-    await check_can_train(store, settings, MEMBER)
+    await check_can_train(store, policy_of(settings), MEMBER)
 
 
 async def test_managers_are_exempt_only_when_the_setting_is_on(store: SqliteStore, make_settings) -> None:
@@ -101,7 +108,7 @@ async def test_managers_are_exempt_only_when_the_setting_is_on(store: SqliteStor
 
 async def test_role_restriction(store: SqliteStore, make_settings) -> None:
     settings = make_settings(train_role_ids=[100, 200])
-    await check_can_train(store, settings, Requester(user_id=1, guild_id=10, role_ids=(5, 200)))
+    await check_can_train(store, policy_of(settings), Requester(user_id=1, guild_id=10, role_ids=(5, 200)))
     error = await refused(store, settings, Requester(user_id=1, guild_id=10, role_ids=(5, 6)))
     assert "limited to certain roles" in error.message
-    await check_can_train(store, settings, Requester(user_id=1, guild_id=None))  # DMs have no roles to check
+    await check_can_train(store, policy_of(settings), Requester(user_id=1, guild_id=None))  # DMs have no roles to check
