@@ -26,8 +26,8 @@ from bot.jobs.generations import (
     plan_generation,
 )
 from bot.jobs.limits import LimitReached, Requester
-from bot.jobs.server_settings import ServerSettings
 from bot.jobs.model import Job
+from bot.jobs.server_settings import ServerSettings
 from bot.jobs.states import Action, Event, EventSource
 from bot.jobs.transitions import plan_transition
 from bot.store.sqlite import SqliteStore

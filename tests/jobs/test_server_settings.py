@@ -265,7 +265,7 @@ async def test_servers_that_removed_the_bot_while_it_was_offline_start_their_cou
 async def test_generating_can_be_limited_to_roles_and_managers_can_be_exempt(server_settings: ServerSettings) -> None:
     await server_settings.change(GUILD, MANAGER, {"generate_role_ids": [77]})
     policy = await server_settings.effective(GUILD)
-    with pytest.raises(LimitReached, match="Making pictures is limited to certain roles.*<@&77>"):
+    with pytest.raises(LimitReached, match=r"Making pictures is limited to certain roles.*<@&77>"):
         check_roles(policy, Requester(1, GUILD, role_ids=[55]), use="generate")
     check_roles(policy, Requester(1, GUILD, role_ids=[77]), use="generate")
     check_roles(policy, Requester(1, None), use="generate")  # a DM carries no roles
