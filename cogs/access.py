@@ -32,6 +32,12 @@ def is_manager(interaction: discord.Interaction) -> bool:
     return interaction.guild_id is not None and interaction.permissions.manage_guild
 
 
+def manager_label(interaction: discord.Interaction) -> str:
+    """How a job's record and its owner's DM name the manager who cancelled it."""
+    guild = interaction.guild.name if interaction.guild is not None else f"server {interaction.guild_id}"
+    return f"{interaction.user.display_name} (<@{interaction.user.id}>), a manager of {guild}"
+
+
 def can_post_with(permissions: discord.Permissions, *, in_thread: bool) -> bool:
     """Do these permissions let the bot post a card (an embed with files) there?"""
     can_send = permissions.send_messages_in_threads if in_thread else permissions.send_messages

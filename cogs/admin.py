@@ -19,7 +19,7 @@ from discord.ext import commands
 from bot.errors import UserError
 from bot.jobs.server_settings import SPECS
 from bot.render_settings import server_jobs_embed, settings_embed, updates_text
-from cogs.access import ManagersOnly, bot_can_post_in, is_manager
+from cogs.access import ManagersOnly, bot_can_post_in, is_manager, manager_label
 from cogs.errors import report_error
 
 if TYPE_CHECKING:
@@ -309,10 +309,9 @@ class Admin(commands.GroupCog, group_name="lora-admin", group_description="Set h
     async def cancel_job(self, interaction: discord.Interaction, guild_id: int, job_id: int) -> str:
         services = self.bot.services
         job = await services.queries.owned_job(interaction.user.id, str(job_id), manager_guild=guild_id)
-        manager = interaction.user
-        by = f"{manager.display_name} (<@{manager.id}>), a manager of {guild_name(interaction)}"
-        job = await services.jobs.cancel(job, by_user_id=manager.id, by=by)
-        log.info("guild %s: manager %s cancelled job %s of member %s", guild_id, manager.id, job.id, job.owner_id)
+        manager = interaction.user.id
+        job = await services.jobs.cancel(job, by_user_id=manager, by=manager_label(interaction))
+        log.info("guild %s: manager %s cancelled job %s of member %s", guild_id, manager, job.id, job.owner_id)
         return f"Training #{job.id} **{job.name}** is cancelled; <@{job.owner_id}> is told you cancelled it."
 
     # -- forget-server --------------------------------------------------------------------------------

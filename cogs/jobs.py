@@ -17,7 +17,7 @@ from discord.ext import commands
 from bot.errors import UserError
 from bot.jobs.provider_errors import ProviderError
 from bot.render import job_card, job_list_embed, status_text
-from cogs.access import is_manager
+from cogs.access import is_manager, manager_label
 from cogs.errors import report_error
 
 if TYPE_CHECKING:
@@ -179,7 +179,8 @@ class Jobs(commands.Cog):
     async def confirm_cancel(self, interaction: discord.Interaction, job_id: int) -> str:
         manager_guild = interaction.guild_id if is_manager(interaction) else None
         job = await self.bot.services.queries.owned_job(interaction.user.id, str(job_id), manager_guild=manager_guild)
-        job = await self.bot.services.jobs.cancel(job, by_user_id=interaction.user.id)
+        by = manager_label(interaction) if manager_guild is not None else None  # unused when it is the owner
+        job = await self.bot.services.jobs.cancel(job, by_user_id=interaction.user.id, by=by)
         return f"Training #{job.id} **{job.name}** is cancelled."
 
     # -- /mymodels --------------------------------------------------------------------------------

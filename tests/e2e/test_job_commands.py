@@ -379,10 +379,11 @@ async def test_only_the_owner_or_a_manager_of_that_guild_can_cancel(world: World
     assert training.cancelled and len(cancel_requests(world)) == 1
     job = await world.store.require_job(job.id)
     assert job.state is JobState.CANCELLED
-    assert job.last_error == f"Cancelled by <@{MANAGER}>."
+    assert job.last_error == f"Cancelled by manager (<@{MANAGER}>), a manager of Test guild."
     await world.wait_for(lambda: world.dm_texts(ALICE) or None, what="the owner's DM")
     await settle(world)
     assert len(world.dm_texts(ALICE)) == 1 and "was cancelled" in world.dm_texts(ALICE)[0]
+    assert f"Cancelled by manager (<@{MANAGER}>), a manager of Test guild." in world.dm_texts(ALICE)[0]
     assert world.dm_texts(MANAGER) == []
 
 
