@@ -52,7 +52,7 @@ def _table(name: str, spec: str, order_by: str = "id", *, identity: bool = False
     return Table(name, columns, order_by, identity)
 
 
-#: Every table of schema version 5 except schema_migrations and state_counts (kept by triggers),
+#: Every table of schema version 6 except schema_migrations and state_counts (kept by triggers),
 #: in an order that satisfies the foreign keys.
 TABLES: tuple[Table, ...] = (
     _table("provider_listings", "id:int listed_at:time", identity=True),
@@ -94,8 +94,14 @@ TABLES: tuple[Table, ...] = (
     ),
     _table("previews", "job_id:int card_in_dms:bool expires_at:time", "job_id"),
     _table("preview_photos", "job_id:int position:int filename:text data:blob", "job_id, position"),
+    _table("guild_settings", "guild_id:int settings:json updated_at:time left_at:time", "guild_id"),
+    _table(
+        "guild_setting_changes",
+        "id:int guild_id:int setting:text old_value:json new_value:json changed_by:int changed_at:time",
+        identity=True,
+    ),
 )
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _BATCH = 500
 #: The triggers of migration 0004 that count inserted rows into state_counts (on PostgreSQL).
 _COUNT_TRIGGERS = (("jobs", "jobs_count_insert"), ("generations", "generations_count_insert"))

@@ -8,13 +8,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
-from bot.jobs.ports import GenerationStore, JobStore
+from bot.jobs.ports import GenerationStore, GuildSettingsStore, JobStore
 from bot.store.database import Database, DatabaseUnavailable, Migration, utcnow
 from bot.store.pg_database import PostgresDatabase, is_postgres_url, redact_url
 from bot.store.postgres import PostgresStore
 from bot.store.postgres_generations import PostgresGenerationStore
+from bot.store.postgres_guild_settings import PostgresGuildSettingsStore
 from bot.store.sqlite import SqliteStore
 from bot.store.sqlite_generations import SqliteGenerationStore
+from bot.store.sqlite_guild_settings import SqliteGuildSettingsStore
 
 SQLITE_PREFIX = "sqlite:///"
 DatabaseKind = Literal["sqlite", "postgresql"]
@@ -34,10 +36,11 @@ class StoreDatabase(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Stores:
-    """The job and generation stores over one open database, sharing one clock."""
+    """The job, generation and server-settings stores over one open database, sharing one clock."""
 
     jobs: JobStore
     generations: GenerationStore
+    guild_settings: GuildSettingsStore
     database: StoreDatabase
     kind: DatabaseKind
 
@@ -69,7 +72,7 @@ def database_kind(database_url: str) -> DatabaseKind:
 
 
 async def open_stores(database_url: str, *, now: Callable[[], datetime] = utcnow, migrate: bool = False) -> Stores:
-    """Open the database `database_url` names and its two stores; with `migrate`, apply the pending
+    """Open the database `database_url` names and its stores; with `migrate`, apply the pending
     migrations first (closing the database again if that fails).
 
     Raises DatabaseUnavailable (a ConfigError naming DATABASE_URL) when the database cannot be
@@ -79,10 +82,22 @@ async def open_stores(database_url: str, *, now: Callable[[], datetime] = utcnow
     stores: Stores
     if kind == "sqlite":
         db = await Database.open(database_url.removeprefix(SQLITE_PREFIX))
-        stores = Stores(SqliteStore(db, now=now), SqliteGenerationStore(db, now=now), db, kind)
+        stores = Stores(
+            SqliteStore(db, now=now),
+            SqliteGenerationStore(db, now=now),
+            SqliteGuildSettingsStore(db, now=now),
+            db,
+            kind,
+        )
     else:
         pg = await PostgresDatabase.open(database_url)
-        stores = Stores(PostgresStore(pg, now=now), PostgresGenerationStore(pg, now=now), pg, kind)
+        stores = Stores(
+            PostgresStore(pg, now=now),
+            PostgresGenerationStore(pg, now=now),
+            PostgresGuildSettingsStore(pg, now=now),
+            pg,
+            kind,
+        )
     if migrate:
         try:
             await stores.database.migrate()

@@ -229,6 +229,21 @@ class PostgresStore:
         )
         return [int(row[0]) for row in rows]
 
+    async def guild_jobs(
+        self, guild_id: int, states: Sequence[JobState], *, updated_since: datetime | None = None, limit: int = 25
+    ) -> list[Job]:
+        """A server's jobs in these states (updated at or after `updated_since`, if given), newest
+        first (served by jobs_guild_newest)."""
+        rows = await self.db.fetch(
+            "SELECT * FROM jobs WHERE guild_id = $1 AND state = ANY($2::text[])"
+            " AND ($3::timestamptz IS NULL OR updated_at >= $3) ORDER BY id DESC LIMIT $4",
+            guild_id,
+            [s.value for s in states],
+            None if updated_since is None else utc(updated_since),
+            limit,
+        )
+        return [job_from_record(row) for row in rows]
+
     async def set_card(self, job_id: int, channel_id: int, message_id: int) -> None:
         await self.db.execute(
             "UPDATE jobs SET card_channel_id = $2, card_message_id = $3 WHERE id = $1", job_id, channel_id, message_id

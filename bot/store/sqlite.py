@@ -501,6 +501,27 @@ class SqliteStore:
         )
         return [int(row[0]) for row in rows]
 
+    async def guild_jobs(
+        self, guild_id: int, states: Sequence[JobState], *, updated_since: datetime | None = None, limit: int = 25
+    ) -> list[Job]:
+        """A server's jobs in these states (updated at or after `updated_since`, if given), newest
+        first (served by jobs_guild_newest)."""
+        if not states:
+            return []
+        placeholders = ", ".join("?" for _ in states)
+        since = "" if updated_since is None else " AND updated_at >= ?"
+        rows = await self.db.fetchall(
+            f"SELECT * FROM jobs WHERE guild_id = ? AND state IN ({placeholders}){since}"  # noqa: S608 (marks)
+            " ORDER BY id DESC LIMIT ?",
+            (
+                guild_id,
+                *[s.value for s in states],
+                *([] if updated_since is None else [iso(updated_since)]),
+                limit,
+            ),
+        )
+        return [job_from_row(row) for row in rows]
+
     # -- counts for /metrics (bounded reads, no write) ------------------------------------------
 
     async def state_counts(self) -> dict[str, dict[str, int]]:

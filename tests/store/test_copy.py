@@ -65,6 +65,13 @@ async def fill(stores: Stores, clock: Any) -> None:
     await generations.apply(made.id, lambda g: plan_generation(g, GenerationEvent("ready", pictures=pictures), clock()))
     await generations.pictures_posted(made.id, ["https://cdn/posted.png"])
     await generations.create(new_generation(model, kind="sample", samples=1))
+    settings = stores.guild_settings
+    await settings.update_guild_overrides(
+        2**60 + 1, {"card_channel": 2**62 + 5, "roles": [2**59, 3], "safety": False, "note": "é"}, changed_by=2**61
+    )
+    await settings.update_guild_overrides(2**60 + 1, {"roles": None}, changed_by=7)  # a NULL new value
+    await settings.update_guild_overrides(10, {"max_active": 2}, changed_by=7)
+    await settings.mark_guilds_left([10], clock() - timedelta(days=1))
 
 
 async def snapshot(stores: Stores) -> dict[str, Any]:
@@ -88,6 +95,10 @@ async def snapshot(stores: Stores) -> dict[str, Any]:
     everything["kv"] = await jobs.get_value("commands_synced")
     everything["models"] = [await jobs.unclaimed_models_since(n) for n in range(3)]
     everything["states"] = {e: {s: n for s, n in c.items() if n} for e, c in (await jobs.state_counts()).items()}
+    settings = stores.guild_settings
+    everything["guilds"] = await settings.guilds_with_settings()
+    everything["overrides"] = [await settings.guild_overrides(g) for g in (2**60 + 1, 10)]
+    everything["changes"] = [await settings.guild_setting_changes(g) for g in (2**60 + 1, 10)]
     return everything
 
 
@@ -139,6 +150,12 @@ async def test_after_the_copy_postgres_hands_out_new_ids_and_the_copied_rows_wor
         model = await job_by_training_id(stores.jobs, "READY-1")
         assert model is not None
         assert (await stores.generations.create(new_generation(model))).id == 3
+        await stores.guild_settings.update_guild_overrides(2**60 + 1, {"max_active": 1}, changed_by=1)
+        ids = await stores.database.fetch("SELECT id FROM guild_setting_changes ORDER BY id")  # type: ignore[attr-defined]
+        assert [row[0] for row in ids] == [1, 2, 3, 4, 5, 6, 7]
+        left = clock() - timedelta(days=1)  # when the bot left guild 10, to the microsecond
+        assert await stores.guild_settings.purge_guilds_left_before(left) == []
+        assert await stores.guild_settings.purge_guilds_left_before(left + timedelta(microseconds=1)) == [10]
         await enqueue(stores.jobs, job.id, OutboxDraft("dm", "new", {}))
         events = await stores.jobs.events_for_job(model.id)
         assert len(events) == 3
@@ -207,9 +224,9 @@ async def test_a_source_at_another_schema_version_is_refused(tmp_path: Path, pg_
     new = await Database.open(str(tmp_path / "new.db"))
     await new.migrate()
     async with new.transaction() as conn:
-        await conn.execute("INSERT INTO schema_migrations VALUES (6, 'future', '2099-01-01T00:00:00+00:00')")
+        await conn.execute("INSERT INTO schema_migrations VALUES (7, 'future', '2099-01-01T00:00:00+00:00')")
     await new.close()
-    with pytest.raises(MigrationError, match="schema version 6, newer"):
+    with pytest.raises(MigrationError, match="schema version 7, newer"):
         await copy_database(f"sqlite:///{tmp_path / 'new.db'}", pg_url)
 
 

@@ -25,6 +25,8 @@ TABLES = {
     "state_counts",
     "previews",
     "preview_photos",
+    "guild_settings",
+    "guild_setting_changes",
     "schema_migrations",
 }
 INDEXES = {
@@ -33,6 +35,9 @@ INDEXES = {
     "jobs_active_updated",
     "outbox_pending",
     "provider_models_first_listing",
+    "guild_settings_left",
+    "guild_setting_changes_newest",
+    "jobs_guild_newest",
 }
 
 
@@ -56,7 +61,14 @@ async def raw_db(tmp_path: Path):
         await database.close()
 
 
-MIGRATIONS = [(1, "initial"), (2, "provider_models"), (3, "generations"), (4, "state_counts"), (5, "leases_previews")]
+MIGRATIONS = [
+    (1, "initial"),
+    (2, "provider_models"),
+    (3, "generations"),
+    (4, "state_counts"),
+    (5, "leases_previews"),
+    (6, "guild_settings"),
+]
 
 
 async def test_a_fresh_database_gets_every_migration_and_every_table(raw_db: Database) -> None:

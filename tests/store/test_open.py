@@ -1,4 +1,4 @@
-"""`open_stores`: DATABASE_URL picks the adapter (sqlite:/// or postgresql://), both stores share
+"""`open_stores`: DATABASE_URL picks the adapter (sqlite:/// or postgresql://), the stores share
 one database and one clock, migrating is optional and closes the database when it fails; and
 `lorabot migrate` works on PostgreSQL without ever printing the password."""
 
@@ -19,8 +19,10 @@ from bot.store.open import UnknownDatabaseUrl, database_kind, open_stores
 from bot.store.pg_database import PostgresDatabase
 from bot.store.postgres import PostgresStore
 from bot.store.postgres_generations import PostgresGenerationStore
+from bot.store.postgres_guild_settings import PostgresGuildSettingsStore
 from bot.store.sqlite import SqliteStore
 from bot.store.sqlite_generations import SqliteGenerationStore
+from bot.store.sqlite_guild_settings import SqliteGuildSettingsStore
 from tests.conftest import Clock
 from tests.store.contract.conftest import new_generation, ready_job
 
@@ -42,8 +44,10 @@ async def test_sqlite(tmp_path: Path, clock: Clock) -> None:
     try:
         assert stores.kind == "sqlite"
         assert isinstance(stores.jobs, SqliteStore) and isinstance(stores.generations, SqliteGenerationStore)
-        assert isinstance(stores.database, Database) and stores.jobs.db is stores.generations.db is stores.database
-        assert await stores.database.schema_version() == 5 and await stores.database.ping()
+        assert isinstance(stores.guild_settings, SqliteGuildSettingsStore)
+        assert isinstance(stores.database, Database)
+        assert stores.jobs.db is stores.generations.db is stores.guild_settings.db is stores.database
+        assert await stores.database.schema_version() == 6 and await stores.database.ping()
         await shared_database_and_clock(stores, clock)
     finally:
         await stores.close()
@@ -54,9 +58,11 @@ async def test_postgresql(pg_url: str, clock: Clock) -> None:
     try:
         assert stores.kind == "postgresql"
         assert isinstance(stores.jobs, PostgresStore) and isinstance(stores.generations, PostgresGenerationStore)
-        assert isinstance(stores.database, PostgresDatabase) and stores.jobs.db is stores.generations.db
+        assert isinstance(stores.guild_settings, PostgresGuildSettingsStore)
+        assert isinstance(stores.database, PostgresDatabase)
+        assert stores.jobs.db is stores.generations.db is stores.guild_settings.db is stores.database
         assert await stores.database.schema_version() == 0  # not migrated unless asked
-        assert len(await stores.database.migrate()) == 5
+        assert len(await stores.database.migrate()) == 6
         assert await stores.database.ping()
         await shared_database_and_clock(stores, clock)
     finally:
@@ -72,6 +78,9 @@ async def shared_database_and_clock(stores, clock: Clock) -> None:
     generation = await stores.generations.create(new_generation(job))
     assert generation.created_at == clock()
     assert (await stores.jobs.state_counts())["generations"] == {"queued": 1}
+    before, after = await stores.guild_settings.update_guild_overrides(10, {"max_active": 2}, changed_by=1)
+    assert (before, after) == ({}, {"max_active": 2})
+    assert [change.changed_at for change in await stores.guild_settings.guild_setting_changes(10)] == [clock()]
 
 
 async def test_a_failed_migration_closes_the_database(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,8 +120,8 @@ def test_lorabot_migrate_on_postgresql_never_prints_the_password(pg_url: str, tm
     first = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False)
     second = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False)
     assert first.returncode == 0, first.stderr
-    assert "applied 5 migration(s); schema version 5" in first.stdout
-    assert "applied 0 migration(s); schema version 5" in second.stdout
+    assert "applied 6 migration(s); schema version 6" in first.stdout
+    assert "applied 0 migration(s); schema version 6" in second.stdout
     assert "database: postgresql://postgres:***@" in first.stderr
     assert "hunter2" not in first.stdout + first.stderr + second.stdout + second.stderr
 

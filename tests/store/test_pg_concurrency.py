@@ -1,6 +1,7 @@
 """PostgreSQL under concurrency, as several bot processes sharing one database: each process is
 a pool of its own. Reports racing on one job keep one event per status and move it only forward;
-outbox items are never leased to two processes; a generation is submitted once."""
+outbox items are never leased to two processes; a generation is submitted once; two processes
+changing one server's settings at once both keep their change."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from bot.jobs.transitions import plan_transition
 from bot.store.pg_database import PostgresDatabase
 from bot.store.postgres import PostgresStore
 from bot.store.postgres_generations import PostgresGenerationStore
+from bot.store.postgres_guild_settings import PostgresGuildSettingsStore
 from tests.store.contract.conftest import SUBMIT, accepted, new_generation, new_job, ready_job, webhook
 from tests.store.helpers import enqueue, require_generation
 
@@ -127,3 +129,30 @@ async def test_a_generation_is_submitted_by_one_process_only(pools: list[Postgre
     assert sum(change.changed for change in changes) == 1
     assert (await require_generation(generations[1], created.id)).state is GenerationState.SUBMITTING
     assert (await jobs.state_counts())["generations"] == {"queued": 0, "submitting": 1}
+
+
+async def test_two_processes_changing_one_servers_settings_at_once_keep_both_changes(
+    pools: list[PostgresDatabase],
+) -> None:
+    first, second = PostgresGuildSettingsStore(pools[0]), PostgresGuildSettingsStore(pools[1])
+    guilds = [2**60 + n for n in range(20)]
+    for guild in guilds[10:]:  # half of them exist already: the race is on reading the row, not making it
+        await first.update_guild_overrides(guild, {"existing": True}, changed_by=1)
+
+    await asyncio.gather(
+        *(
+            update
+            for guild in guilds
+            for update in (
+                first.update_guild_overrides(guild, {"max_active": 3}, changed_by=1),
+                second.update_guild_overrides(guild, {"card_channel": guild + 1}, changed_by=2),
+            )
+        )
+    )
+
+    for guild in guilds:
+        existing = {"existing": True} if guild in guilds[10:] else {}
+        assert await second.guild_overrides(guild) == {**existing, "max_active": 3, "card_channel": guild + 1}
+        changes = await first.guild_setting_changes(guild)
+        assert sorted((c.key, c.changed_by) for c in changes[:2]) == [("card_channel", 2), ("max_active", 1)]
+        assert len(changes) == 2 + len(existing)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from bot.jobs.states import JobState
 from bot.jobs.transitions import plan_transition
 from bot.store.pg_database import PostgresDatabase
 from bot.store.postgres import PostgresStore
@@ -66,6 +67,11 @@ async def stores(pg_db: PostgresDatabase, clock: Clock) -> tuple[PostgresStore, 
             "guild quota",
             lambda j, g, now: j.submissions_since(now - timedelta(days=1), guild_id=10),
             "jobs_guild_submitted",
+        ),
+        (
+            "server's jobs",
+            lambda j, g, now: j.guild_jobs(10, [JobState.SUBMITTING, JobState.DEPLOYING_GPU], updated_since=now),
+            "jobs_guild_newest",
         ),
         ("claim", lambda j, g, now: j.claim_outbox("p", lease=timedelta(minutes=1)), "outbox_pending"),
         ("next due", lambda j, g, now: j.next_outbox_due(), "outbox_pending"),

@@ -26,8 +26,10 @@ from bot.jobs.transitions import plan_transition
 from bot.store import Database
 from bot.store.postgres import PostgresStore
 from bot.store.postgres_generations import PostgresGenerationStore
+from bot.store.postgres_guild_settings import PostgresGuildSettingsStore
 from bot.store.sqlite import SqliteStore
 from bot.store.sqlite_generations import SqliteGenerationStore
+from bot.store.sqlite_guild_settings import SqliteGuildSettingsStore
 from tests.postgres import migrated_postgres
 
 Query = Callable[[str, tuple[Any, ...]], Awaitable[list[tuple[Any, ...]]]]
@@ -38,6 +40,7 @@ class Harness:
     kind: str
     jobs: SqliteStore | PostgresStore
     generations: SqliteGenerationStore | PostgresGenerationStore
+    guild_settings: SqliteGuildSettingsStore | PostgresGuildSettingsStore
     clock: Any  # tests.conftest.Clock
     #: What the database raises for a violated constraint (CHECK, UNIQUE, FOREIGN KEY).
     integrity_error: type[Exception]
@@ -71,6 +74,8 @@ ALL_TABLES = (
     "generation_images",
     "previews",
     "preview_photos",
+    "guild_settings",
+    "guild_setting_changes",
 )
 
 
@@ -93,6 +98,7 @@ async def harness(request: pytest.FixtureRequest, clock: Any, tmp_path: Path) ->
                 "sqlite",
                 SqliteStore(db, now=clock),
                 SqliteGenerationStore(db, now=clock),
+                SqliteGuildSettingsStore(db, now=clock),
                 clock,
                 sqlite3.IntegrityError,
                 sqlite_query,
@@ -110,6 +116,7 @@ async def harness(request: pytest.FixtureRequest, clock: Any, tmp_path: Path) ->
             "postgres",
             PostgresStore(pg, now=clock),
             PostgresGenerationStore(pg, now=clock),
+            PostgresGuildSettingsStore(pg, now=clock),
             clock,
             asyncpg.IntegrityConstraintViolationError,
             pg_query,

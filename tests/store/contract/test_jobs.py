@@ -226,3 +226,46 @@ async def test_job_ids_in_states(harness: Harness) -> None:
     assert await harness.jobs.job_ids_in_states([JobState.SUBMITTING, JobState.PREVIEW]) == [preview.id, submitting.id]
     assert await harness.jobs.job_ids_in_states([JobState.SUBMITTING, JobState.PREVIEW], limit=1) == [preview.id]
     assert await harness.jobs.job_ids_in_states([JobState.FAILED]) == []
+
+
+async def test_guild_jobs_are_one_servers_jobs_in_the_states_asked_newest_first(harness: Harness) -> None:
+    store = harness.jobs
+    guild = 1_152_921_504_606_846_977  # more than 2**53
+    preview = await new_job(store, guild=guild)
+    first = await submitted_job(store, owner=1, guild=guild)
+    second = await submitted_job(store, owner=2, guild=guild)
+    training = await submitted_job(store, owner=3, guild=guild)
+    await store.apply_event(training.id, accepted("T-guild"), plan_transition)
+    await submitted_job(store, guild=20)  # another server
+    await submitted_job(store, guild=None)  # a DM job
+
+    submitting = [JobState.SUBMITTING]
+    assert [j.id for j in await store.guild_jobs(guild, submitting)] == [second.id, first.id]
+    both = [JobState.SUBMITTING, JobState.DEPLOYING_GPU]
+    assert [j.id for j in await store.guild_jobs(guild, both)] == [training.id, second.id, first.id]
+    assert [j.id for j in await store.guild_jobs(guild, both, limit=2)] == [training.id, second.id]
+    assert [j.id for j in await store.guild_jobs(guild, [JobState.PREVIEW])] == [preview.id]
+    assert await store.guild_jobs(guild, [JobState.FAILED]) == []
+    assert await store.guild_jobs(guild, []) == []
+    assert await store.guild_jobs(30, submitting) == []
+    found = await store.guild_jobs(guild, [JobState.DEPLOYING_GPU])
+    assert found == [await store.require_job(training.id)]  # whole jobs, as get_job reads them
+
+
+async def test_guild_jobs_updated_since(harness: Harness) -> None:
+    store, clock = harness.jobs, harness.clock
+    stale = await submitted_job(store)
+    touched = await submitted_job(store)
+    clock.advance(minutes=10)
+    cutoff = clock()
+    recent = await submitted_job(store)
+    clock.advance(minutes=10)
+    await store.touch(touched.id)
+    states = [JobState.SUBMITTING]
+
+    assert [j.id for j in await store.guild_jobs(10, states)] == [recent.id, touched.id, stale.id]
+    assert [j.id for j in await store.guild_jobs(10, states, updated_since=cutoff)] == [recent.id, touched.id]
+    assert [j.id for j in await store.guild_jobs(10, states, updated_since=clock())] == [touched.id]
+    assert await store.guild_jobs(10, states, updated_since=clock() + timedelta(seconds=1)) == []
+    other_zone = cutoff.astimezone(timezone(timedelta(hours=-7)))  # the same instant
+    assert [j.id for j in await store.guild_jobs(10, states, updated_since=other_zone)] == [recent.id, touched.id]
