@@ -7,7 +7,7 @@ from typing import Any
 
 import discord
 
-from bot.jobs.model import GuildSettingChange, Job
+from bot.jobs.model import FORGOTTEN_MEMBER, GuildSettingChange, Job
 from bot.jobs.server_settings import SPECS, SPECS_BY_KEY, ServerPolicy, SettingUpdate, Source, Spec
 from bot.render import status_text, timestamp
 
@@ -44,11 +44,12 @@ def settings_embed(guild_name: str, policy: ServerPolicy, history: Sequence[Guil
 
 def change_line(change: GuildSettingChange) -> str:
     spec = SPECS_BY_KEY.get(change.key)
+    who = "a forgotten member" if change.changed_by == FORGOTTEN_MEMBER else f"<@{change.changed_by}>"
     if spec is None:
-        return f"{timestamp(change.changed_at, 'R')} <@{change.changed_by}> changed `{change.key}`"
+        return f"{timestamp(change.changed_at, 'R')} {who} changed `{change.key}`"
     old = "default" if change.old is None else value_text(spec, _held(spec, change.old))
     new = "default" if change.new is None else value_text(spec, _held(spec, change.new))
-    return f"{timestamp(change.changed_at, 'R')} <@{change.changed_by}>: {spec.label} {old} → {new}"
+    return f"{timestamp(change.changed_at, 'R')} {who}: {spec.label} {old} → {new}"
 
 
 def _held(spec: Spec, stored: Any) -> Any:

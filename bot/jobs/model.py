@@ -148,6 +148,10 @@ class Posted:
     attachment_urls: tuple[str, ...] = ()
 
 
+#: Who made a settings change, once that member was forgotten (/forgetme).
+FORGOTTEN_MEMBER = 0
+
+
 @dataclass(frozen=True, slots=True)
 class GuildSettingChange:
     """One change of a server's setting: which, from what to what (None: the default), by whom."""

@@ -17,6 +17,7 @@ import asyncpg
 from asyncpg import Record
 
 from bot.jobs.model import (
+    FORGOTTEN_MEMBER,
     Job,
     JobEvent,
     JobNotFound,
@@ -486,16 +487,19 @@ class PostgresStore:
 
     async def forget_user(self, user_id: int) -> int:
         """Delete everything stored about a user, in one statement (jobs cascade to their events,
-        outbox items, generations, pictures and previews)."""
+        outbox items, generations, pictures and previews), and their id in the servers' settings
+        histories."""
         return int(
             await self.db.run(
                 lambda conn: conn.fetchval(
                     "WITH models AS (DELETE FROM provider_models WHERE training_id IN"
                     "   (SELECT training_id FROM jobs WHERE owner_id = $1)),"
                     " deleted AS (DELETE FROM jobs WHERE owner_id = $1 RETURNING 1),"
-                    " member AS (DELETE FROM users WHERE user_id = $1)"
+                    " member AS (DELETE FROM users WHERE user_id = $1),"
+                    " history AS (UPDATE guild_setting_changes SET changed_by = $2 WHERE changed_by = $1)"
                     " SELECT COUNT(*) FROM deleted",
                     user_id,
+                    FORGOTTEN_MEMBER,
                 )
             )
         )

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bot.jobs.model import (
+    FORGOTTEN_MEMBER,
     Job,
     JobEvent,
     JobNotFound,
@@ -451,7 +452,8 @@ class SqliteStore:
             )
 
     async def forget_user(self, user_id: int) -> int:
-        """Delete everything stored about a user (jobs cascade to events and outbox)."""
+        """Delete everything stored about a user (jobs cascade to events and outbox), and their id in
+        the servers' settings histories."""
         async with self.db.transaction() as conn:
             await conn.execute(
                 "DELETE FROM provider_models WHERE training_id IN (SELECT training_id FROM jobs WHERE owner_id = ?)",
@@ -460,6 +462,10 @@ class SqliteStore:
             cursor = await conn.execute("DELETE FROM jobs WHERE owner_id = ?", (user_id,))
             deleted = cursor.rowcount
             await conn.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
+            # A server's settings history keeps what changed, no longer who changed it.
+            await conn.execute(
+                "UPDATE guild_setting_changes SET changed_by = ? WHERE changed_by = ?", (FORGOTTEN_MEMBER, user_id)
+            )
         return deleted
 
     # -- the provider account's models (settling unconfirmed submissions) ----------------------

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from bot.jobs.generations import GenerationEvent, plan_generation
-from bot.jobs.model import Job, JobNotFound, OutboxDraft, PreviewPhoto, TransitionPlan
+from bot.jobs.model import FORGOTTEN_MEMBER, Job, JobNotFound, OutboxDraft, PreviewPhoto, TransitionPlan
 from bot.jobs.states import Action, Event, EventSource
 from bot.jobs.transitions import plan_transition
 from tests.store.contract.conftest import (
@@ -120,6 +120,8 @@ async def test_forget_user_cascades_to_everything_about_them(harness: Harness) -
     await store.mark_dms_closed(1)
     await store.mark_dms_closed(2)
     await store.set_value("kept", "yes")
+    await harness.guild_settings.update_guild_overrides(77, {"imagine_cooldown_seconds": 5}, changed_by=1)
+    await harness.guild_settings.update_guild_overrides(77, {"imagine_cooldown_seconds": 6}, changed_by=2)
 
     assert await store.forget_user(1) == 3
 
@@ -135,6 +137,10 @@ async def test_forget_user_cascades_to_everything_about_them(harness: Harness) -
     assert await store.dms_closed(1) is False
     assert await store.dms_closed(2) is True
     assert await store.get_value("kept") == "yes"
+    # The server's settings history keeps what changed, but no longer who: only member 2 is named.
+    history = await harness.guild_settings.guild_setting_changes(77)
+    assert [(c.new, c.changed_by) for c in history] == [(6, 2), (5, FORGOTTEN_MEMBER)]
+    assert await harness.guild_settings.guild_overrides(77) == {"imagine_cooldown_seconds": 6}
     assert await job_by_training_id(store, "MINE") is None
     assert nonzero(await store.state_counts()) == await grouped_counts(harness)
     assert await store.forget_user(1) == 0
