@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .discord_server import FakeDiscord
 
 T = TypeVar("T")
+POLL_S = 0.05
 
 
 class Notifier:
@@ -39,7 +40,8 @@ class Notifier:
         self._waiters.clear()
 
     async def wait_for(self, check: Callable[[], T | None], timeout: float, what: Callable[[], str]) -> T:  # noqa: ASYNC109
-        """Return the first truthy ``check()`` result; raise ``TimeoutError`` with ``what()`` after timeout."""
+        """Return the first truthy ``check()`` result; raise ``TimeoutError`` with ``what()`` after timeout.
+        ``check`` runs on every change and at least every ``POLL_S``: it may read the client's state too."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -52,7 +54,7 @@ class Notifier:
             fut: asyncio.Future[None] = loop.create_future()
             self._waiters.add(fut)
             try:
-                await asyncio.wait({fut}, timeout=remaining)
+                await asyncio.wait({fut}, timeout=min(remaining, POLL_S))
             finally:
                 self._waiters.discard(fut)
 
