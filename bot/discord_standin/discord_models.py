@@ -97,7 +97,8 @@ class FakeRole:
 
 @dataclass
 class FakeMember:
-    """A guild member; ``permissions`` is what interactions report as ``member.permissions``."""
+    """A guild member; ``permissions`` are its base guild-level permissions, to which its roles' permissions
+    add (:meth:`FakeGuild.member_permissions` is what interactions report as ``member.permissions``)."""
 
     guild_id: int
     user_id: int
@@ -107,9 +108,13 @@ class FakeMember:
     joined_at: dt.datetime = field(default_factory=lambda: dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
 
 
+#: Channel types of threads (announcement, public and private thread).
+THREAD_TYPES = frozenset({10, 11, 12})
+
+
 @dataclass
 class FakeChannel:
-    """A guild text channel (type 0) or a DM channel (type 1)."""
+    """A guild channel (text 0 by default; any guild type, threads 10-12 included) or a DM channel (type 1)."""
 
     id: int
     guild_id: int | None
@@ -121,10 +126,15 @@ class FakeChannel:
     recipient_id: int | None = None
     last_message_id: int | None = None
     nsfw: bool = False  # age-restricted
+    parent_id: int | None = None  # the category of a channel, the channel of a thread
 
     @property
     def is_dm(self) -> bool:
         return self.type == 1
+
+    @property
+    def is_thread(self) -> bool:
+        return self.type in THREAD_TYPES
 
 
 @dataclass
@@ -143,13 +153,20 @@ class FakeGuild:
     joined_at: dt.datetime = field(default_factory=lambda: dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
 
     def member_permissions(self, user_id: int) -> int:
-        """Guild-level permissions of a member (owner and administrators get everything)."""
+        """Guild-level permissions of a member: its base permissions and those of its roles, as Discord
+        computes them (owner and administrators get everything)."""
         from .discord_payloads import PERM_ALL
 
         if user_id == self.owner_id:
             return PERM_ALL
         member = self.members.get(user_id)
-        perms = member.permissions if member is not None else self.everyone_permissions
+        if member is None:
+            perms = self.everyone_permissions
+        else:
+            perms = member.permissions
+            for role_id in member.roles:
+                role = self.roles.get(role_id)
+                perms |= role.permissions if role is not None else 0
         if perms & 8:  # ADMINISTRATOR
             return PERM_ALL
         return perms
