@@ -251,6 +251,8 @@ class RestHandlers(FakeState):
         channel = self.channels.get(_int(rec.params["channel_id"]))
         if channel is None:
             raise unknown_channel()
+        if channel.guild_id in self.left_guilds:
+            raise missing_access()  # the channel exists; the bot is no longer in its guild
         return channel
 
     def _check_can_write(self, channel: FakeChannel) -> None:
@@ -350,7 +352,10 @@ class RestHandlers(FakeState):
     # -----------------------------------------------------------------------------------------------------------
 
     def _guild(self, rec: RecordedRequest) -> FakeGuild:
-        guild = self.guilds.get(_int(rec.params["guild_id"]))
+        guild_id = _int(rec.params["guild_id"])
+        guild = self.guilds.get(guild_id)
+        if guild_id in self.left_guilds:
+            raise missing_access()
         if guild is None:
             raise ApiError(404, 10004, "Unknown Guild")
         return guild

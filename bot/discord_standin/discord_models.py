@@ -151,6 +151,7 @@ class FakeGuild:
     roles: dict[int, FakeRole] = field(default_factory=dict)
     members: dict[int, FakeMember] = field(default_factory=dict)
     joined_at: dt.datetime = field(default_factory=lambda: dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
+    unavailable: bool = False  # during an outage (``guild_outage``)
 
     def member_permissions(self, user_id: int) -> int:
         """Guild-level permissions of a member: its base permissions and those of its roles, as Discord

@@ -104,6 +104,7 @@ class FakeState:
         # world
         self.users: dict[int, FakeUser] = {}
         self.guilds: dict[int, FakeGuild] = {}
+        self.left_guilds: dict[int, FakeGuild] = {}  # guilds the bot was removed from (``remove_guild``)
         self.channels: dict[int, FakeChannel] = {}
         self._dm_channels: dict[int, int] = {}  # user id -> DM channel id
         self.bot_user = self.add_user(self.bot_user_id, username=bot_username, bot=True)
@@ -190,7 +191,12 @@ class FakeState:
         everyone_permissions: int = DEFAULT_EVERYONE_PERMISSIONS,
         bot_permissions: int = DEFAULT_BOT_PERMISSIONS,
     ) -> FakeGuild:
-        """Add a guild the bot is in (sent as GUILD_CREATE on IDENTIFY, or now if already connected)."""
+        """Add a guild the bot is in (sent as GUILD_CREATE on IDENTIFY, or now if already connected). A guild the
+        bot was removed from is created afresh from these arguments (its old channels are forgotten)."""
+        left = self.left_guilds.pop(guild_id, None)
+        if left is not None:
+            for channel_id in left.channels:
+                self.channels.pop(channel_id, None)
         owner = owner_id if owner_id is not None else self.owner_id
         self._ensure_user(owner)
         guild = FakeGuild(
@@ -223,7 +229,7 @@ class FakeState:
             channel = FakeChannel(id=channel_id, guild_id=guild_id, name=channel_name, position=position)
             guild.channels[channel_id] = channel
             self.channels[channel_id] = channel
-        self._dispatch_soon("GUILD_CREATE", self._guild_create_payload(guild))
+        self._dispatch_soon("GUILD_CREATE", self._guild_create_payload(guild, joined=True))
         return guild
 
     def add_channel(
@@ -336,6 +342,29 @@ class FakeState:
         data = {"guild_id": str(guild.id), **guild.member_to_payload(member, self.users[member.user_id])}
         self._dispatch_soon("GUILD_MEMBER_UPDATE", data, intent=INTENT_GUILD_MEMBERS)
         self._notifier.notify()
+
+    def remove_guild(self, guild_id: int) -> FakeGuild:
+        """The bot is removed from the guild (kicked, banned or the guild deleted): it leaves the world and
+        GUILD_DELETE without ``unavailable`` goes to the sessions of its shard. Its channels answer 403 Missing
+        Access from now on; :meth:`add_guild` adds it again (GUILD_CREATE)."""
+        guild = self.guilds.pop(guild_id)
+        self.left_guilds[guild_id] = guild
+        self._dispatch_soon("GUILD_DELETE", {"id": str(guild_id)})
+        self._notifier.notify()
+        return guild
+
+    def guild_outage(self, guild_id: int) -> None:
+        """The guild becomes unavailable (an outage, not a removal): GUILD_DELETE with ``"unavailable": true``;
+        sessions that IDENTIFY meanwhile get no GUILD_CREATE for it. :meth:`end_guild_outage` ends it."""
+        guild = self.guilds[guild_id]
+        guild.unavailable = True
+        self._dispatch_soon("GUILD_DELETE", {"id": str(guild_id), "unavailable": True})
+
+    def end_guild_outage(self, guild_id: int) -> None:
+        """The guild is available again: GUILD_CREATE, as Discord sends after an outage."""
+        guild = self.guilds[guild_id]
+        guild.unavailable = False
+        self._dispatch_soon("GUILD_CREATE", self._guild_create_payload(guild))
 
     def dm_channel_id(self, user_id: int) -> int:
         """The (stable) DM channel id for ``user_id``, created on first use."""
@@ -582,8 +611,10 @@ class FakeState:
         return data
 
     def _guild_create_payloads(self, session: GatewaySession) -> list[JSON]:
-        """GUILD_CREATE of each guild on the session's shard."""
-        return [self._guild_create_payload(g) for g in self.guilds.values() if session.receives(g.id)]
+        """GUILD_CREATE of each available guild on the session's shard."""
+        return [
+            self._guild_create_payload(g) for g in self.guilds.values() if session.receives(g.id) and not g.unavailable
+        ]
 
     def _guild_payload(self, guild: FakeGuild) -> JSON:
         first_channel = next(iter(guild.channels), None)
@@ -622,13 +653,16 @@ class FakeState:
             "incidents_data": None,
         }
 
-    def _guild_create_payload(self, guild: FakeGuild) -> JSON:
+    def _guild_create_payload(self, guild: FakeGuild, *, joined: bool = False) -> JSON:
+        """GUILD_CREATE's guild: ``"unavailable": false`` backfills a guild of READY or ends an outage; the
+        GUILD_CREATE of a guild the bot just joined has no ``unavailable`` (discord.py tells them apart so)."""
         bot_member = guild.members[self.bot_user_id]
+        availability: JSON = {} if joined else {"unavailable": False}
         return {
             **self._guild_payload(guild),
             "joined_at": iso(guild.joined_at),
             "large": False,
-            "unavailable": False,
+            **availability,
             "lazy": True,
             "member_count": len(guild.members),
             "voice_states": [],
@@ -682,7 +716,8 @@ class FakeState:
     def _thread_payload(self, thread: FakeChannel) -> JSON:
         """A thread channel object (api-docs resources/channel "Thread-specific fields"); the guild's owner
         started it and it is neither archived nor locked."""
-        guild = self.guilds[thread.guild_id or 0]
+        assert thread.guild_id is not None
+        guild = self.guilds.get(thread.guild_id) or self.left_guilds[thread.guild_id]
         messages = sum(1 for m in self.messages.get(thread.id, []) if not m.deleted)
         return {
             "id": str(thread.id),

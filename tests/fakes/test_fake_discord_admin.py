@@ -1,5 +1,5 @@
-"""The fake Discord's channel, role and mentionable options and its roles, driving a tiny real discord.py bot
-with a /lora-admin group."""
+"""The fake Discord's channel, role and mentionable options, roles, and the bot leaving a guild (and outages),
+driving a tiny real discord.py bot with a /lora-admin group."""
 
 from __future__ import annotations
 
@@ -392,3 +392,70 @@ async def test_member_roles_are_dispatched_with_the_guild_members_intent() -> No
                     await running_client.close()
                     await asyncio.wait_for(task, 10)
         assert fake.errors == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The bot leaving a guild, and outages
+# ---------------------------------------------------------------------------------------------------------------
+
+
+async def test_removing_the_bot_from_a_guild_and_adding_it_again(fake: FakeDiscord, bot: AdminBot) -> None:
+    fake.add_guild(OTHER_GUILD, name="Other", channels={OTHER_CHANNEL: "elsewhere"})
+    await fake.wait_for(lambda: ("join", OTHER_GUILD) in bot.guild_events, 5, "on_guild_join")
+    joined = dispatched(session_of(fake), "GUILD_CREATE")[-1]
+    assert joined["id"] == str(OTHER_GUILD) and "unavailable" not in joined  # a join, not a backfill
+    await bot.tree.sync(guild=discord.Object(OTHER_GUILD))
+
+    removed = fake.remove_guild(OTHER_GUILD)
+    assert removed.id == OTHER_GUILD and OTHER_GUILD not in fake.guilds
+    await fake.wait_for(lambda: ("remove", OTHER_GUILD) in bot.guild_events, 5, "on_guild_remove")
+    assert bot.get_guild(OTHER_GUILD) is None and bot.get_guild(GUILD) is not None
+    assert dispatched(session_of(fake), "GUILD_DELETE") == [{"id": str(OTHER_GUILD)}]  # no "unavailable"
+
+    with pytest.raises(discord.Forbidden) as sent:
+        await bot.get_partial_messageable(OTHER_CHANNEL).send("still here?")
+    assert sent.value.code == 50001
+    with pytest.raises(discord.Forbidden):
+        await bot.fetch_guild(OTHER_GUILD)
+    with pytest.raises(discord.Forbidden):
+        await bot.tree.sync(guild=discord.Object(OTHER_GUILD))
+    with pytest.raises(ValueError, match="unknown guild"):
+        fake.slash_command_payload("lora-admin", user_id=USER, guild_id=OTHER_GUILD, channel_id=OTHER_CHANNEL)
+
+    fake.add_guild(OTHER_GUILD, name="Other again", channels={OTHER_CHANNEL: "elsewhere"})
+    await fake.wait_for(lambda: bot.guild_events.count(("join", OTHER_GUILD)) == 2, 5, "on_guild_join again")
+    guild = bot.get_guild(OTHER_GUILD)
+    assert guild is not None and guild.name == "Other again"
+    creates = [g["id"] for g in dispatched(session_of(fake), "GUILD_CREATE")]
+    assert creates.count(str(OTHER_GUILD)) == 2
+    await bot.get_partial_messageable(OTHER_CHANNEL).send("back")
+    assert [m.content for m in fake.channel_messages(OTHER_CHANNEL)] == ["back"]
+
+
+async def test_a_guild_outage_is_not_a_removal(fake: FakeDiscord, bot: AdminBot) -> None:
+    bot.guild_events.clear()  # discord.py reports every guild of READY as available
+    fake.guild_outage(GUILD)
+    await fake.wait_for(lambda: ("unavailable", GUILD) in bot.guild_events, 5, "on_guild_unavailable")
+    guild = bot.get_guild(GUILD)
+    assert guild is not None and guild.unavailable and GUILD in fake.guilds
+    assert dispatched(session_of(fake), "GUILD_DELETE") == [{"id": str(GUILD), "unavailable": True}]
+    assert ("remove", GUILD) not in bot.guild_events
+
+    first = session_of(fake)
+    running: list[tuple[AdminBot, asyncio.Task[None]]] = []
+    with pointed_at(fake):
+        try:
+            late = await start_bot(fake, running)  # IDENTIFYs during the outage
+            late_session = next(s for s in fake.gateway.live_sessions() if s is not first)
+            (ready,) = dispatched(late_session, "READY")
+            assert ready["guilds"] == [{"id": str(GUILD), "unavailable": True}]
+            assert dispatched(late_session, "GUILD_CREATE") == []
+            assert late.get_guild(GUILD) is None or late.get_guild(GUILD).unavailable  # type: ignore[union-attr]
+        finally:
+            for client, task in running:
+                await client.close()
+                await asyncio.wait_for(task, 10)
+
+    fake.end_guild_outage(GUILD)
+    await fake.wait_for(lambda: ("available", GUILD) in bot.guild_events, 5, "on_guild_available")
+    assert not guild.unavailable
