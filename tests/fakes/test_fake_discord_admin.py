@@ -1,5 +1,5 @@
-"""The fake Discord's channel, role and mentionable options, roles, and the bot leaving a guild (and outages),
-driving a tiny real discord.py bot with a /lora-admin group."""
+"""The fake Discord's channel, role and mentionable options, roles, the bot leaving a guild (and outages) and
+what registered commands keep of their permissions, driving a tiny real discord.py bot with a /lora-admin group."""
 
 from __future__ import annotations
 
@@ -459,3 +459,45 @@ async def test_a_guild_outage_is_not_a_removal(fake: FakeDiscord, bot: AdminBot)
     fake.end_guild_outage(GUILD)
     await fake.wait_for(lambda: ("available", GUILD) in bot.guild_events, 5, "on_guild_available")
     assert not guild.unavailable
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What registered commands keep
+# ---------------------------------------------------------------------------------------------------------------
+
+
+async def test_registered_commands_keep_permissions_and_contexts_as_discord_returns_them(
+    fake: FakeDiscord, bot: AdminBot
+) -> None:
+    guild_commands = {c["name"]: c for c in fake.commands(GUILD)}
+    admin = guild_commands["lora-admin"]
+    assert admin["default_member_permissions"] == str(MANAGE_GUILD)  # discord.py sent an int
+    assert admin["contexts"] == [0] and "dm_permission" not in admin  # dm_permission: global commands only
+    assert guild_commands["status"]["default_member_permissions"] is None
+    assert guild_commands["status"]["contexts"] == [0, 1]
+
+    synced = {c.name: c for c in await bot.tree.sync()}
+    global_commands = {c["name"]: c for c in fake.commands(None)}
+    assert global_commands["lora-admin"]["dm_permission"] is False
+    assert global_commands["status"]["dm_permission"] is True
+    assert global_commands["lora-admin"]["default_member_permissions"] == str(MANAGE_GUILD)
+    assert synced["lora-admin"].default_member_permissions == discord.Permissions(manage_guild=True)
+    # (discord.py 2.7's AppCommand reads `contexts` one bit off, so assert them on the stored command only.)
+    fetched = {c.name: c for c in await bot.tree.fetch_commands(guild=discord.Object(GUILD))}
+    assert fetched["lora-admin"].default_member_permissions == discord.Permissions(manage_guild=True)
+    assert fetched["status"].default_member_permissions is None
+
+    body = [{"name": "bad", "description": "d", "default_member_permissions": "manage"}]
+    with pytest.raises(discord.HTTPException) as refused:
+        await bot.http.bulk_upsert_global_commands(fake.application_id, body)  # type: ignore[arg-type]
+    assert refused.value.status == 400 and refused.value.code == 50035
+    assert {c["name"] for c in fake.commands(None)} == {"lora-admin", "status"}
+
+
+async def test_default_member_permissions_are_not_enforced_on_interactions(fake: FakeDiscord, bot: AdminBot) -> None:
+    """Discord only hides such a command in the client; a guild's command-permission overrides can show it to
+    anyone, so the bot must check for itself."""
+    assert not fake.guilds[GUILD].member_permissions(USER) & MANAGE_GUILD
+    role = fake.add_role(GUILD, name="Trainers")
+    _, (interaction, got) = await invoke(fake, bot, {"grant": {"role": role.id}})
+    assert not interaction.permissions.manage_guild and got["role"].id == role.id
