@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from types import EllipsisType
 from typing import Any
 
-from .discord_models import FakeAttachment, FakeMessage
+from .discord_models import FakeAttachment, FakeChannel, FakeGuild, FakeMessage, FakeRole
 from .discord_payloads import (
     INTERACTION_APPLICATION_COMMAND,
     INTERACTION_AUTOCOMPLETE,
@@ -15,6 +15,11 @@ from .discord_payloads import (
     INTERACTION_MODAL_SUBMIT,
     JSON,
     OPT_ATTACHMENT,
+    OPT_CHANNEL,
+    OPT_MENTIONABLE,
+    OPT_ROLE,
+    OPT_SUB_COMMAND,
+    OPT_SUB_COMMAND_GROUP,
     OPT_USER,
     infer_option_type,
 )
@@ -56,7 +61,8 @@ class InteractionBuilders(FakeState):
         resolved: JSON = {}
         for att in attachments:
             resolved.setdefault("attachments", {})[str(att["id"])] = att
-        built = self._build_options(options, (cmd or {}).get("options", []), resolved, guild_id)
+        schema = (cmd or {}).get("options", [])
+        built = self._build_options(options, schema, resolved, guild_id, _invoker_permissions(payload))
         if built:
             data["options"] = built
         if resolved:
@@ -89,7 +95,9 @@ class InteractionBuilders(FakeState):
         data, cmd = self._command_data(name, 1, guild_id)
         schema = (cmd or {}).get("options", [])
         resolved: JSON = {}
-        built = self._build_options(options, schema, resolved, guild_id)
+        built = self._build_options(options, schema, resolved, guild_id, _invoker_permissions(payload))
+        if resolved:
+            data["resolved"] = resolved
         focused_type = next((int(o["type"]) for o in schema if o.get("name") == focused), 3)
         built.append({"type": focused_type, "name": focused, "value": value, "focused": True})
         data["options"] = built
@@ -280,48 +288,119 @@ class InteractionBuilders(FakeState):
         schema: Sequence[JSON],
         resolved: JSON,
         guild_id: int | None,
+        permissions: int | None,
     ) -> list[JSON]:
-        """Normalise options: a mapping name→value (types from the registered schema or inferred), or raw dicts;
-        attachment values (attachment objects) and user ids are added to ``resolved``."""
+        """Normalise options: a mapping name→value, or Discord's raw dicts (``type`` optional). Types come from the
+        registered schema, else from the value. A subcommand or group is a raw dict with ``options`` or, in a
+        mapping, a mapping of its own options. Attachment objects and user, channel, role or mentionable ids (or a
+        :class:`FakeChannel`/:class:`FakeRole`) become ids whose objects go into ``resolved``; ``permissions``
+        (the invoking member's) are what a resolved channel reports as the member's permissions in it."""
+        specs = {str(o["name"]): o for o in schema}
         raw: list[JSON]
         if isinstance(options, Mapping):
-            types = {str(o["name"]): int(o["type"]) for o in schema}
-            raw = [
-                {"name": name, "type": types.get(name, infer_option_type(value)), "value": value}
-                for name, value in options.items()
-            ]
+            raw = []
+            for name, value in options.items():
+                nested = _is_nested(specs.get(name), value)
+                raw.append({"name": name, "options": value} if nested else {"name": name, "value": value})
         else:
             raw = [dict(o) for o in options]
         out: list[JSON] = []
         for opt in raw:
-            if "type" not in opt:
-                opt["type"] = infer_option_type(opt.get("value"))
+            spec = specs.get(str(opt["name"]))
+            opt["type"] = int(opt["type"]) if "type" in opt else _option_type(spec, opt)
             if "options" in opt:
-                sub_schema: list[JSON] = next(
-                    (o.get("options", []) for o in schema if o.get("name") == opt["name"]), []
-                )
-                opt["options"] = self._build_options(opt["options"], sub_schema, resolved, guild_id)
-            value = opt.get("value")
-            if opt["type"] == OPT_ATTACHMENT:
-                if isinstance(value, dict):
-                    resolved.setdefault("attachments", {})[str(value["id"])] = value
-                    opt["value"] = str(value["id"])
-                elif isinstance(value, FakeAttachment):
-                    resolved.setdefault("attachments", {})[str(value.id)] = value.to_payload()
-                    opt["value"] = str(value.id)
-            elif opt["type"] == OPT_USER and value is not None:
-                uid = int(value)
-                user = self._ensure_user(uid)
-                resolved.setdefault("users", {})[str(uid)] = user.to_payload()
-                guild = self.guilds.get(guild_id) if guild_id is not None else None
-                if guild is not None and uid in guild.members:
-                    member = guild.member_to_payload(guild.members[uid], user)
-                    member.pop("user")
-                    member["permissions"] = str(guild.member_permissions(uid))
-                    resolved.setdefault("members", {})[str(uid)] = member
-                opt["value"] = str(uid)
+                sub_schema: list[JSON] = (spec or {}).get("options", [])
+                opt["options"] = self._build_options(opt["options"], sub_schema, resolved, guild_id, permissions)
+            elif opt.get("value") is not None:
+                opt["value"] = self._option_value(opt, spec or {}, resolved, guild_id, permissions)
             out.append(opt)
         return out
+
+    def _option_value(
+        self, opt: JSON, spec: JSON, resolved: JSON, guild_id: int | None, permissions: int | None
+    ) -> Any:
+        """The option's ``value`` as Discord sends it, adding what it refers to to ``resolved``."""
+        otype, value = opt["type"], opt["value"]
+        if otype == OPT_ATTACHMENT:
+            if isinstance(value, FakeAttachment):
+                value = value.to_payload()
+            if isinstance(value, dict):
+                resolved.setdefault("attachments", {})[str(value["id"])] = value
+                return str(value["id"])
+            return value
+        if otype not in (OPT_USER, OPT_CHANNEL, OPT_ROLE, OPT_MENTIONABLE):
+            return value
+        target = int(value.id) if isinstance(value, FakeChannel | FakeRole) else int(value)
+        guild = self.guilds.get(guild_id) if guild_id is not None else None
+        if otype == OPT_USER or (otype == OPT_MENTIONABLE and (guild is None or target not in guild.roles)):
+            self._resolve_user(target, resolved, guild)
+            return str(target)
+        if guild is None:
+            raise ValueError(f"option {opt['name']!r}: channel and role options need a guild interaction")
+        if otype == OPT_CHANNEL:
+            channel = self.channels.get(target) or self.add_channel(guild.id, target, name=f"channel-{target}")
+            if channel.guild_id != guild.id:
+                raise ValueError(f"option {opt['name']!r}: channel {target} is not in guild {guild.id}")
+            allowed = spec.get("channel_types")
+            if allowed and channel.type not in allowed:
+                # The Discord client offers only channels of the option's channel_types.
+                raise ValueError(f"option {opt['name']!r}: a channel of type {channel.type} is not in {allowed}")
+            assert permissions is not None  # a guild interaction's member has them
+            resolved.setdefault("channels", {})[str(target)] = self._resolved_channel_payload(channel, permissions)
+        else:
+            role = guild.roles.get(target) or self.add_role(guild.id, target, name=f"role-{target}")
+            resolved.setdefault("roles", {})[str(target)] = role.to_payload()
+        return str(target)
+
+    def _resolve_user(self, user_id: int, resolved: JSON, guild: FakeGuild | None) -> None:
+        """``resolved.users`` (and ``members`` with the member's permissions, when it is one) for ``user_id``."""
+        user = self._ensure_user(user_id)
+        resolved.setdefault("users", {})[str(user_id)] = user.to_payload()
+        if guild is not None and user_id in guild.members:
+            member = guild.member_to_payload(guild.members[user_id], user)
+            member.pop("user")
+            member["permissions"] = str(guild.member_permissions(user_id))
+            resolved.setdefault("members", {})[str(user_id)] = member
+
+
+def _is_attachment(value: Any) -> bool:
+    return isinstance(value, FakeAttachment) or infer_option_type(value) == OPT_ATTACHMENT
+
+
+def _is_nested(spec: JSON | None, value: Any) -> bool:
+    """Whether a mapping-form ``value`` holds a subcommand's or group's options rather than a value."""
+    if not isinstance(value, Mapping):
+        return False
+    if spec is not None:
+        return int(spec["type"]) in (OPT_SUB_COMMAND, OPT_SUB_COMMAND_GROUP)
+    return not _is_attachment(value)
+
+
+def _option_type(spec: JSON | None, opt: JSON) -> int:
+    """An option's type: the registered schema's, else guessed (a group holds only subcommands)."""
+    if spec is not None:
+        return int(spec["type"])
+    if "options" in opt:
+        inner = opt["options"]
+        if isinstance(inner, Mapping):
+            items = [_is_nested(None, v) for v in inner.values()]
+        else:
+            items = ["options" in o for o in inner]
+        return OPT_SUB_COMMAND_GROUP if items and all(items) else OPT_SUB_COMMAND
+    value = opt.get("value")
+    if isinstance(value, FakeChannel):
+        return OPT_CHANNEL
+    if isinstance(value, FakeRole):
+        return OPT_ROLE
+    if isinstance(value, FakeAttachment):
+        return OPT_ATTACHMENT
+    return infer_option_type(value)
+
+
+def _invoker_permissions(payload: JSON) -> int | None:
+    """The invoking member's permissions in an interaction payload (None in a DM)."""
+    member = payload.get("member")
+    return None if member is None else int(member["permissions"])
 
 
 def _guild_of(message_payload: JSON) -> int | None:

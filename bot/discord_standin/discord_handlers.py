@@ -175,22 +175,29 @@ class RestHandlers(FakeState):
         return gid
 
     def _normalise_command(self, body: JSON, guild_id: int | None, existing: JSON | None) -> JSON:
+        """The command object Discord stores and returns for ``body``: ``default_member_permissions`` as a string
+        of bits (or null; not enforced on interactions: Discord only hides the command in the client, and a
+        guild's command-permission overrides may show it to anyone), ``contexts`` as given (null when not given),
+        ``dm_permission`` on global commands only (null or absent means true)."""
         ctype = int(body.get("type") or 1)
+        permissions = body.get("default_member_permissions")
         cmd: JSON = {
             "id": existing["id"] if existing else str(self._ids.next()),
             "application_id": str(self.application_id),
             "version": str(self._ids.next()),
-            "default_member_permissions": body.get("default_member_permissions"),
+            "default_member_permissions": None if permissions is None else str(int(permissions)),
             "type": ctype,
             "name": body["name"],
             "name_localizations": body.get("name_localizations"),
             "description": body.get("description", "") if ctype == 1 else "",
             "description_localizations": body.get("description_localizations"),
-            "dm_permission": body.get("dm_permission", True),
             "contexts": body.get("contexts"),
             "integration_types": body.get("integration_types") or [0],
             "nsfw": bool(body.get("nsfw", False)),
         }
+        if guild_id is None:
+            dm_permission = body.get("dm_permission")
+            cmd["dm_permission"] = True if dm_permission is None else bool(dm_permission)
         if body.get("options"):
             cmd["options"] = body["options"]
         if guild_id is not None:
@@ -251,6 +258,8 @@ class RestHandlers(FakeState):
         channel = self.channels.get(_int(rec.params["channel_id"]))
         if channel is None:
             raise unknown_channel()
+        if channel.guild_id in self.left_guilds:
+            raise missing_access()  # the channel exists; the bot is no longer in its guild
         return channel
 
     def _check_can_write(self, channel: FakeChannel) -> None:
@@ -350,7 +359,10 @@ class RestHandlers(FakeState):
     # -----------------------------------------------------------------------------------------------------------
 
     def _guild(self, rec: RecordedRequest) -> FakeGuild:
-        guild = self.guilds.get(_int(rec.params["guild_id"]))
+        guild_id = _int(rec.params["guild_id"])
+        guild = self.guilds.get(guild_id)
+        if guild_id in self.left_guilds:
+            raise missing_access()
         if guild is None:
             raise ApiError(404, 10004, "Unknown Guild")
         return guild

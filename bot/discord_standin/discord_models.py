@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .discord_server import FakeDiscord
 
 T = TypeVar("T")
+POLL_S = 0.05
 
 
 class Notifier:
@@ -39,7 +40,8 @@ class Notifier:
         self._waiters.clear()
 
     async def wait_for(self, check: Callable[[], T | None], timeout: float, what: Callable[[], str]) -> T:  # noqa: ASYNC109
-        """Return the first truthy ``check()`` result; raise ``TimeoutError`` with ``what()`` after timeout."""
+        """Return the first truthy ``check()`` result; raise ``TimeoutError`` with ``what()`` after timeout.
+        ``check`` runs on every change and at least every ``POLL_S``: it may read the client's state too."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -52,7 +54,7 @@ class Notifier:
             fut: asyncio.Future[None] = loop.create_future()
             self._waiters.add(fut)
             try:
-                await asyncio.wait({fut}, timeout=remaining)
+                await asyncio.wait({fut}, timeout=min(remaining, POLL_S))
             finally:
                 self._waiters.discard(fut)
 
@@ -95,7 +97,8 @@ class FakeRole:
 
 @dataclass
 class FakeMember:
-    """A guild member; ``permissions`` is what interactions report as ``member.permissions``."""
+    """A guild member; ``permissions`` are its base guild-level permissions, to which its roles' permissions
+    add (:meth:`FakeGuild.member_permissions` is what interactions report as ``member.permissions``)."""
 
     guild_id: int
     user_id: int
@@ -105,9 +108,13 @@ class FakeMember:
     joined_at: dt.datetime = field(default_factory=lambda: dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
 
 
+#: Channel types of threads (announcement, public and private thread).
+THREAD_TYPES = frozenset({10, 11, 12})
+
+
 @dataclass
 class FakeChannel:
-    """A guild text channel (type 0) or a DM channel (type 1)."""
+    """A guild channel (text 0 by default; any guild type, threads 10-12 included) or a DM channel (type 1)."""
 
     id: int
     guild_id: int | None
@@ -119,10 +126,15 @@ class FakeChannel:
     recipient_id: int | None = None
     last_message_id: int | None = None
     nsfw: bool = False  # age-restricted
+    parent_id: int | None = None  # the category of a channel, the channel of a thread
 
     @property
     def is_dm(self) -> bool:
         return self.type == 1
+
+    @property
+    def is_thread(self) -> bool:
+        return self.type in THREAD_TYPES
 
 
 @dataclass
@@ -139,15 +151,23 @@ class FakeGuild:
     roles: dict[int, FakeRole] = field(default_factory=dict)
     members: dict[int, FakeMember] = field(default_factory=dict)
     joined_at: dt.datetime = field(default_factory=lambda: dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
+    unavailable: bool = False  # during an outage (``guild_outage``)
 
     def member_permissions(self, user_id: int) -> int:
-        """Guild-level permissions of a member (owner and administrators get everything)."""
+        """Guild-level permissions of a member: its base permissions and those of its roles, as Discord
+        computes them (owner and administrators get everything)."""
         from .discord_payloads import PERM_ALL
 
         if user_id == self.owner_id:
             return PERM_ALL
         member = self.members.get(user_id)
-        perms = member.permissions if member is not None else self.everyone_permissions
+        if member is None:
+            perms = self.everyone_permissions
+        else:
+            perms = member.permissions
+            for role_id in member.roles:
+                role = self.roles.get(role_id)
+                perms |= role.permissions if role is not None else 0
         if perms & 8:  # ADMINISTRATOR
             return PERM_ALL
         return perms

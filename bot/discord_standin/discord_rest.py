@@ -291,6 +291,13 @@ def validate_commands(commands: Any) -> None:
         if key in seen:
             raise form_error([index, "name"], "APPLICATION_COMMANDS_DUPLICATE_NAME", f"Duplicate name {name}")
         seen.add(key)
+        permissions = cmd.get("default_member_permissions")
+        if permissions is not None and not (
+            (type(permissions) is int and permissions >= 0) or (isinstance(permissions, str) and permissions.isdigit())
+        ):
+            raise form_error(
+                [index, "default_member_permissions"], "NUMBER_TYPE_COERCE", f'Value "{permissions}" is not int.'
+            )
         if ctype == 1:
             _validate_chat_input(cmd, [index])
         elif not 1 <= len(name) <= 32:

@@ -44,6 +44,7 @@ from .discord_payloads import (
     iso,
     sanitize_filename,
     sniff_content_type,
+    snowflake_time,
     utcnow,
 )
 from .discord_rest import API_PREFIX, file_index, validate_message_body
@@ -61,6 +62,7 @@ DM_PERMISSIONS = discord.Permissions(
     use_application_commands=True,
 ).value
 INTENT_GUILDS = 1 << 0
+INTENT_GUILD_MEMBERS = 1 << 1
 INTENT_GUILD_MESSAGES = 1 << 9
 INTENT_DIRECT_MESSAGES = 1 << 12
 
@@ -102,6 +104,7 @@ class FakeState:
         # world
         self.users: dict[int, FakeUser] = {}
         self.guilds: dict[int, FakeGuild] = {}
+        self.left_guilds: dict[int, FakeGuild] = {}  # guilds the bot was removed from (``remove_guild``)
         self.channels: dict[int, FakeChannel] = {}
         self._dm_channels: dict[int, int] = {}  # user id -> DM channel id
         self.bot_user = self.add_user(self.bot_user_id, username=bot_username, bot=True)
@@ -188,7 +191,12 @@ class FakeState:
         everyone_permissions: int = DEFAULT_EVERYONE_PERMISSIONS,
         bot_permissions: int = DEFAULT_BOT_PERMISSIONS,
     ) -> FakeGuild:
-        """Add a guild the bot is in (sent as GUILD_CREATE on IDENTIFY, or now if already connected)."""
+        """Add a guild the bot is in (sent as GUILD_CREATE on IDENTIFY, or now if already connected). A guild the
+        bot was removed from is created afresh from these arguments (its old channels are forgotten)."""
+        left = self.left_guilds.pop(guild_id, None)
+        if left is not None:
+            for channel_id in left.channels:
+                self.channels.pop(channel_id, None)
         owner = owner_id if owner_id is not None else self.owner_id
         self._ensure_user(owner)
         guild = FakeGuild(
@@ -221,7 +229,7 @@ class FakeState:
             channel = FakeChannel(id=channel_id, guild_id=guild_id, name=channel_name, position=position)
             guild.channels[channel_id] = channel
             self.channels[channel_id] = channel
-        self._dispatch_soon("GUILD_CREATE", self._guild_create_payload(guild))
+        self._dispatch_soon("GUILD_CREATE", self._guild_create_payload(guild, joined=True))
         return guild
 
     def add_channel(
@@ -233,8 +241,11 @@ class FakeState:
         bot_can_send: bool = True,
         recipient_id: int | None = None,
         nsfw: bool = False,
+        type: int = 0,
+        parent_id: int | None = None,
     ) -> FakeChannel:
-        """Add a guild text channel (or, with ``guild_id=None``, a DM channel with ``recipient_id``)."""
+        """Add a guild channel of ``type`` (text by default; a thread, types 10-12, needs the ``parent_id`` of its
+        channel and is dispatched as THREAD_CREATE), or, with ``guild_id=None``, a DM channel with ``recipient_id``."""
         if guild_id is None:
             if recipient_id is None:
                 raise ValueError("a DM channel needs recipient_id")
@@ -243,18 +254,27 @@ class FakeState:
             self._dm_channels[recipient_id] = channel_id
             self.channels[channel_id] = channel
             return channel
+        if type in (1, 3):
+            raise ValueError("DM channels have no guild: pass guild_id=None and recipient_id")
         guild = self.guilds[guild_id]
         channel = FakeChannel(
             id=channel_id,
             guild_id=guild_id,
             name=name,
+            type=type,
             bot_can_send=bot_can_send,
             position=len(guild.channels),
             nsfw=nsfw,
+            parent_id=parent_id,
         )
+        if channel.is_thread and parent_id not in guild.channels:
+            raise ValueError(f"thread {channel_id} needs parent_id, a channel of guild {guild_id}")
         guild.channels[channel_id] = channel
         self.channels[channel_id] = channel
-        self._dispatch_soon("CHANNEL_CREATE", self._channel_payload(channel))
+        if channel.is_thread:
+            self._dispatch_soon("THREAD_CREATE", {**self._channel_payload(channel), "newly_created": True})
+        else:
+            self._dispatch_soon("CHANNEL_CREATE", self._channel_payload(channel))
         return channel
 
     def set_member(
@@ -272,24 +292,79 @@ class FakeState:
         guild = self.guilds[guild_id]
         self._ensure_user(user_id)
         role_ids = list(roles)
-        new_roles: list[FakeRole] = []
-        for role_id in role_ids:
-            if role_id not in guild.roles:
-                new_roles.append(FakeRole(id=role_id, name=f"role-{role_id}", permissions=0, position=len(guild.roles)))
-                guild.roles[role_id] = new_roles[-1]
+        self._ensure_roles(guild, role_ids)
         perms = guild.everyone_permissions if permissions is None else permissions
         if permissions is not None:
-            synthetic = FakeRole(
-                id=self._ids.next(), name=f"perms-{user_id}", permissions=permissions, position=len(guild.roles)
-            )
-            guild.roles[synthetic.id] = synthetic
-            new_roles.append(synthetic)
+            synthetic = self.add_role(guild_id, name=f"perms-{user_id}", permissions=permissions)
             role_ids.append(synthetic.id)
-        for role in new_roles:
-            self._dispatch_soon("GUILD_ROLE_CREATE", {"guild_id": str(guild_id), "role": role.to_payload()})
         member = FakeMember(guild_id=guild_id, user_id=user_id, roles=role_ids, permissions=perms, nick=nick)
         guild.members[user_id] = member
         return member
+
+    def add_role(self, guild_id: int, role_id: int | None = None, *, name: str, permissions: int = 0) -> FakeRole:
+        """Create a role (dispatched as GUILD_ROLE_CREATE); give it to members with :meth:`add_member_roles`."""
+        guild = self.guilds[guild_id]
+        rid = role_id if role_id is not None else self._ids.next()
+        if rid in guild.roles:
+            raise ValueError(f"role {rid} already exists in guild {guild_id}")
+        role = FakeRole(id=rid, name=name, permissions=permissions, position=len(guild.roles))
+        guild.roles[rid] = role
+        self._dispatch_soon("GUILD_ROLE_CREATE", {"guild_id": str(guild_id), "role": role.to_payload()})
+        return role
+
+    def _ensure_roles(self, guild: FakeGuild, role_ids: Iterable[int]) -> None:
+        """Create the roles of ``role_ids`` that ``guild`` does not have (named ``role-<id>``, no permissions)."""
+        for role_id in role_ids:
+            if role_id not in guild.roles:
+                self.add_role(guild.id, role_id, name=f"role-{role_id}")
+
+    def add_member_roles(self, guild_id: int, user_id: int, *role_ids: int) -> FakeMember:
+        """Give a member roles (unknown ones are created); their permissions count from now on. Dispatched as
+        GUILD_MEMBER_UPDATE to sessions with the GUILD_MEMBERS intent, as Discord does."""
+        guild = self.guilds[guild_id]
+        member = guild.members.get(user_id)
+        if member is None:
+            raise ValueError(f"user {user_id} is not a member of guild {guild_id}: call set_member first")
+        self._ensure_roles(guild, role_ids)
+        member.roles.extend(r for r in dict.fromkeys(role_ids) if r not in member.roles)
+        self._member_updated(guild, member)
+        return member
+
+    def remove_member_roles(self, guild_id: int, user_id: int, *role_ids: int) -> FakeMember:
+        """Take roles from a member (GUILD_MEMBER_UPDATE as for :meth:`add_member_roles`)."""
+        guild = self.guilds[guild_id]
+        member = guild.members[user_id]
+        member.roles = [r for r in member.roles if r not in role_ids]
+        self._member_updated(guild, member)
+        return member
+
+    def _member_updated(self, guild: FakeGuild, member: FakeMember) -> None:
+        data = {"guild_id": str(guild.id), **guild.member_to_payload(member, self.users[member.user_id])}
+        self._dispatch_soon("GUILD_MEMBER_UPDATE", data, intent=INTENT_GUILD_MEMBERS)
+        self._notifier.notify()
+
+    def remove_guild(self, guild_id: int) -> FakeGuild:
+        """The bot is removed from the guild (kicked, banned or the guild deleted): it leaves the world and
+        GUILD_DELETE without ``unavailable`` goes to the sessions of its shard. Its channels answer 403 Missing
+        Access from now on; :meth:`add_guild` adds it again (GUILD_CREATE)."""
+        guild = self.guilds.pop(guild_id)
+        self.left_guilds[guild_id] = guild
+        self._dispatch_soon("GUILD_DELETE", {"id": str(guild_id)})
+        self._notifier.notify()
+        return guild
+
+    def guild_outage(self, guild_id: int) -> None:
+        """The guild becomes unavailable (an outage, not a removal): GUILD_DELETE with ``"unavailable": true``;
+        sessions that IDENTIFY meanwhile get no GUILD_CREATE for it. :meth:`end_guild_outage` ends it."""
+        guild = self.guilds[guild_id]
+        guild.unavailable = True
+        self._dispatch_soon("GUILD_DELETE", {"id": str(guild_id), "unavailable": True})
+
+    def end_guild_outage(self, guild_id: int) -> None:
+        """The guild is available again: GUILD_CREATE, as Discord sends after an outage."""
+        guild = self.guilds[guild_id]
+        guild.unavailable = False
+        self._dispatch_soon("GUILD_CREATE", self._guild_create_payload(guild))
 
     def dm_channel_id(self, user_id: int) -> int:
         """The (stable) DM channel id for ``user_id``, created on first use."""
@@ -536,8 +611,10 @@ class FakeState:
         return data
 
     def _guild_create_payloads(self, session: GatewaySession) -> list[JSON]:
-        """GUILD_CREATE of each guild on the session's shard."""
-        return [self._guild_create_payload(g) for g in self.guilds.values() if session.receives(g.id)]
+        """GUILD_CREATE of each available guild on the session's shard."""
+        return [
+            self._guild_create_payload(g) for g in self.guilds.values() if session.receives(g.id) and not g.unavailable
+        ]
 
     def _guild_payload(self, guild: FakeGuild) -> JSON:
         first_channel = next(iter(guild.channels), None)
@@ -576,20 +653,23 @@ class FakeState:
             "incidents_data": None,
         }
 
-    def _guild_create_payload(self, guild: FakeGuild) -> JSON:
+    def _guild_create_payload(self, guild: FakeGuild, *, joined: bool = False) -> JSON:
+        """GUILD_CREATE's guild: ``"unavailable": false`` backfills a guild of READY or ends an outage; the
+        GUILD_CREATE of a guild the bot just joined has no ``unavailable`` (discord.py tells them apart so)."""
         bot_member = guild.members[self.bot_user_id]
+        availability: JSON = {} if joined else {"unavailable": False}
         return {
             **self._guild_payload(guild),
             "joined_at": iso(guild.joined_at),
             "large": False,
-            "unavailable": False,
+            **availability,
             "lazy": True,
             "member_count": len(guild.members),
             "voice_states": [],
             # Without the privileged GUILD_MEMBERS intent Discord only sends the bot's own member.
             "members": [guild.member_to_payload(bot_member, self.bot_user)],
-            "channels": [self._channel_payload(c) for c in guild.channels.values()],
-            "threads": [],
+            "channels": [self._channel_payload(c) for c in guild.channels.values() if not c.is_thread],
+            "threads": [self._channel_payload(c) for c in guild.channels.values() if c.is_thread],
             "presences": [],
             "stage_instances": [],
             "guild_scheduled_events": [],
@@ -608,25 +688,68 @@ class FakeState:
                 "flags": 0,
                 "recipients": [self.users[channel.recipient_id].to_payload()],
             }
+        if channel.is_thread:
+            return self._thread_payload(channel)
         overwrites: list[JSON] = []
         if not channel.bot_can_send:
             overwrites.append(
                 {"id": str(self.bot_user_id), "type": 1, "allow": "0", "deny": str(DENIED_WHEN_CANNOT_SEND)}
             )
-        return {
+        payload: JSON = {
             "id": str(channel.id),
             "type": channel.type,
             "guild_id": str(channel.guild_id),
             "name": channel.name,
             "position": channel.position,
             "permission_overwrites": overwrites,
-            "parent_id": None,
+            "parent_id": None if channel.parent_id is None else str(channel.parent_id),
             "topic": channel.topic,
             "nsfw": channel.nsfw,
             "rate_limit_per_user": 0,
             "last_message_id": last,
             "flags": 0,
         }
+        if channel.type in (2, 13):  # voice and stage
+            payload.update(bitrate=64000, user_limit=0, rtc_region=None)
+        return payload
+
+    def _thread_payload(self, thread: FakeChannel) -> JSON:
+        """A thread channel object (api-docs resources/channel "Thread-specific fields"); the guild's owner
+        started it and it is neither archived nor locked."""
+        assert thread.guild_id is not None
+        guild = self.guilds.get(thread.guild_id) or self.left_guilds[thread.guild_id]
+        messages = sum(1 for m in self.messages.get(thread.id, []) if not m.deleted)
+        return {
+            "id": str(thread.id),
+            "type": thread.type,
+            "guild_id": str(thread.guild_id),
+            "parent_id": str(thread.parent_id),
+            "owner_id": str(guild.owner_id),
+            "name": thread.name,
+            "last_message_id": None if thread.last_message_id is None else str(thread.last_message_id),
+            "rate_limit_per_user": 0,
+            "message_count": messages,
+            "member_count": 1,
+            "total_message_sent": messages,
+            "flags": 0,
+            "thread_metadata": {
+                "archived": False,
+                "auto_archive_duration": 1440,
+                "archive_timestamp": iso(snowflake_time(thread.id)),
+                "locked": False,
+                "invitable": thread.type != 12,
+                "create_timestamp": iso(snowflake_time(thread.id)),
+            },
+        }
+
+    def _resolved_channel_payload(self, channel: FakeChannel, permissions: int) -> JSON:
+        """The partial channel of ``data.resolved.channels``: only the fields api-docs lists for it (threads keep
+        their thread fields), with ``permissions`` the invoking member's in that channel."""
+        full = self._channel_payload(channel)
+        keys = _RESOLVED_CHANNEL_KEYS | (_RESOLVED_THREAD_KEYS if channel.is_thread else frozenset())
+        partial = {k: v for k, v in full.items() if k in keys}
+        partial.update(permissions=str(permissions), last_pin_timestamp=None)
+        return partial
 
     def _app_permissions(self, guild: FakeGuild, channel: FakeChannel) -> int:
         perms = guild.everyone_permissions | guild.bot_permissions
@@ -743,6 +866,28 @@ class FakeState:
                 if att.width is not None:
                     out.update(width=att.width, height=att.height)
         return out
+
+
+#: Api-docs, interactions "Resolved Data Structure": the fields of a resolved partial channel.
+_RESOLVED_CHANNEL_KEYS = frozenset(
+    {
+        "id",
+        "name",
+        "type",
+        "last_message_id",
+        "nsfw",
+        "parent_id",
+        "guild_id",
+        "flags",
+        "rate_limit_per_user",
+        "topic",
+        "position",
+    }
+)
+#: ...and of a resolved thread: ``thread_metadata``, plus the counts and owner discord.py's AppCommandThread reads.
+_RESOLVED_THREAD_KEYS = frozenset(
+    {"thread_metadata", "owner_id", "member_count", "message_count", "total_message_sent"}
+)
 
 
 def _message_intent(msg: FakeMessage) -> int:

@@ -154,6 +154,31 @@ async def test_guild_events_after_ready_go_to_their_shard(fake: FakeDiscord, sta
     assert [d.get("guild_id") for d in dispatched(sessions[1], "MESSAGE_CREATE")] == [str(G1)]
 
 
+async def test_removing_the_bot_from_a_guild_reaches_only_its_shard(
+    fake: FakeDiscord, start: Callable[..., Any]
+) -> None:
+    first = await start("first", shard_count=2, shard_ids=[0])
+    second = await start("second", shard_count=2, shard_ids=[1])
+    sessions = fake.gateway.live_shards()
+
+    fake.remove_guild(G1)
+    await fake.wait_for(lambda: second.get_guild(G1) is None, 5, "the removal on the second client")
+    assert dispatched(sessions[1], "GUILD_DELETE") == [{"id": str(G1)}]
+    assert dispatched(sessions[0], "GUILD_DELETE") == []
+    assert first.get_guild(G0) is not None and [g.id for g in second.guilds] == []
+
+    fake.guild_outage(G0)
+    await fake.wait_for(lambda: dispatched(sessions[0], "GUILD_DELETE"), 5, "the outage on shard 0")
+    assert dispatched(sessions[0], "GUILD_DELETE") == [{"id": str(G0), "unavailable": True}]
+    assert dispatched(sessions[1], "GUILD_DELETE") == [{"id": str(G1)}]
+
+    fake.add_guild(G1, name="Shard one again", channels={CHANNEL1: "general"})
+    await fake.wait_for(lambda: second.get_guild(G1), 5, "the guild back on the second client")
+    assert [g["id"] for g in dispatched(sessions[1], "GUILD_CREATE")] == [str(G1), str(G1)]
+    assert all(g["id"] != str(G1) for g in dispatched(sessions[0], "GUILD_CREATE"))
+    assert await where(fake, G1, CHANNEL1) == "second shard 1"
+
+
 async def test_without_a_shard_count_the_client_runs_the_recommended_shards(
     fake: FakeDiscord, start: Callable[..., Any]
 ) -> None:
