@@ -19,7 +19,7 @@ from PIL import Image
 from bot.discord_standin import FakeMessage
 from bot.jobs.model import Job
 from bot.jobs.states import JobState
-from tests.e2e.harness import ALICE, BOB, CHANNEL, GUILD, World, open_world
+from tests.e2e.harness import ALICE, BOB, CHANNEL, GUILD, MANAGER, World, open_world
 from tests.store.helpers import pending_outbox_count
 
 NSFW_CHANNEL = 645027906669510999
@@ -210,13 +210,13 @@ async def test_nsfw_pictures_are_withheld_here_and_spoilered_in_an_age_restricte
 
 async def test_cooldown_and_daily_quota_hold(world: World) -> None:
     await trained(world)
-    world.app.settings.imagine_cooldown_seconds = 600  # type: ignore[misc]
+    await world.app.server_settings.change(GUILD, MANAGER, {"imagine_cooldown_seconds": 600})
     first = await imagine(world)
     await first.wait_original(lambda m: "picture" in (m.content or ""), timeout=20)  # it is written
     refused = await imagine(world)
-    assert "You can /imagine again <t:" in await reply(refused)
-    world.app.settings.imagine_cooldown_seconds = 0  # type: ignore[misc]
-    world.app.settings.max_pictures_per_user_per_day = 2  # type: ignore[misc]
+    assert "making pictures a little fast; try again <t:" in await reply(refused)
+    changes = {"imagine_cooldown_seconds": 0, "max_pictures_per_user_per_day": 2}
+    await world.app.server_settings.change(GUILD, MANAGER, changes)
     over = await imagine(world, count=2)
     assert "of your 2 pictures for today left" in await reply(over)
     assert len(text2img_requests(world)) <= 1

@@ -7,7 +7,7 @@ import pytest
 
 from bot.jobs.states import JobState
 from bot.provider.client import ProviderClient
-from tests.e2e.harness import ALICE, API_KEY, World, embed_text, job_id_of, photos
+from tests.e2e.harness import ALICE, API_KEY, GUILD, MANAGER, World, embed_text, job_id_of, photos
 
 
 async def start_and_read_reply(world: World) -> tuple[int, str]:
@@ -73,7 +73,7 @@ async def test_an_unknown_status_word_is_shown_as_is(world: World) -> None:
 
 
 async def test_a_second_training_while_one_runs_is_refused_with_a_clear_message(world: World) -> None:
-    world.app.settings.max_active_jobs_per_user = 1  # type: ignore[misc]
+    await world.app.server_settings.change(GUILD, MANAGER, {"max_active_jobs_per_user": 1})
     world.sim.simulator.step_seconds = 5
     _, waiting = await world.preview(photos(5))  # a second preview, opened while nothing runs yet
     await world.start_training()

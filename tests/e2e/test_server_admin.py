@@ -23,6 +23,8 @@ CARDS = 645027906669511001
 CLOSED = 645027906669511002
 TRAINERS = 880000000000000001
 CAROL = 53908232506183690
+NSFW_HERE = 645027906669511003
+NSFW_THERE = 645027906669511004
 EPHEMERAL = 1 << 6
 T = TypeVar("T")
 
@@ -100,6 +102,18 @@ async def start_in(world: World, user_id: int, *, guild_id: int, channel_id: int
     await click.wait_callback()
     await world.wait_job(job_id, lambda j: j.training_id is not None or j.state.is_terminal)
     return job_id
+
+
+async def imagine_reply(world: World, job_id: int, *, guild_id: int = GUILD, channel_id: int = CHANNEL) -> str:
+    """ALICE's /imagine with model `job_id`: the first thing she reads (a progress note or a refusal)."""
+    options = {"prompt": "on a beach", "model": str(job_id)}
+    rec = await world.command("imagine", ALICE, options=options, guild_id=guild_id, channel_id=channel_id)
+    return (await rec.wait_original(lambda m: bool(m.content), timeout=20)).content
+
+
+def accepted(note: str) -> bool:
+    """The progress note of an /imagine that was taken (not refused)."""
+    return note.startswith(("Queued", "Drawing"))
 
 
 def second_server(world: World) -> None:
@@ -307,3 +321,37 @@ async def test_forget_server_and_leaving_a_server(world: World) -> None:
     # Invited back: the countdown stops.
     second_server(world)
     await eventually(store.guilds_with_settings, lambda ids: OTHER_GUILD in ids)
+
+
+async def test_picture_settings_follow_the_server_where_pictures_are_asked_for(world: World) -> None:
+    second_server(world)
+    world.fake.add_channel(GUILD, NSFW_HERE, name="after-dark", nsfw=True)
+    world.fake.add_channel(OTHER_GUILD, NSFW_THERE, name="late", nsfw=True)
+    world.fake.add_role(GUILD, TRAINERS, name="Trainers")
+    job = await world.wait_state(await start_in(world, ALICE, guild_id=GUILD, channel_id=CHANNEL), JobState.MODEL_READY)
+    await answer(await admin(world, "limits", imagine_cooldown_seconds=0, pictures_per_member_per_day=2))
+    await answer(
+        await admin(world, "limits", imagine_cooldown_seconds=0, guild_id=OTHER_GUILD, channel_id=OTHER_CHANNEL)
+    )
+
+    # Pictures limited to a role ALICE doesn't have: refused here, fine in the other server.
+    await answer(await admin(world, "roles", use="generate", add=TRAINERS))
+    assert "Making pictures is limited to certain roles" in await imagine_reply(world, job.id)
+    assert accepted(await imagine_reply(world, job.id, guild_id=OTHER_GUILD, channel_id=OTHER_CHANNEL))
+    await answer(await admin(world, "roles", use="generate", everyone=True))
+
+    # The server's daily pictures: 2 here (the other server's picture doesn't count: it is per member
+    # across servers, and she made 1), so one more, then "try again".
+    assert accepted(await imagine_reply(world, job.id))
+    assert re.search(r"try again <t:\d+:R>", await imagine_reply(world, job.id))
+    assert accepted(await imagine_reply(world, job.id, guild_id=OTHER_GUILD, channel_id=OTHER_CHANNEL))
+
+    # The safety switch, in age-restricted channels: off here once the server allows it; on there.
+    await answer(await admin(world, "limits", pictures_per_member_per_day=0))
+    await answer(await admin(world, "safety", off_in_age_restricted_channels=True))
+    sent_before = len(world.sim.simulator.generations_v6)
+    await imagine_reply(world, job.id, channel_id=NSFW_HERE)
+    await imagine_reply(world, job.id, guild_id=OTHER_GUILD, channel_id=NSFW_THERE)
+    await world.wait_for(lambda: len(world.sim.simulator.generations_v6) >= sent_before + 2, what="2 generations")
+    requests = [g.request for g in list(world.sim.simulator.generations_v6.values())[sent_before:]]
+    assert sorted(str(r["safety_checker"]) for r in requests) == ["no", "yes"]
