@@ -157,7 +157,7 @@ class LoraBot(commands.AutoShardedBot):
         await self.services.server_settings.left(guild.id)
 
     async def on_guild_join(self, guild: discord.Guild) -> None:
-        await self.services.server_settings.reconcile_presence([guild.id], ours=lambda _guild_id: False)
+        await self.services.server_settings.returned(guild.id)
 
     def runs_guild(self, guild_id: int) -> bool:
         """Whether this process runs the shard that serves `guild_id` (Discord's sharding formula)."""

@@ -275,6 +275,11 @@ class ServerSettings:
             log.info("guild %s: the bot left; its settings are deleted after %d days", guild_id, RETENTION.days)
         self._cache.pop(guild_id, None)
 
+    async def returned(self, guild_id: int) -> None:
+        """The bot joined (or was invited back to) the server: settings kept since it left stay."""
+        if await self.store.mark_guilds_present([guild_id]):
+            log.info("guild %s: the bot is back; the server's settings are kept", guild_id)
+
     async def reconcile_presence(self, present: Collection[int], *, ours: Callable[[int], bool]) -> None:
         """After connecting: the servers the bot is in keep their settings, and those it was removed
         from while it was offline start their countdown. `ours(guild_id)` says whether this process

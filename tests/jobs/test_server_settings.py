@@ -246,7 +246,7 @@ async def test_invited_back_in_time_the_server_keeps_its_settings(
     await server_settings.change(GUILD, MANAGER, {"max_active_jobs_per_user": 3})
     await server_settings.left(GUILD)
     memory.clock += timedelta(days=10)
-    await server_settings.reconcile_presence([GUILD], ours=lambda _g: True)
+    await server_settings.returned(GUILD)
     memory.clock += RETENTION
     assert await server_settings.purge_departed() == []
     assert (await server_settings.effective(GUILD)).max_active_jobs_per_user == 3

@@ -18,15 +18,7 @@ from bot.store import Database, DatabaseUnavailable, MigrationError, load_migrat
 from bot.store.database import Migration
 from bot.store.pg_database import PostgresDatabase, PostgresUnavailable, load_postgres_migrations, redact_url
 from tests.postgres import ADMIN_URL
-
-MIGRATIONS = [
-    (1, "initial"),
-    (2, "provider_models"),
-    (3, "generations"),
-    (4, "state_counts"),
-    (5, "leases_previews"),
-    (6, "guild_settings"),
-]
+from tests.store.test_database import MIGRATIONS
 
 
 @pytest.fixture
