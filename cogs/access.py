@@ -28,8 +28,14 @@ def requester(interaction: discord.Interaction) -> Requester:
 
 
 def is_manager(interaction: discord.Interaction) -> bool:
-    """Has Manage Server in this server, as Discord computed it for this very interaction."""
-    return interaction.guild_id is not None and interaction.permissions.manage_guild
+    """Has Manage Server in this server, as Discord computed it for this very interaction (an
+    administrator, and the server's owner, have every permission)."""
+    if interaction.guild_id is None:
+        return False
+    permissions = interaction.permissions
+    if permissions.manage_guild or permissions.administrator:
+        return True
+    return interaction.guild is not None and interaction.guild.owner_id == interaction.user.id
 
 
 def manager_label(interaction: discord.Interaction) -> str:
